@@ -1,0 +1,1 @@
+"""The ``autoformer`` command line."""

@@ -1,0 +1,34 @@
+"""Entry point of the ``autoformer`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import __version__
+from pipeline.cli import space_commands
+from pipeline.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoformer",
+        description="AutoFormer: one-shot architecture search for vision transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    space_commands.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"autoformer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Standalone subnet files: a directory with ``config.json`` and ``model.safetensors``.
+
+``config.json`` holds everything needed to rebuild the model (architecture, the space's fixed parts, image
+size, classes, input normalization) plus free-form metadata (where it came from, its accuracies). Loading
+needs neither the supernet nor Ray. Directories are written under a temporary name and renamed into place,
+so a crash never leaves a half-written model where a user would look for one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.arch import Architecture
+from pipeline.complexity import count_macs, count_params
+from pipeline.errors import UserError
+from pipeline.model.static import StaticViT
+
+FORMAT = "autoformer-subnet"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FIXED_KEYS = (
+    "head_dim",
+    "patch_size",
+    "image_size",
+    "in_chans",
+    "num_classes",
+    "relative_position",
+    "max_relative_position",
+    "qkv_bias",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_normalization(in_chans: int) -> dict[str, list[float]]:
+    """ImageNet statistics for RGB input, (0.5, 0.5) per channel otherwise; tasks pass their own."""
+    if in_chans == 3:
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {"mean": [0.5] * in_chans, "std": [0.5] * in_chans}
+
+
+def _check_normalization(norm: Any, in_chans: int, where: str) -> dict[str, list[float]]:
+    if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
+        raise UserError(f"{where}: 'normalization' must be an object with keys 'mean' and 'std', got {norm!r}")
+    for key in ("mean", "std"):
+        values = norm[key]
+        if not isinstance(values, (list, tuple)) or len(values) != in_chans:
+            raise UserError(f"{where}: normalization {key!r} must list one number per input channel ({in_chans}), got {values!r}")
+    if any(s <= 0 for s in norm["std"]):
+        raise UserError(f"{where}: normalization 'std' must be positive, got {norm['std']!r}")
+    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+
+
+def save_model(
+    model: StaticViT,
+    path: str | Path,
+    normalization: dict[str, list[float]] | None = None,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as a standalone model directory at ``path`` (atomically)."""
+    path = Path(path)
+    fixed = model.fixed
+    norm = _check_normalization(
+        normalization if normalization is not None else default_normalization(fixed["in_chans"]),
+        fixed["in_chans"],
+        f"model directory {str(path)!r}",
+    )
+    if path.exists() and not overwrite:
+        raise UserError(f"model directory {str(path)!r} already exists; choose another path or allow overwriting")
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": model.arch.to_dict(),
+        "fixed": {k: fixed[k] for k in FIXED_KEYS},
+        "image_size": fixed["image_size"],
+        "num_classes": fixed["num_classes"],
+        "normalization": norm,
+        "params": count_params(model.arch, fixed),
+        "macs": count_macs(model.arch, fixed),
+        "metadata": metadata or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, old / "previous")
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The validated ``config.json`` of a model directory."""
+    path = Path(path)
+    where = f"model directory {str(path)!r}"
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise UserError(f"{where}: no {CONFIG_FILE} (is this a model directory written by 'autoformer export'?)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: {CONFIG_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{where}: {CONFIG_FILE} is not an {FORMAT!r} config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{where}: format_version {config.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    fixed = config.get("fixed")
+    if not isinstance(fixed, dict) or set(fixed) != set(FIXED_KEYS):
+        raise UserError(f"{where}: 'fixed' must have exactly the keys {', '.join(FIXED_KEYS)}")
+    config["architecture"] = Architecture.from_dict(config.get("architecture"), source=f"{where}: architecture")
+    config["normalization"] = _check_normalization(config.get("normalization"), fixed["in_chans"], where)
+    return config
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[StaticViT, dict[str, Any]]:
+    """Rebuild a standalone model from its directory; returns the model (eval mode) and its config."""
+    config = read_config(path)
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"model directory {str(path)!r}: no {WEIGHTS_FILE}")
+    model = StaticViT(config["architecture"], config["fixed"])
+    state = load_file(str(weights), device=str(map_location))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"model directory {str(path)!r}: {WEIGHTS_FILE} does not match config.json: {exc}") from None
+    return model.to(map_location).eval(), config
+
+
+def to_timm(model: StaticViT) -> torch.nn.Module:
+    """The same model as timm's ``VisionTransformer`` (identical logits).
+
+    Only for architectures a plain ViT can express: the same heads and MLP ratio in every layer, Q-K-V dim equal
+    to the embedding dim, and no relative position.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    arch, fixed = model.arch, model.fixed
+    reasons = []
+    if not arch.is_homogeneous():
+        reasons.append("layers differ in heads or MLP ratio")
+    if arch.num_heads[0] * fixed["head_dim"] != arch.embed_dim:
+        reasons.append(f"Q-K-V dim {arch.num_heads[0] * fixed['head_dim']} differs from embed dim {arch.embed_dim}")
+    if fixed["relative_position"]:
+        reasons.append("it uses relative position")
+    if reasons:
+        raise UserError(f"architecture {arch.key} cannot be expressed as a timm VisionTransformer: {'; '.join(reasons)}")
+    vit = VisionTransformer(
+        img_size=fixed["image_size"],
+        patch_size=fixed["patch_size"],
+        in_chans=fixed["in_chans"],
+        num_classes=fixed["num_classes"],
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads[0],
+        mlp_ratio=arch.mlp_ratio[0],
+        qkv_bias=fixed["qkv_bias"],
+    )
+    vit.load_state_dict(model.state_dict(), strict=True)
+    return vit.to(model.head.weight.device).train(model.training)
