@@ -176,12 +176,18 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"search space file {where}: not valid YAML: {exc}") from None
+        raise UserError(f"search space file {where}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(
             f"search space file {where}: expected a mapping of keys (embed_dim, depth, ...), got {type(data).__name__}"
         )
     return _build(data, name=name, where=where)
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _read_space_source(spec: str) -> tuple[str, str, str]:

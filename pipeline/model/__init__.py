@@ -1,9 +1,23 @@
 """Torch models: the supernets (weight-entangled and classical) and the standalone static ViT.
 
-No Ray here: these load and run anywhere torch does.
+No Ray here. Names resolve lazily so that loading a standalone model (``pipeline.model.export``) does not
+import the supernet code at all.
 """
 
-from pipeline.model.static import StaticViT
-from pipeline.model.supernet import SHARING_MODES, Supernet
+from __future__ import annotations
 
-__all__ = ["SHARING_MODES", "StaticViT", "Supernet"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StaticViT": "pipeline.model.static",
+    "Supernet": "pipeline.model.supernet",
+    "SHARING_MODES": "pipeline.model.supernet",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pipeline.model' has no attribute {name!r}")

@@ -141,13 +141,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"model directory {str(path)!r}: no {WEIGHTS_FILE}")
-    model = StaticViT(config["architecture"], config["fixed"])
     state = load_file(str(weights), device=str(map_location))
     try:
-        model.load_state_dict(state, strict=True)
+        model = StaticViT.from_state_dict(config["architecture"], config["fixed"], state)
     except RuntimeError as exc:
         raise UserError(f"model directory {str(path)!r}: {WEIGHTS_FILE} does not match config.json: {exc}") from None
-    return model.to(map_location).eval(), config
+    return model.eval(), config
 
 
 def to_timm(model: StaticViT) -> torch.nn.Module:

@@ -37,7 +37,7 @@ class RelativePosition2D(nn.Module):
 
     def __init__(self, head_dim: int, max_distance: int, grid_size: int) -> None:
         super().__init__()
-        self.max_distance = max_distance
+        self.max_distance, self.grid_size = max_distance, grid_size
         self.table_v = nn.Parameter(torch.zeros(2 * max_distance + 2, head_dim))
         self.table_h = nn.Parameter(torch.zeros(2 * max_distance + 2, head_dim))
         index_v, index_h = self._indices(grid_size, max_distance)
@@ -46,6 +46,10 @@ class RelativePosition2D(nn.Module):
         self.register_buffer("index_h", index_h, persistent=False)
         trunc_normal_(self.table_v, std=0.02)
         trunc_normal_(self.table_h, std=0.02)
+
+    def rebuild_index(self, device: torch.device) -> None:
+        """Recompute the (derived) index buffers on ``device``; used after building a model on the meta device."""
+        self.index_v, self.index_h = (t.to(device) for t in self._indices(self.grid_size, self.max_distance))
 
     @staticmethod
     def _indices(grid_size: int, max_distance: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,6 +127,24 @@ class StaticViT(nn.Module):
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_vit_weights)
 
+    @classmethod
+    def from_state_dict(
+        cls, arch: Architecture, fixed: dict[str, Any], state: dict[str, torch.Tensor], **rates: float
+    ) -> "StaticViT":
+        """Build with the given weights, skipping the random initialisation they would overwrite.
+
+        The model is laid out on the meta device (no memory, no init), takes ``state`` as its tensors, and gets
+        its derived buffers rebuilt; loading a base-size model this way costs a copy, not an init.
+        """
+        with torch.device("meta"):
+            model = cls(arch, fixed, **rates)
+        model.load_state_dict(state, strict=True, assign=True)
+        device = next(iter(state.values())).device
+        for module in model.modules():
+            if isinstance(module, RelativePosition2D):
+                module.rebuild_index(device)
+        return model
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed

@@ -253,13 +253,6 @@ class Supernet(nn.Module):
     def extract(self, arch: Architecture) -> StaticViT:
         """The standalone model of ``arch`` with its inherited weights (copies; the supernet is untouched)."""
         self.check_architecture(arch)
-        model = StaticViT(
-            arch,
-            self.space.fixed_parts(),
-            drop_rate=self.drop_rate,
-            attn_drop_rate=self.attn_drop_rate,
-            drop_path_rate=self.drop_path_rate,
-        )
         e = arch.embed_dim
         conv = self.patch_embed.proj
         state: Tensors = {
@@ -278,5 +271,11 @@ class Supernet(nn.Module):
             attention, mlp = layer.choose(heads, ratio)
             for key, value in {**attention.static_state(e, heads), **mlp.static_state(e, hidden)}.items():
                 state[f"blocks.{i}.{key}"] = value
-        model.load_state_dict({k: v.detach().clone().contiguous() for k, v in state.items()}, strict=True)
-        return model.to(self.head.weight.device)
+        return StaticViT.from_state_dict(
+            arch,
+            self.space.fixed_parts(),
+            {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.items()},
+            drop_rate=self.drop_rate,
+            attn_drop_rate=self.attn_drop_rate,
+            drop_path_rate=self.drop_path_rate,
+        )

@@ -1,0 +1,66 @@
+"""The ``autoformer`` command for spaces and architectures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.arch import Architecture
+from pipeline.cli.main import main
+from pipeline.complexity import count_macs, count_params
+from pipeline.space import load_space
+
+
+def test_space_show_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["space", "show", "autoformer-tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["choices"]["embed_dim"] == [192, 216, 240]
+    assert info["choices"]["qkv_dim"] == [192, 256]
+    assert info["num_architectures"] == 3 * (4**12 + 4**13 + 4**14)
+    assert info["params"]["min"] == count_params(Architecture.from_dict(info["smallest"]), load_space("autoformer-tiny"))
+
+
+def test_space_show_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["space", "show", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "embed_dim   32, 48, 64" in out and "architectures  22,113" in out and "params" in out and "MACs" in out
+
+
+def test_arch_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arch = Architecture(192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5])
+    path = tmp_path / "t.json"
+    path.write_text(arch.to_json())
+    assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 5_867_944
+    assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--json", "--image-size", "32", "--num-classes", "10"]) == 0
+    space = load_space("autoformer-tiny").with_overrides(image_size=32, num_classes=10)
+    assert json.loads(capsys.readouterr().out) == {"params": count_params(arch, space), "macs": count_macs(arch, space)}
+    assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--check"]) == 2
+    assert "mlp_ratio 3 is not one of" in capsys.readouterr().err
+
+
+def test_arch_sample_lines_are_valid_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["arch", "sample", "--space", "digits", "--count", "5", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and all(Architecture.from_json(line) for line in lines)
+    assert main(["arch", "sample", "--space", "digits", "--largest"]) == 0
+    assert Architecture.from_json(capsys.readouterr().out).depth == 4
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["space", "show", "nope"], "unknown search space 'nope'"),
+        (["arch", "stats", "--space", "digits", "--arch", "/missing.json"], "does not exist"),
+        (["arch", "stats", "--space", "autoformer-tiny", "--arch", "/dev/null", "--image-size", "40"], "does not divide"),
+    ],
+)
+def test_errors_exit_non_zero_with_one_message(argv: list[str], message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *argv], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
