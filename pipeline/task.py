@@ -1,0 +1,302 @@
+"""Tasks: what to train on and how (``tasks/*.yaml``), with every value overridable from the command line.
+
+A task names a dataset and its shape, the search space (and any fixed parts to change for this dataset), the
+held-out search split, the model's regularisation and the training recipe. Loading fills defaults, applies
+``section.key=value`` overrides, and validates every value against the schema below, so a typo is one clear
+error before anything runs or is written.
+
+Pure Python (YAML only): no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.resources
+import math
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pipeline.errors import UserError
+from pipeline.space import SearchSpace, load_space
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+SHARING = ("entangled", "classical")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+SPACE_OVERRIDE_KEYS = ("patch_size", "max_relative_position", "relative_position", "qkv_bias")
+
+Check = Callable[[Any], bool]
+
+
+def _int(lo: int = 0) -> tuple[str, Check]:
+    return f"an integer >= {lo}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _num(lo: float = 0.0, hi: float = math.inf) -> tuple[str, Check]:
+    return (
+        f"a number in [{lo:g}, {hi:g}]",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi,
+    )
+
+
+def _opt(spec: tuple[str, Check]) -> tuple[str, Check]:
+    return f"{spec[0]} or null", lambda v: v is None or spec[1](v)
+
+
+def _choice(options: tuple[str, ...]) -> tuple[str, Check]:
+    return f"one of {', '.join(options)}", lambda v: v in options
+
+
+def _str() -> tuple[str, Check]:
+    return "a string", lambda v: isinstance(v, str)
+
+
+def _bool() -> tuple[str, Check]:
+    return "true or false", lambda v: isinstance(v, bool)
+
+
+def _floats() -> tuple[str, Check]:
+    return "a list of numbers", lambda v: isinstance(v, list) and bool(v) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+    )
+
+
+def _pair(lo: float, hi: float) -> tuple[str, Check]:
+    return f"[low, high] with {lo:g} <= low <= high <= {hi:g}", lambda v: (
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        and lo <= v[0] <= v[1] <= hi
+    )
+
+
+# section -> key -> (default, (description of what is allowed, check))
+SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
+    "data": {
+        "dataset": (None, _choice(DATASETS)),
+        "root": (None, _opt(_str())),
+        "download": (False, _bool()),
+        "image_size": (None, _int(1)),
+        "in_chans": (3, _int(1)),
+        "num_classes": (None, _opt(_int(2))),
+        "mean": (None, _floats()),
+        "std": (None, _floats()),
+        "interpolation": ("bilinear", _choice(INTERPOLATIONS)),
+        "eval_crop_pct": (0.875, _num(0.05, 1.0)),
+        "loader_workers": (2, _int(0)),
+    },
+    "splits": {
+        "search_per_class": (100, _int(1)),
+        "test_per_class": (100, _int(1)),
+        "seed": (0, _int(0)),
+    },
+    "model": {
+        "sharing": ("entangled", _choice(SHARING)),
+        "drop_rate": (0.0, _num(0.0, 0.99)),
+        "attn_drop_rate": (0.0, _num(0.0, 0.99)),
+        "drop_path_rate": (0.1, _num(0.0, 0.99)),
+    },
+    "train": {
+        "epochs": (100, _int(1)),
+        "batch_size": (256, _int(2)),
+        "optimizer": ("adamw", _choice(OPTIMIZERS)),
+        "lr": (1e-3, _num(0.0, 10.0)),
+        "lr_base_batch": (1024, _int(1)),
+        "min_lr": (1e-5, _num(0.0, 10.0)),
+        "warmup_lr": (1e-6, _num(0.0, 10.0)),
+        "warmup_epochs": (5, _int(0)),
+        "weight_decay": (0.05, _num(0.0, 10.0)),
+        "momentum": (0.9, _num(0.0, 1.0)),
+        "clip_grad": (None, _opt(_num(0.0))),
+        "label_smoothing": (0.1, _num(0.0, 0.99)),
+        "mixup": (0.8, _num(0.0, 10.0)),
+        "cutmix": (1.0, _num(0.0, 10.0)),
+        "mixup_prob": (1.0, _num(0.0, 1.0)),
+        "mixup_switch_prob": (0.5, _num(0.0, 1.0)),
+        "randaugment": ("rand-m9-mstd0.5-inc1", _opt(_str())),
+        "color_jitter": (0.4, _num(0.0, 1.0)),
+        "random_erasing": (0.25, _num(0.0, 1.0)),
+        "hflip": (0.5, _num(0.0, 1.0)),
+        "scale": ([0.08, 1.0], _pair(0.0, 1.0)),
+        "ratio": ([0.75, 1.3333333], _pair(0.01, 100.0)),
+        "seed": (0, _int(0)),
+        "checkpoint_every": (5, _int(1)),
+        "keep_checkpoints": (2, _int(1)),
+        "eval_subnets": (4, _int(0)),
+        "eval_batch_size": (512, _int(1)),
+        "log_every_steps": (0, _int(0)),
+        "max_failures": (3, _int(0)),
+        "precision": ("auto", _choice(("auto", "fp32", "bf16"))),
+        "freeze_inactive": (True, _bool()),
+    },
+}
+TOP_LEVEL = ("description", "space", "space_overrides", *SCHEMA)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A validated task. Sections are plain dicts (JSON-ready: stored in checkpoints and exports)."""
+
+    name: str
+    description: str
+    space_name: str
+    space_overrides: dict[str, Any]
+    data: dict[str, Any]
+    splits: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+
+    def space(self, num_classes: int | None = None) -> SearchSpace:
+        """The task's search space, reshaped for its images (and for ``num_classes`` when found from the data)."""
+        base = load_space(self.space_name)
+        if self.space_overrides:
+            merged = {**base.to_dict(), **self.space_overrides}
+            base = SearchSpace.from_dict(merged, source=f"task {self.name!r}: space_overrides")
+        classes = num_classes or self.data["num_classes"]
+        try:
+            return base.with_overrides(image_size=self.data["image_size"], in_chans=self.data["in_chans"], num_classes=classes)
+        except UserError as exc:
+            raise UserError(f"task {self.name!r} does not fit space {self.space_name!r}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "space": self.space_name,
+            "space_overrides": dict(self.space_overrides),
+            "data": dict(self.data),
+            "splits": dict(self.splits),
+            "model": dict(self.model),
+            "train": dict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Task":
+        data = copy.deepcopy(data)
+        name = data.pop("name", "task")
+        return _build(data, name, f"task {name!r}")
+
+
+def _builtin_dir() -> Traversable:
+    try:
+        return importlib.resources.files("pipeline.tasks")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "tasks"
+
+
+def builtin_task_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_task(name_or_path: str | Path, overrides: list[str] | None = None) -> Task:
+    """Load a task by built-in name or path, apply ``section.key=value`` overrides, validate everything."""
+    spec = str(name_or_path)
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or "/" in spec:
+        if not path.is_file():
+            raise UserError(f"task file {spec!r} does not exist (or is not a file)")
+        text, where, name = path.read_text(encoding="utf-8"), f"task file {str(path)!r}", path.stem
+    else:
+        names = builtin_task_names()
+        if spec not in names:
+            raise UserError(f"unknown task {spec!r}: use a built-in task ({', '.join(names)}) or a path to a .yaml file")
+        text, where, name = (_builtin_dir() / f"{spec}.yaml").read_text(encoding="utf-8"), f"task {spec!r}", spec
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping with sections {', '.join(TOP_LEVEL)}")
+    for item in overrides or []:
+        _apply_override(data, item)
+    return _build(data, name, where)
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"override {item!r}: expected key=value, e.g. train.epochs=50")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    if len(parts) == 1 and key in ("description", "space"):
+        data[key] = value
+        return
+    if len(parts) != 2 or parts[0] not in (*SCHEMA, "space_overrides"):
+        raise UserError(
+            f"override {item!r}: unknown key {key!r}; use section.key with section one of "
+            f"{', '.join((*SCHEMA, 'space_overrides'))}, or description/space"
+        )
+    section, name = parts
+    if section in SCHEMA and name not in SCHEMA[section]:
+        raise UserError(f"override {item!r}: unknown key {key!r}; {section} keys are {', '.join(SCHEMA[section])}")
+    data.setdefault(section, {})
+    if not isinstance(data[section], dict):
+        data[section] = {}
+    data[section][name] = value
+
+
+def _build(data: dict[str, Any], name: str, where: str) -> Task:
+    unknown = sorted(str(k) for k in data if k not in TOP_LEVEL)
+    if unknown:
+        raise UserError(f"{where}: unknown section {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL)}")
+    if not isinstance(data.get("space"), str):
+        raise UserError(f"{where}: key 'space': value {data.get('space')!r} must name a search space (e.g. digits)")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{where}: key 'description': value {description!r} must be a string")
+    space_overrides = data.get("space_overrides") or {}
+    if not isinstance(space_overrides, dict):
+        raise UserError(f"{where}: 'space_overrides' must be a mapping")
+    for key in space_overrides:
+        if key not in SPACE_OVERRIDE_KEYS:
+            raise UserError(f"{where}: key 'space_overrides.{key}': a task may change only {', '.join(SPACE_OVERRIDE_KEYS)}")
+    sections = {}
+    for section, schema in SCHEMA.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise UserError(f"{where}: section {section!r} must be a mapping of keys")
+        unknown = sorted(str(k) for k in given if k not in schema)
+        if unknown:
+            raise UserError(f"{where}: unknown key '{section}.{unknown[0]}'; {section} keys are {', '.join(schema)}")
+        values = {}
+        for key, (default, (allowed, check)) in schema.items():
+            value = given.get(key, copy.deepcopy(default))
+            if value is None and default is None and key in ("dataset", "image_size", "mean", "std"):
+                raise UserError(f"{where}: missing required key '{section}.{key}' ({allowed})")
+            if not check(value):
+                raise UserError(f"{where}: key '{section}.{key}': value {value!r} is not allowed; expected {allowed}")
+            values[key] = value
+        sections[section] = values
+    data_section = sections["data"]
+    for key in ("mean", "std"):
+        if len(data_section[key]) != data_section["in_chans"]:
+            raise UserError(
+                f"{where}: key 'data.{key}': value {data_section[key]!r} must have one entry per channel "
+                f"(data.in_chans = {data_section['in_chans']})"
+            )
+    if any(s <= 0 for s in data_section["std"]):
+        raise UserError(f"{where}: key 'data.std': value {data_section['std']!r} must be positive")
+    if data_section["dataset"] != "digits" and not data_section["root"]:
+        raise UserError(f"{where}: key 'data.root' is required for dataset {data_section['dataset']!r} (--set data.root=PATH)")
+    if data_section["dataset"] in ("cifar10", "cifar100"):
+        expected = 10 if data_section["dataset"] == "cifar10" else 100
+        if data_section["num_classes"] not in (None, expected):
+            raise UserError(f"{where}: key 'data.num_classes': {data_section['dataset']} has {expected} classes")
+        data_section["num_classes"] = expected
+    if data_section["dataset"] == "digits":
+        data_section["num_classes"] = 10
+    task = Task(
+        name=name,
+        description=description,
+        space_name=data["space"],
+        space_overrides=dict(space_overrides),
+        **sections,
+    )
+    task.space(num_classes=task.data["num_classes"] or 2)  # fails early when the space does not fit the images
+    return task
