@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipeline import __version__
-from pipeline.cli import space_commands
+from pipeline.cli import space_commands, train_command
 from pipeline.errors import UserError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     space_commands.add_parsers(sub)
+    train_command.add_parser(sub)
     return parser
 
 

@@ -210,6 +210,10 @@ class Supernet(nn.Module):
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_vit_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory leaves out of weight decay: tokens and position tables (as DeiT)."""
+        return {"cls_token", "pos_embed"} | {name for name, _ in self.named_parameters() if ".rel_pos_" in name}
+
     def check_architecture(self, arch: Architecture) -> None:
         """Raise ``UserError`` unless this supernet holds weights for ``arch``.
 

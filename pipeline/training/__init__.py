@@ -1,0 +1,1 @@
+"""Supernet training: the DeiT recipe from timm, run on Ray Train (DDP) with checkpoints and resume."""

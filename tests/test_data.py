@@ -1,0 +1,90 @@
+"""Data: the embedded digits, ImageFolder trees, disjoint seeded splits and the test-split guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data.sources import open_sources
+from pipeline.data.splits import SplitDataset, plan_splits, require_role
+from pipeline.data.transforms import eval_transform, train_transform
+from pipeline.errors import UserError
+from pipeline.task import load_task
+
+
+def test_splits_are_disjoint_seeded_and_per_class() -> None:
+    labels = np.repeat(np.arange(5), 40)
+    plan = plan_splits(labels, search_per_class=6, test_per_class=4, seed=3)
+    train, search, test = set(plan.train), set(plan.search), set(plan.test)
+    assert not (train & search) and not (train & test) and not (search & test)
+    assert train | search | test == set(range(200))
+    assert np.bincount(labels[plan.search]).tolist() == [6] * 5 and np.bincount(labels[plan.test]).tolist() == [4] * 5
+    again = plan_splits(labels, 6, 4, seed=3)
+    assert np.array_equal(again.search, plan.search) and np.array_equal(again.test, plan.test)
+    assert not np.array_equal(plan_splits(labels, 6, 4, seed=4).search, plan.search)
+    summary = plan.summary()
+    assert summary["search"]["size"] == 30 and summary["test"]["source"] == "carved from training data"
+    own = plan_splits(labels, 6, None, seed=3)
+    assert own.test is None and len(own.train) == 170
+
+
+def test_too_few_images_per_class() -> None:
+    with pytest.raises(UserError, match="class 1 has 5 training images, too few to hold out 5"):
+        plan_splits(np.array([0] * 20 + [1] * 5), search_per_class=3, test_per_class=2, seed=0)
+
+
+def test_digits_source_and_transforms() -> None:
+    task = load_task("digits")
+    pool, test = open_sources(task.data)
+    assert len(pool) == 1797 and test is None and len(pool.classes) == 10
+    plan = plan_splits(pool.labels, 20, 30, 0)
+    ds = SplitDataset(pool, plan.train, train_transform(task.data, task.train), "train")
+    image, label = ds[0]
+    assert image.shape == (1, 8, 8) and 0 <= label < 10
+    ev = SplitDataset(pool, plan.search, eval_transform(task.data), "search")
+    assert ev[0][0].shape == (1, 8, 8)
+
+
+def test_scoring_refuses_anything_but_the_search_split() -> None:
+    task = load_task("digits")
+    pool, _ = open_sources(task.data)
+    test = SplitDataset(pool, None, eval_transform(task.data), "test")
+    with pytest.raises(UserError, match="needs the 'search' split, got 'test'"):
+        require_role(test, "search", "scoring candidates")
+    require_role(SplitDataset(pool, None, eval_transform(task.data), "search"), "search", "scoring candidates")
+
+
+def _tree(root: Path, classes: int = 3, per_class: int = 6, val: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val") if val else ("train",):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_imagefolder_with_and_without_val(tmp_path: Path) -> None:
+    _tree(tmp_path / "a")
+    task = load_task("imagefolder", [f"data.root={tmp_path / 'a'}", "data.image_size=8", "space_overrides.patch_size=2"])
+    pool, test = open_sources(task.data, check_images=True)
+    assert len(pool) == 18 and test is None and pool.classes == ["class0", "class1", "class2"]
+    assert pool.load(0).size == (12, 12)
+    _tree(tmp_path / "b", val=True)
+    pool, test = open_sources({**task.data, "root": str(tmp_path / "b")})
+    assert test is not None and len(test) == 18
+
+
+def test_imagefolder_errors(tmp_path: Path) -> None:
+    data = load_task("imagefolder", [f"data.root={tmp_path}"]).data
+    with pytest.raises(UserError, match="does not exist"):
+        open_sources({**data, "root": str(tmp_path / "missing")})
+    with pytest.raises(UserError, match="has no train/ directory"):
+        open_sources(data)
+    _tree(tmp_path / "c")
+    (tmp_path / "c" / "train" / "class1" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="unreadable image .*broken.jpg"):
+        open_sources({**data, "root": str(tmp_path / "c")}, check_images=True)

@@ -1,0 +1,121 @@
+"""Training building blocks that need no Ray: per-step sampling, the exact step, the recipe, supernet files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.arch import Architecture
+from pipeline.errors import UserError
+from pipeline.model.supernet import Supernet
+from pipeline.model.supernet_io import load_supernet, save_supernet
+from pipeline.sampling import largest_architecture
+from pipeline.space import load_space
+from pipeline.task import load_task
+from pipeline.training.evaluate import evaluate_sums, finish
+from pipeline.training.exact_step import step_only_active
+from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler, scaled_lr
+from pipeline.training.worker import step_architecture, tracked_subnets
+
+
+def test_step_architecture_is_shared_by_ranks_and_reruns() -> None:
+    space = load_space("digits")
+    first = [step_architecture(space, 0, e, s) for e in range(3) for s in range(10)]
+    assert first == [step_architecture(space, 0, e, s) for e in range(3) for s in range(10)]
+    assert len({a.key for a in first}) > 20  # a fresh draw every step
+    assert first != [step_architecture(space, 1, e, s) for e in range(3) for s in range(10)]
+
+
+def test_tracked_subnets_are_fixed_and_include_the_extremes() -> None:
+    space = load_space("digits")
+    subnets = tracked_subnets(space, seed=0, count=4)
+    assert [n for n, _ in subnets] == ["smallest", "largest", "subnet0", "subnet1", "subnet2", "subnet3"]
+    assert subnets == tracked_subnets(space, seed=0, count=4)
+
+
+def _one_step(exact: bool) -> tuple[Supernet, dict[str, torch.Tensor], Architecture]:
+    torch.manual_seed(0)
+    space = load_space("digits")
+    net = Supernet(space)
+    task = load_task("digits")
+    opt = build_optimizer(net, task.train)
+    arch = Architecture(32, 2, [2, 2], [2.0, 2.0])
+    images, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(2):  # warm up AdamW's moments on the largest subnet first
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(images, largest_architecture(space)), labels).backward()
+        opt.step()
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(images, arch), labels).backward()
+    step_only_active(opt) if exact else opt.step()
+    return net, before, arch
+
+
+def test_exact_step_changes_only_the_subnet_slice() -> None:
+    net, before, arch = _one_step(exact=True)
+    after = net.state_dict()
+    qkv = "blocks.0.attention.attn.qkv.weight"
+    w0, w1 = before[qkv].view(3, 64, 64), after[qkv].view(3, 64, 64)
+    assert not torch.equal(w0[:, :32, :32], w1[:, :32, :32])  # the subnet's slice trained
+    assert torch.equal(w0[:, 32:, :], w1[:, 32:, :]) and torch.equal(w0[:, :, 32:], w1[:, :, 32:])  # nothing else
+    for key in after:
+        if key.startswith(("blocks.2.", "blocks.3.")):  # beyond the subnet's depth
+            assert torch.equal(before[key], after[key]), key
+    fc1 = "blocks.1.mlp.mlp.fc1.weight"
+    assert torch.equal(before[fc1][64:], after[fc1][64:]) and torch.equal(before[fc1][:, 32:], after[fc1][:, 32:])
+
+
+def test_plain_adamw_would_move_the_inactive_part() -> None:
+    net, before, _ = _one_step(exact=False)
+    qkv = "blocks.0.attention.attn.qkv.weight"
+    assert not torch.equal(before[qkv].view(3, 64, 64)[:, 32:, :], net.state_dict()[qkv].view(3, 64, 64)[:, 32:, :])
+
+
+def test_recipe_scales_lr_warms_up_and_decays() -> None:
+    task = load_task("digits", ["train.epochs=10", "train.warmup_epochs=2", "train.batch_size=64", "train.lr_base_batch=128"])
+    assert scaled_lr(task.train) == pytest.approx(task.train["lr"] / 2)
+    net = Supernet(load_space("digits"))
+    opt = build_optimizer(net, task.train)
+    sched = build_scheduler(opt, task.train, steps_per_epoch=5)
+    lrs = []
+    for step in range(1, 51):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    peak = max(lrs)
+    assert lrs[0] < peak / 2 and lrs.index(peak) in range(8, 12) and lrs[-1] < peak / 10
+    groups = {len(g["params"]): g["weight_decay"] for g in opt.param_groups}
+    assert 0.0 in groups.values() and task.train["weight_decay"] in groups.values()
+    assert build_mixup(task.train, 10) is None  # digits: no Mixup/CutMix
+    mix_task = load_task("digits", ["train.mixup=0.8", "train.cutmix=1.0"])
+    assert build_mixup(mix_task.train, 10) is not None
+    assert type(build_loss(mix_task.train, build_mixup(mix_task.train, 10))).__name__ == "SoftTargetCrossEntropy"
+
+
+def test_evaluate_sums_add_up_across_shards() -> None:
+    net = Supernet(load_space("digits")).eval()
+    arch = largest_architecture(net.space)
+    images, labels = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    whole = evaluate_sums(net, arch, [(images, labels)], torch.device("cpu"))
+    parts = evaluate_sums(net, arch, [(images[:7], labels[:7])], torch.device("cpu")) + evaluate_sums(
+        net, arch, [(images[7:], labels[7:])], torch.device("cpu")
+    )
+    assert torch.allclose(whole, parts)
+    scores = finish(whole)
+    assert 0 <= scores["top1"] <= scores["top5"] <= 1 and scores["loss"] > 0
+
+
+def test_supernet_directory_round_trip(tmp_path: Path) -> None:
+    net = Supernet(load_space("digits"), sharing="classical", drop_path_rate=0.2).eval()
+    save_supernet(net, tmp_path / "s", epochs=3)
+    loaded, config = load_supernet(tmp_path / "s")
+    assert loaded.sharing == "classical" and loaded.drop_path_rate == 0.2 and config["epochs"] == 3
+    images = torch.randn(4, 1, 8, 8)
+    arch = largest_architecture(net.space)
+    with torch.no_grad():
+        assert torch.equal(net(images, arch), loaded(images, arch))
+    with pytest.raises(UserError, match="no config.json"):
+        load_supernet(tmp_path / "missing")
