@@ -71,9 +71,10 @@ def say(line: str) -> None:
 
 
 def _quiet_ray_train_logs() -> None:
-    """Ray Train logs every report at INFO from loggers that set their own level; our epoch lines are the progress."""
+    """Ray Train logs every report at INFO (some of its loggers are named by file path, not module); our epoch
+    lines are the progress."""
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("ray.train"):
+        if name.startswith("ray.train") or f"{os.sep}ray{os.sep}train{os.sep}" in name:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,140 @@
+"""End-to-end supernet training through the CLI (Ray Train on this machine): slow, run in CI.
+
+Each test runs ``autoformer train`` in its own process, as a user would, so each gets its own Ray instance.
+Workers get fractional CPUs so that two of them fit on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.model.supernet_io import load_supernet
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--set", "train.warmup_epochs=1", "--set", "train.checkpoint_every=1", "--set", "train.eval_subnets=1"]
+
+
+def _train(storage: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(storage), *FAST, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _export(storage: Path, name: str = "digits-supernet") -> dict:
+    model, config = load_supernet(storage / name / "supernet")
+    assert model.space.name == "digits"
+    return config
+
+
+def _check_ok(out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_one_worker_trains_checkpoints_and_exports(tmp_path: Path) -> None:
+    out = _train(tmp_path, "--set", "train.epochs=2", "--cpus-per-worker", "1")
+    _check_ok(out)
+    assert "[train] epoch 2/2" in out.stdout and out.stdout.count("[train] epoch 1/2 ") == 1
+    config = _export(tmp_path)
+    assert config["epochs"] == 2 and config["restarts"] == 0 and config["resumes"] == 0
+    assert config["splits"]["search"]["size"] == 200 and config["splits"]["test"]["size"] == 300
+    assert config["splits"]["train"]["size"] == 1797 - 500
+    metrics = config["metrics"]
+    for key in ("train_loss", "lr", "images_per_s", "search_top1/smallest", "search_top1/largest", "search_top1/subnet0"):
+        assert key in metrics
+    assert [h["epoch"] for h in config["history"]] == [1, 2]
+    assert len([p for p in (tmp_path / "digits-supernet").glob("checkpoint_*") if p.is_dir()]) <= 2
+
+
+def test_two_workers_ddp(tmp_path: Path) -> None:
+    out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=2")
+    _check_ok(out)
+    config = _export(tmp_path)
+    assert config["workers"] == 2 and config["epochs"] == 2
+
+
+def test_worker_failure_restarts_from_last_checkpoint(tmp_path: Path) -> None:
+    out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=3", "--inject-failure-at-epoch", "2")
+    _check_ok(out)
+    assert "fault injection: rank 1 exits at the start of epoch 2" in out.stdout + out.stderr
+    # Ray restarts from the newest checkpoint its controller had committed (epoch 1 or 2 of 3).
+    assert "continuing from epoch" in out.stdout and "(restarts 1, resumes 0)" in out.stdout
+    config = _export(tmp_path)
+    assert config["restarts"] == 1 and config["resumes"] == 0
+    assert [h["epoch"] for h in config["history"]] == [1, 2, 3]
+
+
+def _latest_epoch(run: Path) -> int:
+    epochs = [json.loads(p.read_text())["epoch"] for p in run.glob("checkpoint_*/state.json")]
+    return max(epochs, default=0)
+
+
+def test_interrupted_driver_resumes_when_run_again(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path), *FAST, "--set", "train.epochs=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = tmp_path / "digits-supernet"
+    deadline = time.time() + 300
+    while _latest_epoch(run) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    interrupted_at = _latest_epoch(run)
+    assert 2 <= interrupted_at < 8
+    out = _train(tmp_path, "--set", "train.epochs=8")
+    _check_ok(out)
+    # Resumed, not restarted: from the newest checkpoint Ray's run snapshot had recorded when interrupted.
+    resumed_from = [int(line.split("continuing from epoch ")[1].split()[0]) for line in out.stdout.splitlines() if "continuing from epoch" in line]
+    assert len(resumed_from) == 1 and 1 <= resumed_from[0] <= interrupted_at
+    config = _export(tmp_path)
+    assert config["resumes"] == 1 and config["epochs"] == 8
+    assert [h["epoch"] for h in config["history"]] == list(range(1, 9))
+
+
+def _broken_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        folder = root / "train" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (root / "train" / "c1" / "bad.png").write_bytes(b"\x89PNG broken")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["imagefolder", "--set", "data.root=/no/such/dir"], "dataset root '/no/such/dir' does not exist"),
+        (["BROKEN"], "unreadable image"),
+        (["digits", "--set", "data.image_size=9"], "patch_size 2 does not divide image_size 9"),
+        (["digits", "--workers", "0"], "--workers 0: must be at least 1"),
+        (["digits", "--gpu", "--cpus-per-worker", "1"], "--gpu was given but the Ray cluster has no GPU"),
+    ],
+    ids=["missing-dataset", "unreadable-image", "patch-does-not-divide", "zero-workers", "gpu-without-gpu"],
+)
+def test_bad_runs_fail_clearly_and_write_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    if args == ["BROKEN"]:
+        _broken_tree(tmp_path / "tree")
+        args = [
+            "imagefolder", "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.image_size=8",
+            "--set", "space_overrides.patch_size=2", "--set", "splits.search_per_class=1",
+            "--set", "splits.test_per_class=1", "--set", "train.batch_size=4",
+        ]
+    storage = tmp_path / "runs"
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "train", *args, "--storage", str(storage)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("autoformer: error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert not storage.exists() or not any(storage.rglob("*"))
