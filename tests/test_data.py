@@ -88,3 +88,12 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     (tmp_path / "c" / "train" / "class1" / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(UserError, match="unreadable image .*broken.jpg"):
         open_sources({**data, "root": str(tmp_path / "c")}, check_images=True)
+
+
+def test_randaugment_at_full_magnitude_runs() -> None:
+    """DeiT's RandAugment reaches posterize with 0 bits at magnitude 10 (the dependency pins keep it working)."""
+    task = load_task("digits", ["data.in_chans=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "train.randaugment=rand-m10-n4-inc1"])
+    transform = train_transform(task.data, task.train)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        assert transform(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))).shape == (3, 8, 8)
