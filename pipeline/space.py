@@ -21,8 +21,7 @@ import yaml
 from pipeline.errors import UserError
 
 CHOICE_KEYS = ("embed_dim", "depth", "num_heads", "qkv_dim", "mlp_ratio")
-SCALAR_KEYS = (
-    "description",
+FIXED_KEYS = (
     "head_dim",
     "patch_size",
     "image_size",
@@ -32,6 +31,7 @@ SCALAR_KEYS = (
     "max_relative_position",
     "qkv_bias",
 )
+SCALAR_KEYS = ("description", *FIXED_KEYS)
 ALLOWED_KEYS = CHOICE_KEYS + SCALAR_KEYS
 REQUIRED_KEYS = ("embed_dim", "depth", "mlp_ratio", "head_dim", "patch_size", "image_size", "num_classes")
 DEFAULTS: dict[str, Any] = {
@@ -139,16 +139,7 @@ class SearchSpace:
 
     def fixed_parts(self) -> dict[str, Any]:
         """What every architecture of the space shares: what a standalone model needs besides its architecture."""
-        return {
-            "head_dim": self.head_dim,
-            "patch_size": self.patch_size,
-            "image_size": self.image_size,
-            "in_chans": self.in_chans,
-            "num_classes": self.num_classes,
-            "relative_position": self.relative_position,
-            "max_relative_position": self.max_relative_position,
-            "qkv_bias": self.qkv_bias,
-        }
+        return {key: getattr(self, key) for key in FIXED_KEYS}
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------

@@ -8,10 +8,6 @@ so a crash never leaves a half-written model where a user would look for one.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +17,14 @@ from safetensors.torch import load_file, save_file
 from pipeline.arch import Architecture
 from pipeline.complexity import count_macs, count_params
 from pipeline.errors import UserError
+from pipeline.model.files import read_config as read_directory_config
+from pipeline.model.files import write_config, write_directory
 from pipeline.model.static import StaticViT
+from pipeline.space import FIXED_KEYS
 
 FORMAT = "autoformer-subnet"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FIXED_KEYS = (
-    "head_dim",
-    "patch_size",
-    "image_size",
-    "in_chans",
-    "num_classes",
-    "relative_position",
-    "max_relative_position",
-    "qkv_bias",
-)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -89,44 +77,19 @@ def save_model(
         "macs": count_macs(model.arch, fixed),
         "metadata": metadata or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
+    def fill(directory: Path) -> None:
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        write_config(directory, config)
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rename(target, old / "previous")
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    return write_directory(path, fill)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The validated ``config.json`` of a model directory."""
-    path = Path(path)
     where = f"model directory {str(path)!r}"
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise UserError(f"{where}: no {CONFIG_FILE} (is this a model directory written by 'autoformer export'?)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: {CONFIG_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"{where}: {CONFIG_FILE} is not an {FORMAT!r} config")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{where}: format_version {config.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    config = read_directory_config(path, FORMAT, FORMAT_VERSION, "model", "is this a model directory written by 'autoformer export'?")
     fixed = config.get("fixed")
     if not isinstance(fixed, dict) or set(fixed) != set(FIXED_KEYS):
         raise UserError(f"{where}: 'fixed' must have exactly the keys {', '.join(FIXED_KEYS)}")

@@ -190,24 +190,22 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
     """Write ``<storage>/<name>/supernet`` (config.json + supernet.safetensors) from the final checkpoint."""
     from safetensors.torch import load_file
 
-    from pipeline.model.supernet_io import FORMAT, FORMAT_VERSION, write_supernet_dir
+    from pipeline.model.supernet_io import supernet_config, write_supernet_dir
 
     task = state["task"]
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "space": state["space"],
-        "sharing": task["model"]["sharing"],
-        "regularization": {k: task["model"][k] for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")},
-        "task": task,
-        "splits": state["splits"],
-        "epochs": state["epoch"],
-        "workers": state.get("workers"),
-        "restarts": state["restarts"],
-        "resumes": state["resumes"],
-        "metrics": state["history"][-1] if state["history"] else {},
-        "history": state["history"],
-    }
+    config = supernet_config(
+        state["space"],
+        task["model"]["sharing"],
+        task["model"],
+        task=task,
+        splits=state["splits"],
+        epochs=state["epoch"],
+        workers=state.get("workers"),
+        restarts=state["restarts"],
+        resumes=state["resumes"],
+        metrics=state["history"][-1] if state["history"] else {},
+        history=state["history"],
+    )
     weights = load_file(str(checkpoint_dir / "supernet.safetensors"))
     if not is_uri(storage):
         return str(write_supernet_dir(Path(storage) / name / EXPORT_DIR, weights, config))
