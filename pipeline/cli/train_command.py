@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from pipeline.task import builtin_task_names, load_task
@@ -33,19 +34,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ray.train import TrainingFailedError
+
     from pipeline.training.launch import train_supernet
 
     task = load_task(args.task, args.overrides)
     start = time.perf_counter()
-    outcome = train_supernet(
-        task,
-        workers=args.workers,
-        gpu=args.gpu,
-        storage=args.storage,
-        name=args.name,
-        cpus_per_worker=args.cpus_per_worker,
-        fail_at_epoch=args.inject_failure_at_epoch,
-    )
+    try:
+        outcome = train_supernet(
+            task,
+            workers=args.workers,
+            gpu=args.gpu,
+            storage=args.storage,
+            name=args.name,
+            cpus_per_worker=args.cpus_per_worker,
+            fail_at_epoch=args.inject_failure_at_epoch,
+        )
+    except TrainingFailedError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"autoformer: error: training failed after train.max_failures={task.train['max_failures']} restarts "
+            f"({first}); the workers' errors are above. Re-running the same command resumes from the last checkpoint.",
+            file=sys.stderr,
+        )
+        return 1
     m = outcome.metrics
     print(f"[train] done in {time.perf_counter() - start:.1f} s; run {outcome.run_path}")
     print(

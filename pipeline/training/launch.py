@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -87,7 +88,7 @@ def _check_same_task(previous: dict[str, Any], task: Task, name: str) -> None:
         raise UserError(f"run {name!r} already exists with another search space; choose a new run with --name")
 
 
-def validate_data(task: Task, workers: int) -> dict[str, Any]:
+def validate_data(task: Task) -> dict[str, Any]:
     """Open the data as the workers will (decoding images to catch unreadable files) and check the splits."""
     pool, own_test = open_sources(task.data, check_images=True)
     classes = len(pool.classes)
@@ -101,12 +102,18 @@ def validate_data(task: Task, workers: int) -> dict[str, Any]:
 
 
 def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
+    """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count)."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    per_node = min((n["Resources"].get("CPU", 0.0) for n in nodes), default=1.0)
-    workers_per_node = math.ceil(workers / max(len(nodes), 1))
-    share = max(1, int(per_node // workers_per_node))
+    nodes = [
+        n["Resources"] for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("CPU", 0) > 0 and (not gpu or n["Resources"].get("GPU", 0) >= 1)
+    ]
+    if not nodes:  # an autoscaling cluster with no worker node yet: ask for what a DataLoader needs
+        return float(loader_workers + 1)
+    per_node = min(n["CPU"] for n in nodes)
+    workers_per_node = math.ceil(workers / len(nodes)) if not gpu else min(math.ceil(workers / len(nodes)), int(min(n["GPU"] for n in nodes)))
+    share = max(1, int(per_node // max(workers_per_node, 1)))
     return float(min(share, loader_workers + 1) if gpu else share)
 
 
@@ -128,7 +135,7 @@ def train_supernet(
         raise UserError(f"Mixup/CutMix need an even batch per worker; train.batch_size / workers = {per_worker}")
     if cpus_per_worker is not None and cpus_per_worker <= 0:
         raise UserError(f"--cpus-per-worker {cpus_per_worker}: must be positive")
-    checked = validate_data(task, workers)
+    checked = validate_data(task)
     storage = resolve_storage(storage)
     name = name or f"{task.name}-supernet"
     previous = latest_checkpoint_state(storage, name)
@@ -139,10 +146,13 @@ def train_supernet(
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    joining_cluster = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise UserError("--gpu was given but the Ray cluster has no GPU; drop --gpu to train on CPUs")
+        if not joining_cluster:
+            raise UserError("--gpu was given but this machine has no GPU; drop --gpu to train on CPUs")
+        print("[train] no GPU in the cluster yet: waiting for the autoscaler to add GPU nodes", flush=True)
     cpus = cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
     resources: dict[str, float] = {"CPU": cpus}
     if gpu:

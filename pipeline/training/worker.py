@@ -144,6 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state["resumes"] += 1  # a new fit() call on the same run: the command was run again
             state["attempt"] = config["attempt"]
+            state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
         if rank == 0:
             say(f"[train] continuing from epoch {state['epoch']} (restarts {state['restarts']}, resumes {state['resumes']})")
     else:
