@@ -1,0 +1,1 @@
+"""Datasets, the three disjoint splits (train / search / test) and their transforms."""

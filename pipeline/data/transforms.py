@@ -1,0 +1,38 @@
+"""Image transforms from timm: DeiT-style training augmentation and plain evaluation preprocessing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from timm.data import create_transform
+
+
+def train_transform(data: dict, train: dict) -> Callable:
+    return create_transform(
+        input_size=(data["in_chans"], data["image_size"], data["image_size"]),
+        is_training=True,
+        scale=tuple(train["scale"]),
+        ratio=tuple(train["ratio"]),
+        hflip=train["hflip"],
+        vflip=0.0,
+        color_jitter=train["color_jitter"] or None,
+        auto_augment=train["randaugment"],
+        interpolation=data["interpolation"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        re_prob=train["random_erasing"],
+        re_mode="pixel",
+        re_count=1,
+    )
+
+
+def eval_transform(data: dict) -> Callable:
+    """Resize and centre-crop at ``data.eval_crop_pct`` (1.0 for small images), then normalise."""
+    return create_transform(
+        input_size=(data["in_chans"], data["image_size"], data["image_size"]),
+        is_training=False,
+        interpolation=data["interpolation"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        crop_pct=data["eval_crop_pct"],
+    )
