@@ -119,3 +119,23 @@ def test_supernet_directory_round_trip(tmp_path: Path) -> None:
         assert torch.equal(net(images, arch), loaded(images, arch))
     with pytest.raises(UserError, match="no config.json"):
         load_supernet(tmp_path / "missing")
+
+
+def test_newest_complete_checkpoint_skips_cut_short_ones(tmp_path: Path) -> None:
+    from pipeline.training.launch import newest_complete_checkpoint
+    from pipeline.training.recipe import build_scheduler
+    from pipeline.training.state import write_checkpoint
+
+    assert newest_complete_checkpoint(str(tmp_path), "run") is None
+    task = load_task("digits")
+    net = Supernet(load_space("digits"))
+    opt = build_optimizer(net, task.train)
+    sched = build_scheduler(opt, task.train, steps_per_epoch=3)
+    for epoch, name in ((2, "checkpoint_2026-01-01_00-00-02"), (3, "checkpoint_2026-01-01_00-00-03")):
+        write_checkpoint(tmp_path / "run" / name, net, opt, sched, {"epoch": epoch, "task": task.to_dict()})
+    path, state = newest_complete_checkpoint(str(tmp_path), "run")
+    assert state["epoch"] == 3 and path.endswith("00-00-03")
+    weights = tmp_path / "run" / "checkpoint_2026-01-01_00-00-03" / "supernet.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short while being written
+    path, state = newest_complete_checkpoint(str(tmp_path), "run")
+    assert state["epoch"] == 2 and path.endswith("00-00-02")

@@ -21,6 +21,7 @@ from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_splits
 from pipeline.errors import UserError
 from pipeline.task import Task
+from pipeline.training.state import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
 
 EXPORT_DIR = "supernet"
 # Task keys that may change between a run and its resumption (the rest must match the checkpoint).
@@ -54,8 +55,13 @@ def _filesystem(storage: str):
     return pyarrow.fs.LocalFileSystem(), storage
 
 
-def latest_checkpoint_state(storage: str, name: str) -> dict[str, Any] | None:
-    """state.json of the newest checkpoint of run ``name`` (None if the run has none yet)."""
+def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
+    """Path (or URI) and state of the newest complete checkpoint of run ``name`` on storage, if any.
+
+    Ray resumes from the newest checkpoint its run snapshot recorded, which after an interrupt can be older
+    than what was already written (or missing altogether); workers take whichever of the two is newer.
+    Complete means all three files are there and, on local storage, the weights file's header is intact.
+    """
     import pyarrow.fs
 
     fs, root = _filesystem(storage)
@@ -63,14 +69,25 @@ def latest_checkpoint_state(storage: str, name: str) -> dict[str, Any] | None:
     if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
         return None
     selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
-    checkpoints = sorted(
-        info.path for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+    names = sorted(
+        info.base_name for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
     )
-    for path in reversed(checkpoints):
-        state_file = f"{path}/state.json"
-        if fs.get_file_info(state_file).type == pyarrow.fs.FileType.File:
-            with fs.open_input_stream(state_file) as f:
-                return json.loads(f.read().decode("utf-8"))
+    for dirname in reversed(names):
+        path = f"{run_dir}/{dirname}"
+        files = [f"{path}/{f}" for f in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE)]
+        if any(info.type != pyarrow.fs.FileType.File for info in fs.get_file_info(files)):
+            continue
+        try:
+            with fs.open_input_stream(files[0]) as f:
+                state = json.loads(f.read().decode("utf-8"))
+            if not is_uri(storage):
+                from safetensors import safe_open
+
+                with safe_open(files[1], "pt"):
+                    pass
+        except Exception:  # a checkpoint cut short while being written: try the one before
+            continue
+        return (f"{storage.rstrip('/')}/{name}/{dirname}" if is_uri(storage) else path), state
     return None
 
 
@@ -138,9 +155,9 @@ def train_supernet(
     checked = validate_data(task)
     storage = resolve_storage(storage)
     name = name or f"{task.name}-supernet"
-    previous = latest_checkpoint_state(storage, name)
-    if previous is not None:
-        _check_same_task(previous["task"], task, name)
+    newest = newest_complete_checkpoint(storage, name)
+    if newest is not None:
+        _check_same_task(newest[1]["task"], task, name)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -163,6 +180,7 @@ def train_supernet(
             "task": task.to_dict(),
             "attempt": uuid.uuid4().hex,
             "fail_at_epoch": fail_at_epoch,
+            "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
             "threads": max(1, int(cpus)),
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),

@@ -35,7 +35,7 @@ from pipeline.task import Task
 from pipeline.training.evaluate import evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
-from pipeline.training.state import read_checkpoint, write_checkpoint
+from pipeline.training.state import read_checkpoint, read_state, write_checkpoint
 
 
 def step_architecture(space, seed: int, epoch: int, step: int) -> Architecture:
@@ -77,6 +77,27 @@ def _quiet_ray_train_logs() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("ray.train") or f"{os.sep}ray{os.sep}train{os.sep}" in name:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _resume_checkpoint(newest_on_storage: dict[str, Any] | None):
+    """Ray's checkpoint for this run, or the newer complete one the driver found on storage.
+
+    After an interrupted driver, Ray's run snapshot can lag behind the checkpoints already written; resuming
+    from the newest complete one loses no finished epochs. After a worker failure within the same run, Ray's
+    own checkpoint is the newer and wins.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if newest_on_storage is None:
+        return checkpoint
+    ray_epoch = -1
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            ray_epoch = read_state(Path(d))["epoch"]
+    if newest_on_storage["epoch"] > ray_epoch:
+        return ray.train.Checkpoint(newest_on_storage["path"])
+    return checkpoint
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -135,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     mixup = build_mixup(tr, space.num_classes)
     loss_fn = build_loss(tr, mixup)
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _resume_checkpoint(config.get("newest_checkpoint"))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = read_checkpoint(Path(d), model, optimizer, scheduler, device)
