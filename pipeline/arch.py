@@ -53,9 +53,6 @@ class Architecture:
                 raise UserError(f"architecture: key 'mlp_ratio': value {r!r} must be a positive number")
 
     # ---- derived -----------------------------------------------------------------------------------------------
-    def qkv_dims(self, head_dim: int) -> tuple[int, ...]:
-        return tuple(h * head_dim for h in self.num_heads)
-
     def mlp_hidden_dims(self) -> tuple[int, ...]:
         return tuple(mlp_hidden_dim(self.embed_dim, r) for r in self.mlp_ratio)
 

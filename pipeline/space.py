@@ -10,14 +10,11 @@ Pure Python: no torch here, so counting and validating run anywhere.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.builtin_yaml import builtin_names, read_yaml_mapping
 from pipeline.errors import UserError
 
 CHOICE_KEYS = ("embed_dim", "depth", "num_heads", "qkv_dim", "mlp_ratio")
@@ -135,7 +132,7 @@ class SearchSpace:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "SearchSpace":
         data = dict(data)
         name = str(data.pop("name", Path(source).stem))
-        return _build(data, name=name, where=source)
+        return _build(data, name=name, ctx=f"search space from {source}")
 
     def fixed_parts(self) -> dict[str, Any]:
         """What every architecture of the space shares: what a standalone model needs besides its architecture."""
@@ -145,17 +142,9 @@ class SearchSpace:
 # ---- loading ---------------------------------------------------------------------------------------------------
 
 
-def _builtin_dir() -> Traversable:
-    """The shipped ``search_spaces/`` folder: installed as ``pipeline.search_spaces``, or beside a source checkout."""
-    try:
-        return importlib.resources.files("pipeline.search_spaces")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "search_spaces"
-
-
 def builtin_space_names() -> list[str]:
     """Names of the spaces shipped with the package (the files in ``search_spaces/``)."""
-    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+    return builtin_names("search_spaces")
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
@@ -163,39 +152,11 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
     Raises ``UserError`` naming the file, key and value for anything malformed.
     """
-    text, where, name = _read_space_source(str(name_or_path))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"search space file {where}: not valid YAML: {_one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise UserError(
-            f"search space file {where}: expected a mapping of keys (embed_dim, depth, ...), got {type(data).__name__}"
-        )
-    return _build(data, name=name, where=where)
+    data, name, label = read_yaml_mapping(name_or_path, "search_spaces", "search space", "of keys (embed_dim, depth, ...)")
+    return _build(data, name=name, ctx=label)
 
 
-def _one_line(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _read_space_source(spec: str) -> tuple[str, str, str]:
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in spec:
-        if not path.is_file():
-            raise UserError(f"search space file {spec!r} does not exist (or is not a file)")
-        return path.read_text(encoding="utf-8"), repr(str(path)), path.stem
-    names = builtin_space_names()
-    if spec not in names:
-        raise UserError(f"unknown search space {spec!r}: use a built-in name ({', '.join(names)}) or a path to a .yaml file")
-    resource = _builtin_dir() / f"{spec}.yaml"
-    return resource.read_text(encoding="utf-8"), repr(f"{spec}.yaml"), spec
-
-
-def _build(data: dict[str, Any], name: str, where: str) -> SearchSpace:
-    ctx = f"search space file {where}"
+def _build(data: dict[str, Any], name: str, ctx: str) -> SearchSpace:
     unknown = sorted(str(k) for k in data if k not in ALLOWED_KEYS)
     if unknown:
         raise UserError(f"{ctx}: unknown key {unknown[0]!r}; allowed keys are {', '.join(ALLOWED_KEYS)}")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import math
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from pipeline.builtin_yaml import builtin_names, read_yaml_mapping
 from pipeline.errors import UserError
 from pipeline.space import SearchSpace, load_space
 
@@ -179,39 +178,16 @@ class Task:
         return _build(data, name, f"task {name!r}")
 
 
-def _builtin_dir() -> Traversable:
-    try:
-        return importlib.resources.files("pipeline.tasks")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "tasks"
-
-
 def builtin_task_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+    return builtin_names("tasks")
 
 
 def load_task(name_or_path: str | Path, overrides: list[str] | None = None) -> Task:
     """Load a task by built-in name or path, apply ``section.key=value`` overrides, validate everything."""
-    spec = str(name_or_path)
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or "/" in spec:
-        if not path.is_file():
-            raise UserError(f"task file {spec!r} does not exist (or is not a file)")
-        text, where, name = path.read_text(encoding="utf-8"), f"task file {str(path)!r}", path.stem
-    else:
-        names = builtin_task_names()
-        if spec not in names:
-            raise UserError(f"unknown task {spec!r}: use a built-in task ({', '.join(names)}) or a path to a .yaml file")
-        text, where, name = (_builtin_dir() / f"{spec}.yaml").read_text(encoding="utf-8"), f"task {spec!r}", spec
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping with sections {', '.join(TOP_LEVEL)}")
+    data, name, label = read_yaml_mapping(name_or_path, "tasks", "task", f"with sections {', '.join(TOP_LEVEL)}")
     for item in overrides or []:
         _apply_override(data, item)
-    return _build(data, name, where)
+    return _build(data, name, label)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:

@@ -27,8 +27,6 @@ class ImageSource(Protocol):
 
     def load(self, index: int) -> Image.Image: ...
 
-    def describe(self, index: int) -> str: ...
-
 
 class ArraySource:
     """Images held in memory as a uint8 array (N, H, W) or (N, H, W, C)."""
@@ -41,9 +39,6 @@ class ArraySource:
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index])
-
-    def describe(self, index: int) -> str:
-        return f"{self.name}[{index}]"
 
 
 class FolderSource:
@@ -71,9 +66,6 @@ class FolderSource:
                 return img.convert(self.mode)
         except (OSError, UnidentifiedImageError) as exc:
             raise UserError(f"unreadable image {path!r}: {exc}") from None
-
-    def describe(self, index: int) -> str:
-        return self.samples[index]
 
     def check_readable(self, seed: int = 0) -> None:
         """Decode every image (or a seeded sample of a large tree) so a bad file fails before training starts."""
