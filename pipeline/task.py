@@ -64,6 +64,10 @@ def _floats() -> tuple[str, Check]:
     )
 
 
+def _names(options: tuple[str, ...]) -> tuple[str, Check]:
+    return f"a non-empty list of {', '.join(options)}", lambda v: isinstance(v, list) and bool(v) and all(x in options for x in v)
+
+
 def _pair(lo: float, hi: float) -> tuple[str, Check]:
     return f"[low, high] with {lo:g} <= low <= high <= {hi:g}", lambda v: (
         isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
@@ -130,6 +134,28 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "precision": ("auto", _choice(("auto", "fp32", "bf16"))),
         "freeze_inactive": (True, _bool()),
     },
+    # Phase 2 (evolutionary search). Defaults are the paper's protocol (§4.1); constraints are in parameters,
+    # MACs per image, and milliseconds per batch of latency_batch images measured on the evaluators.
+    "search": {
+        "algorithm": ("evolution", _choice(("evolution", "random"))),
+        "objective": ("constrained", _choice(("constrained", "pareto"))),
+        "population": (50, _int(1)),
+        "generations": (20, _int(1)),
+        "parents": (10, _int(1)),
+        "mutations": (25, _int(0)),
+        "crossovers": (25, _int(0)),
+        "depth_prob": (0.2, _num(0.0, 1.0)),
+        "gene_prob": (0.4, _num(0.0, 1.0)),
+        "pareto_costs": (["params"], _names(("params", "macs", "latency_ms"))),
+        "min_params": (None, _opt(_int(1))),
+        "max_params": (None, _opt(_int(1))),
+        "max_macs": (None, _opt(_int(1))),
+        "max_latency_ms": (None, _opt(_num(1e-6))),
+        "batch_size": (512, _int(1)),
+        "latency_batch": (64, _int(1)),
+        "latency_repeats": (5, _int(1)),
+        "seed": (0, _int(0)),
+    },
 }
 TOP_LEVEL = ("description", "space", "space_overrides", *SCHEMA)
 
@@ -146,6 +172,7 @@ class Task:
     splits: dict[str, Any]
     model: dict[str, Any]
     train: dict[str, Any]
+    search: dict[str, Any]
 
     def space(self, num_classes: int | None = None) -> SearchSpace:
         """The task's search space, reshaped for its images (and for ``num_classes`` when found from the data)."""
@@ -169,6 +196,7 @@ class Task:
             "splits": dict(self.splits),
             "model": dict(self.model),
             "train": dict(self.train),
+            "search": dict(self.search),
         }
 
     @classmethod

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipeline import __version__
-from pipeline.cli import space_commands, train_command
+from pipeline.cli import search_command, space_commands, train_command
 from pipeline.errors import UserError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     space_commands.add_parsers(sub)
     train_command.add_parser(sub)
+    search_command.add_parsers(sub)
     return parser
 
 

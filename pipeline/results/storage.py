@@ -1,0 +1,53 @@
+"""Writing result files atomically to a local directory or an ``s3://``-style URI (pyarrow filesystems).
+
+Local files are written beside their target under a temporary name and renamed into place; on object
+stores a single PUT is atomic already, so the bytes are uploaded in one stream.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def write_bytes(target: str, data: bytes) -> None:
+    if is_uri(target):
+        fs, path = pyarrow.fs.FileSystem.from_uri(target)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    target_path = Path(target)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target_path.name}.tmp-", dir=target_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_bytes(source: str) -> bytes:
+    if is_uri(source):
+        fs, path = pyarrow.fs.FileSystem.from_uri(source)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    return Path(source).read_bytes()
+
+
+def upload_directory(local: Path, target: str) -> None:
+    """Copy a finished local directory to a URI (for exported models on object storage)."""
+    pyarrow.fs.copy_files(str(local), target)

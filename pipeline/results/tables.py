@@ -1,0 +1,117 @@
+"""``candidates.parquet`` and ``pareto.parquet``: one row per evaluated candidate, and the fronts.
+
+Genes are columns (embed dim, depth, per-layer heads and MLP ratios as lists) beside the architecture's JSON,
+so the tables can be filtered in pandas without parsing, and any row can be fed back to ``autoformer export``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.results.storage import read_bytes, write_bytes
+from pipeline.search.evolution import pareto_front
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("architecture", pa.string()),
+    ("embed_dim", pa.int32()),
+    ("depth", pa.int32()),
+    ("num_heads", pa.list_(pa.int32())),
+    ("mlp_ratio", pa.list_(pa.float64())),
+    ("params", pa.int64()),
+    ("macs", pa.int64()),
+    ("latency_ms", pa.float64()),
+    ("top1", pa.float64()),
+    ("top5", pa.float64()),
+    ("loss", pa.float64()),
+    ("status", pa.string()),
+    ("within_constraints", pa.bool_()),
+    ("generation", pa.int32()),
+    ("origin", pa.string()),
+    ("trial_id", pa.string()),
+    ("evaluator", pa.string()),
+    ("eval_s", pa.float64()),
+])
+PARETO_SCHEMA = pa.schema([
+    *CANDIDATE_SCHEMA,
+    ("on_params_front", pa.bool_()),
+    ("on_macs_front", pa.bool_()),
+    ("rank", pa.int32()),
+    ("test_top1", pa.float64()),
+    ("test_top5", pa.float64()),
+    ("model_dir", pa.string()),
+])
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    arch = record["arch"]
+    return {
+        "key": record["key"],
+        "architecture": json.dumps(arch),
+        "embed_dim": arch["embed_dim"],
+        "depth": arch["depth"],
+        "num_heads": arch["num_heads"],
+        "mlp_ratio": arch["mlp_ratio"],
+        "params": record["params"],
+        "macs": record["macs"],
+        "latency_ms": record["latency_ms"],
+        "top1": record["top1"],
+        "top5": record["top5"],
+        "loss": record["loss"],
+        "status": record["status"],
+        "within_constraints": record["status"] == "ok",
+        "generation": record["generation"],
+        "origin": record["origin"],
+        "trial_id": str(record.get("trial_id", "")),
+        "evaluator": str(record.get("evaluator", "")),
+        "eval_s": record["eval_s"],
+    }
+
+
+def candidates_table(records: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist([_row(r) for r in records], schema=CANDIDATE_SCHEMA)
+
+
+def pareto_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Candidates on the top-1/params front or the top-1/MACs front (within the constraints), ranked by top-1."""
+    on_params = {r["key"] for r in pareto_front(records, "params")}
+    on_macs = {r["key"] for r in pareto_front(records, "macs")}
+    chosen = [r for r in records if r["key"] in on_params | on_macs]
+    chosen.sort(key=lambda r: (-r["top1"], r["params"], r["key"]))
+    return [
+        {**r, "on_params_front": r["key"] in on_params, "on_macs_front": r["key"] in on_macs, "rank": i + 1}
+        for i, r in enumerate(chosen)
+    ]
+
+
+def pareto_table(front: list[dict[str, Any]]) -> pa.Table:
+    rows = []
+    for r in front:
+        rows.append({
+            **_row(r),
+            "on_params_front": r["on_params_front"],
+            "on_macs_front": r["on_macs_front"],
+            "rank": r["rank"],
+            "test_top1": r.get("test_top1"),
+            "test_top5": r.get("test_top5"),
+            "model_dir": r.get("model_dir"),
+        })
+    return pa.Table.from_pylist(rows, schema=PARETO_SCHEMA)
+
+
+def write_table(table: pa.Table, target: str, metadata: dict[str, Any] | None = None) -> None:
+    """One deterministic Parquet file; ``metadata`` (search settings, constraints, supernet) goes in its footer."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"autoformer": json.dumps(metadata).encode()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes(target, buffer.getvalue())
+
+
+def read_table(source: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(source)))

@@ -1,0 +1,121 @@
+"""Scoring candidates with inherited weights: the work one evaluator actor does.
+
+An evaluator holds the trained supernet and the whole search split in memory for its lifetime, so a
+candidate costs only its own forward passes. Weights and images arrive as numpy arrays from the object
+store: on CPU the arrays are used in place (read-only shared memory, one copy per node however many
+evaluators it runs); on a GPU they are copied to the device once. Plain Python, so tests can use it without
+Ray; the driver wraps it in ``ray.remote``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.arch import Architecture
+from pipeline.model.supernet import Supernet
+from pipeline.search.split_data import normalize
+from pipeline.space import SearchSpace
+from pipeline.training.evaluate import evaluate_sums, finish
+
+LATENCY_WARMUP = 2
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+class Evaluator:
+    def __init__(
+        self,
+        supernet_config: dict[str, Any],
+        weights: dict[str, np.ndarray],
+        images: np.ndarray,
+        labels: np.ndarray,
+        normalization: dict[str, list[float]],
+        batch_size: int,
+        latency_batch: int,
+        latency_repeats: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        die_after: int | None = None,
+    ) -> None:
+        start = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        space = SearchSpace.from_dict(supernet_config["space"], source="supernet config")
+        model = Supernet(space, sharing=supernet_config["sharing"], **supernet_config.get("regularization", {}))
+        state = {k: _tensor(v).to(self.device) for k, v in weights.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        self.model = model.to(self.device).eval()
+        self.images = _tensor(images).to(self.device)
+        self.labels = _tensor(labels).to(self.device)
+        c = images.shape[1]
+        self.mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(normalization["std"], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.batch_size, self.latency_batch, self.latency_repeats = batch_size, latency_batch, latency_repeats
+        self.bf16 = self.device.type == "cuda"
+        self.die_after, self.calls = die_after, 0
+        self.node = socket.gethostname()
+        self.load_s = time.perf_counter() - start
+
+    def describe(self) -> dict[str, Any]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+        return {"node": self.node, "pid": os.getpid(), "device": name, "load_s": self.load_s, "images": int(self.images.shape[0])}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _batches(self):
+        for i in range(0, self.images.shape[0], self.batch_size):
+            yield normalize(self.images[i : i + self.batch_size], self.mean, self.std), self.labels[i : i + self.batch_size]
+
+    @torch.no_grad()
+    def latency_ms(self, static: torch.nn.Module) -> float:
+        """Median milliseconds per forward pass of ``latency_batch`` images on this actor's device."""
+        n = self.images.shape[0]
+        index = torch.arange(self.latency_batch, device=self.device) % n
+        batch = normalize(self.images[index], self.mean, self.std)
+        times = []
+        with self._autocast():
+            for i in range(LATENCY_WARMUP + self.latency_repeats):
+                self._sync()
+                start = time.perf_counter()
+                static(batch)
+                self._sync()
+                if i >= LATENCY_WARMUP:
+                    times.append(time.perf_counter() - start)
+        return 1000.0 * statistics.median(times)
+
+    def evaluate(self, arch: dict[str, Any], max_latency_ms: float | None = None) -> dict[str, Any]:
+        """Latency of the extracted static subnet, then (if within ``max_latency_ms``) search-split scores."""
+        self.calls += 1
+        if self.die_after is not None and self.calls > self.die_after:
+            os._exit(1)  # fault injection for tests: the process dies as a crashed GPU worker would
+        start = time.perf_counter()
+        static = self.model.extract(Architecture.from_dict(arch)).to(self.device).eval()
+        latency = self.latency_ms(static)
+        out: dict[str, Any] = {"latency_ms": latency, "evaluator": f"{self.node}:{os.getpid()}"}
+        if max_latency_ms is not None and latency > max_latency_ms:
+            out.update(status="over_latency", top1=float("nan"), top5=float("nan"), loss=float("nan"))
+        else:
+            sums = evaluate_sums(lambda images, _: static(images), None, self._batches(), self.device, self._autocast())
+            out.update(status="ok", **finish(sums))
+        self._sync()
+        out["eval_s"] = time.perf_counter() - start
+        return out

@@ -1,0 +1,260 @@
+"""The search strategies: AutoFormer's evolution (and a random baseline), as pure Python.
+
+A strategy hands out candidates one at a time and is told each result; the Ray Tune searcher is a thin
+adapter around it. Everything that decides *which* architectures get evaluated lives here, seeded by one
+``random.Random`` whose state is part of the strategy, so a pickled strategy resumes the exact sequence.
+
+Protocol (paper §4.1, all numbers are settings): generation 0 is ``population`` random architectures inside
+the constraints; every later generation takes the ``parents`` best evaluated so far, makes ``mutations``
+mutants and ``crossovers`` children of equal-depth parent pairs, and tops up with random architectures to
+``population``. Nothing is evaluated twice, every proposal loop has a bounded number of tries (the reference
+implementation spins forever when constraints are tight), and the last generation is ranked like the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any, Callable
+
+from pipeline.arch import Architecture
+from pipeline.complexity import count_macs, count_params
+from pipeline.errors import UserError
+from pipeline.sampling import sample_architecture
+from pipeline.search.constraints import Constraints
+from pipeline.search.pareto import front_of, nsga_order
+from pipeline.space import SearchSpace
+
+ALGORITHMS = ("evolution", "random")
+OBJECTIVES = ("constrained", "pareto")
+PARETO_COSTS = ("params", "macs", "latency_ms")
+ORIGINS = ("random", "mutation", "crossover")
+# Draws allowed per wanted candidate before a proposal loop gives up (random draws, mutants, crossovers).
+TRIES_PER_CANDIDATE = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    algorithm: str = "evolution"
+    objective: str = "constrained"
+    population: int = 50
+    generations: int = 20
+    parents: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    depth_prob: float = 0.2
+    gene_prob: float = 0.4
+    pareto_costs: tuple[str, ...] = ("params",)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pareto_costs", tuple(self.pareto_costs))
+        if self.algorithm not in ALGORITHMS:
+            raise UserError(f"search algorithm {self.algorithm!r}: allowed are {', '.join(ALGORITHMS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"search objective {self.objective!r}: allowed are {', '.join(OBJECTIVES)}")
+        for name in ("population", "generations", "parents"):
+            if getattr(self, name) < 1:
+                raise UserError(f"search.{name} {getattr(self, name)}: must be at least 1")
+        for name in ("mutations", "crossovers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"search.{name} {getattr(self, name)}: must not be negative")
+        if self.mutations + self.crossovers > self.population:
+            raise UserError(f"search.mutations + search.crossovers ({self.mutations} + {self.crossovers}) exceed search.population {self.population}")
+        for name in ("depth_prob", "gene_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"search.{name} {getattr(self, name)}: must be a probability in [0, 1]")
+        if not self.pareto_costs or any(c not in PARETO_COSTS for c in self.pareto_costs):
+            raise UserError(f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(PARETO_COSTS)}")
+
+    @property
+    def budget(self) -> int:
+        """Evaluations the search aims for; the random baseline gets the same number."""
+        return self.population * self.generations
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    arch: Architecture
+    generation: int
+    origin: str
+    params: int
+    macs: int
+
+    @property
+    def key(self) -> str:
+        return self.arch.key
+
+
+def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, depth_prob: float, gene_prob: float) -> Architecture:
+    """Depth re-drawn with ``depth_prob`` (new layers get random genes, removed layers come off the end), embed dim
+    re-drawn with ``depth_prob``, then each layer's heads and MLP ratio each re-drawn with ``gene_prob``."""
+    heads, ratios = list(arch.num_heads), list(arch.mlp_ratio)
+    depth, embed = arch.depth, arch.embed_dim
+    if rng.random() < depth_prob:
+        depth = rng.choice(space.depth)
+        while len(heads) < depth:
+            heads.append(rng.choice(space.num_heads))
+            ratios.append(rng.choice(space.mlp_ratio))
+        del heads[depth:], ratios[depth:]
+    if rng.random() < depth_prob:
+        embed = rng.choice(space.embed_dim)
+    for i in range(depth):
+        if rng.random() < gene_prob:
+            heads[i] = rng.choice(space.num_heads)
+        if rng.random() < gene_prob:
+            ratios[i] = rng.choice(space.mlp_ratio)
+    return Architecture(embed, depth, tuple(heads), tuple(ratios))
+
+
+def crossover(a: Architecture, b: Architecture, rng: random.Random) -> Architecture:
+    """Each gene (embed dim, each layer's heads, each layer's MLP ratio) from either parent with equal chance."""
+    if a.depth != b.depth:
+        raise ValueError(f"crossover needs parents of equal depth, got {a.depth} and {b.depth}")
+    pick = lambda x, y: x if rng.random() < 0.5 else y
+    return Architecture(
+        pick(a.embed_dim, b.embed_dim),
+        a.depth,
+        tuple(pick(x, y) for x, y in zip(a.num_heads, b.num_heads)),
+        tuple(pick(x, y) for x, y in zip(a.mlp_ratio, b.mlp_ratio)),
+    )
+
+
+def ranked(records: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """Scored candidates inside the constraints, best first.
+
+    constrained: highest search top-1 first (fewer params, then the key, break ties, so ranking is
+    deterministic). pareto: non-dominated sorting with crowding distance on top-1 (up) and the chosen costs (down).
+    """
+    scored = sorted((r for r in records if r.get("status") == "ok"), key=lambda r: r["key"])
+    if settings.objective == "constrained":
+        return sorted(scored, key=lambda r: (-r["top1"], r["params"], r["key"]))
+    points = [(-r["top1"], *(r[c] for c in settings.pareto_costs)) for r in scored]
+    return [scored[i] for i in nsga_order(points)]
+
+
+def pareto_front(records: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
+    """Scored candidates not dominated in (top-1 up, ``cost`` down), ordered by cost."""
+    scored = [r for r in records if r.get("status") == "ok"]
+    front = [scored[i] for i in front_of([(-r["top1"], r[cost]) for r in scored])]
+    return sorted(front, key=lambda r: (r[cost], -r["top1"], r["key"]))
+
+
+class Strategy:
+    """Evolution (or the random baseline) over one space under one set of constraints."""
+
+    def __init__(self, space: SearchSpace, constraints: Constraints, settings: Settings) -> None:
+        self.space, self.constraints, self.settings = space, constraints, settings
+        self.rng = random.Random(settings.seed)
+        self.generation = -1
+        self.queue: list[Candidate] = []
+        self.pending: dict[str, Candidate] = {}
+        self.results: dict[str, dict[str, Any]] = {}  # key -> record: the memo of everything evaluated
+        self.seen: set[str] = set()  # every key ever proposed (evaluated, pending or queued)
+        self.shortfalls: list[str] = []  # generations that could not be filled, and why
+
+    # ---- driving ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Build generation 0 now, so that constraints no architecture meets fail before any evaluation starts."""
+        if self.generation < 0:
+            self._new_generation()
+            if not self.queue:
+                raise UserError(
+                    f"no architecture of search space {self.space.name!r} satisfies the constraints "
+                    f"({self._describe_constraints()}) in {TRIES_PER_CANDIDATE * self.settings.population:,} random draws; widen them"
+                )
+
+    def next(self) -> Candidate | None:
+        """The next candidate to evaluate, or None while the current generation is still being evaluated
+        (and once the search is over: see ``finished``)."""
+        self.start()
+        if not self.queue and not self.pending and self.generation + 1 < self.settings.generations:
+            self._new_generation()
+        if not self.queue:
+            return None
+        candidate = self.queue.pop(0)
+        self.pending[candidate.key] = candidate
+        return candidate
+
+    @property
+    def finished(self) -> bool:
+        return self.generation >= 0 and not self.queue and not self.pending and (
+            self.generation + 1 >= self.settings.generations or self._exhausted
+        )
+
+    def complete(self, key: str, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Record the evaluation of a handed-out candidate; returns the full record."""
+        candidate = self.pending.pop(key)
+        record = {
+            "key": key,
+            "arch": candidate.arch.to_dict(),
+            "generation": candidate.generation,
+            "origin": candidate.origin,
+            "params": candidate.params,
+            "macs": candidate.macs,
+            **outcome,
+        }
+        self.results[key] = record
+        return record
+
+    def generation_done(self) -> bool:
+        return not self.queue and not self.pending
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.results.values())
+
+    def ranking(self) -> list[dict[str, Any]]:
+        return ranked(self.records(), self.settings)
+
+    # ---- proposals -------------------------------------------------------------------------------------------
+    _exhausted = False
+
+    def _describe_constraints(self) -> str:
+        parts = [f"{k} {v:,}" for k, v in self.constraints.to_dict().items() if v is not None and k != "max_latency_ms"]
+        return ", ".join(parts) or "none"
+
+    def _candidate(self, arch: Architecture, origin: str) -> Candidate | None:
+        """A new, feasible candidate for this generation, or None (already seen, or outside the constraints)."""
+        if arch.key in self.seen:
+            return None
+        params, macs = count_params(arch, self.space), count_macs(arch, self.space)
+        if self.constraints.violation(params, macs) is not None:
+            return None
+        self.seen.add(arch.key)
+        return Candidate(arch, self.generation, origin, params, macs)
+
+    def _fill(self, wanted: int, make: Callable[[], Architecture | None], origin: str, out: list[Candidate]) -> int:
+        """Append up to ``wanted`` new candidates from ``make`` within a bounded number of tries; returns how many."""
+        made = 0
+        for _ in range(TRIES_PER_CANDIDATE * wanted):
+            if made == wanted:
+                break
+            arch = make()
+            candidate = self._candidate(arch, origin) if arch is not None else None
+            if candidate is not None:
+                out.append(candidate)
+                made += 1
+        return made
+
+    def _new_generation(self) -> None:
+        self.generation += 1
+        s = self.settings
+        out: list[Candidate] = []
+        parents = [Architecture.from_dict(r["arch"]) for r in self.ranking()[: s.parents]]
+        if s.algorithm == "evolution" and self.generation > 0 and parents:
+            self._fill(s.mutations, lambda: mutate(self.rng.choice(parents), self.space, self.rng, s.depth_prob, s.gene_prob), "mutation", out)
+            self._fill(s.crossovers, lambda: self._cross(parents), "crossover", out)
+        random_wanted = s.population - len(out)
+        got = self._fill(random_wanted, lambda: sample_architecture(self.space, self.rng), "random", out)
+        if len(out) < s.population:
+            self.shortfalls.append(f"generation {self.generation}: {len(out)} of {s.population} new feasible architectures found")
+        if got == 0 and not out:
+            self._exhausted = True
+        self.queue = out
+
+    def _cross(self, parents: list[Architecture]) -> Architecture | None:
+        first = self.rng.choice(parents)
+        mates = [p for p in parents if p.depth == first.depth and p.key != first.key]
+        if not mates:
+            return None
+        return crossover(first, self.rng.choice(mates), self.rng)

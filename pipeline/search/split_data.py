@@ -1,0 +1,77 @@
+"""The search (or test) split as one uint8 tensor, decoded once, plus exact on-the-fly normalisation.
+
+Evaluator actors keep the whole split in memory (on the GPU when there is one). Storing the eval-transformed
+images as uint8 (before normalisation) takes a quarter of float32's memory, and normalising a batch as
+``(u8 / 255 - mean) / std`` performs the same float operations as timm's ``ToTensor`` + ``Normalize``, so
+scores are bit-identical to evaluating through the DataLoader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.data.sources import open_sources
+from pipeline.data.splits import SplitDataset, plan_splits, require_role
+from pipeline.data.transforms import eval_transform
+from pipeline.errors import UserError
+from pipeline.task import Task
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    images: np.ndarray  # (N, C, H, W) uint8, eval-transformed, not normalised
+    labels: np.ndarray  # (N,) int64
+    role: str
+    summary: dict[str, Any]  # the split plan's record (sizes, seed, fingerprints), compared with the supernet's
+
+
+def split_dataset(task: Task, role: str) -> tuple[SplitDataset, dict[str, Any]]:
+    """The role's dataset with the un-normalised eval transform, and the split plan's summary."""
+    pool, own_test = open_sources(task.data)
+    plan = plan_splits(
+        pool.labels, task.splits["search_per_class"], None if own_test is not None else task.splits["test_per_class"], task.splits["seed"]
+    )
+    c = task.data["in_chans"]
+    transform = eval_transform({**task.data, "mean": [0.0] * c, "std": [1.0] * c})
+    if role == "search":
+        dataset = SplitDataset(pool, plan.search, transform, "search")
+    elif role == "test":
+        dataset = SplitDataset(own_test, None, transform, "test") if own_test is not None else SplitDataset(pool, plan.test, transform, "test")
+    else:
+        raise ValueError(f"role {role!r}")
+    return dataset, plan.summary(len(own_test) if own_test is not None else None)
+
+
+def load_split(task: Task, role: str, batch_size: int = 256) -> SplitArrays:
+    dataset, summary = split_dataset(task, role)
+    if role == "search":
+        require_role(dataset, "search", "scoring candidates")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=task.data["loader_workers"])
+    chunks, labels = [], []
+    for images, y in loader:
+        chunks.append(images.mul(255).round_().to(torch.uint8))
+        labels.append(y)
+    return SplitArrays(torch.cat(chunks).numpy(), torch.cat(labels).numpy().astype(np.int64), role, summary)
+
+
+def check_same_splits(supernet_splits: dict[str, Any], summary: dict[str, Any], where: str) -> None:
+    """The search split must be the one held out of supernet training (else candidates are scored on images
+    the supernet was trained on)."""
+    for part in ("train", "search"):
+        old, new = supernet_splits.get(part, {}), summary.get(part, {})
+        if old.get("fingerprint") != new.get("fingerprint") or old.get("size") != new.get("size"):
+            raise UserError(
+                f"{where}: the task's {part} split ({new.get('size')} images, fingerprint {new.get('fingerprint')}) is not the one the "
+                f"supernet was trained with ({old.get('size')} images, fingerprint {old.get('fingerprint')}); use the same data and "
+                f"splits.* settings as for training"
+            )
+
+
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, exactly as ToTensor + Normalize; ``mean``/``std`` shaped (1, C, 1, 1)."""
+    return batch.float().div_(255).sub_(mean).div_(std)

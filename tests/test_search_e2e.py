@@ -1,0 +1,117 @@
+"""End-to-end search through the CLI (Ray Tune + evaluator actors on this machine): slow, run in CI.
+
+The supernet here is freshly initialised (not trained): the search machinery does not care, and it saves the
+minutes of training. Each test runs ``autoformer search`` in its own process, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.model.export import load_model
+from pipeline.model.supernet import Supernet
+from pipeline.model.supernet_io import save_supernet
+from pipeline.results.tables import CANDIDATE_SCHEMA, PARETO_SCHEMA
+from pipeline.task import load_task
+from pipeline.training.launch import validate_data
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--population", "6", "--generations", "3", "--set", "search.parents=3", "--set", "search.latency_repeats=2"]
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("supernet") / "supernet"
+    task = load_task("digits")
+    checked = validate_data(task)
+    save_supernet(Supernet(checked["space"]), path, task=task.to_dict(), splits=checked["splits"], epochs=0)
+    return path
+
+
+def _cmd(supernet: Path, storage: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli.main", "search", "digits", "--supernet", str(supernet), "--storage", str(storage), *SMALL, *args]
+
+
+def _search(supernet: Path, storage: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(supernet, storage, *args), capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _ok(out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def _keys(storage: Path, name: str) -> list[str]:
+    return pq.read_table(storage / name / "candidates.parquet").column("key").to_pylist()
+
+
+def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, tmp_path: Path) -> None:
+    out = _search(supernet, tmp_path, "--evaluators", "2", "--cpus-per-evaluator", "0.5", "--inject-evaluator-failure-after", "2",
+                  "--objective", "pareto", "--max-params", "120000")
+    _ok(out)
+    assert "1 evaluator(s) replaced" in out.stdout
+    for g in (1, 2, 3):
+        assert f"[search] generation {g}/3: 6 evaluated" in out.stdout
+    run = tmp_path / "digits-search"
+    candidates = pq.read_table(run / "candidates.parquet")
+    assert candidates.schema.remove_metadata() == CANDIDATE_SCHEMA
+    keys = candidates.column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 18  # none lost to the dead evaluator, none counted twice
+    df = candidates.to_pandas()
+    assert (df.params <= 120_000).all() and (df.status == "ok").all() and sorted(set(df.generation)) == [0, 1, 2]
+    assert df.evaluator.nunique() >= 2
+    pareto = pq.read_table(run / "pareto.parquet")
+    assert pareto.schema.remove_metadata() == PARETO_SCHEMA
+    front = pareto.to_pandas()
+    exported = front[front.model_dir.notna()]
+    assert len(exported) == front.on_params_front.sum() >= 1
+    for _, row in exported.iterrows():
+        model, config = load_model(row.model_dir)
+        assert model.arch.key == row.key
+        assert config["metadata"]["test"]["top1"] == row.test_top1 and config["metadata"]["search"]["top1"] == row.top1
+    assert (run / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads(candidates.schema.metadata[b"autoformer"])
+    assert meta["settings"]["population"] == 6 and meta["constraints"]["max_params"] == 120_000
+
+
+def test_interrupted_search_resumes_to_the_same_candidates(supernet: Path, tmp_path: Path) -> None:
+    args = ["--seed", "7", "--generations", "4", "--set", "search.latency_repeats=1"]
+    _ok(_search(supernet, tmp_path, "--name", "whole", *args))
+    proc = subprocess.Popen(_cmd(supernet, tmp_path, "--name", "cut", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        seen.append(line)
+        if "[search] generation 2/4" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.time() < deadline, "".join(seen)
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, "".join(seen) + rest
+    assert "--resume" in rest and not (tmp_path / "cut" / "candidates.parquet").exists()
+    out = _search(supernet, tmp_path, "--name", "cut", "--resume", *args)
+    _ok(out)
+    assert "[search] generation 1/4" not in out.stdout and "[search] generation 4/4" in out.stdout
+    assert sorted(_keys(tmp_path, "cut")) == sorted(_keys(tmp_path, "whole"))
+
+
+def test_search_errors_are_one_line_and_write_nothing(supernet: Path, tmp_path: Path) -> None:
+    out = _search(supernet, tmp_path, "--max-params", "1000")
+    assert out.returncode == 2 and "below the smallest architecture" in out.stderr and "Traceback" not in out.stderr
+    out = _search(supernet, tmp_path, "--resume")
+    assert out.returncode == 2 and "no search" in out.stderr
+    out = _search(supernet, tmp_path, "--set", "splits.seed=5")
+    assert out.returncode == 2 and "not the one the supernet was trained with" in out.stderr
+    out = _search(supernet, tmp_path, "--evaluators", "0")
+    assert out.returncode == 2 and "--evaluators 0" in out.stderr
+    assert not (tmp_path / "digits-search").exists()
