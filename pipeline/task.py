@@ -199,6 +199,14 @@ class Task:
             "search": dict(self.search),
         }
 
+    def with_overrides(self, overrides: list[str]) -> "Task":
+        """This task with ``section.key=value`` overrides applied (e.g. a recorded task, re-pointed at local data)."""
+        data = self.to_dict()
+        name = data.pop("name")
+        for item in overrides:
+            _apply_override(data, item)
+        return _build(data, name, f"task {name!r}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Task":
         data = copy.deepcopy(data)

@@ -21,3 +21,19 @@ def space_for_model_tests(name: str) -> SearchSpace:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_supernet(tmp_path_factory):
+    """A freshly initialised (untrained) digits supernet directory with the task and splits recorded, as
+    'autoformer train' exports it: search and export code do not care whether the weights were trained."""
+    from pipeline.model.supernet import Supernet
+    from pipeline.model.supernet_io import save_supernet
+    from pipeline.task import load_task
+    from pipeline.training.launch import validate_data
+
+    path = tmp_path_factory.mktemp("digits-supernet") / "supernet"
+    task = load_task("digits")
+    checked = validate_data(task)
+    save_supernet(Supernet(checked["space"]), path, task=task.to_dict(), splits=checked["splits"], epochs=0)
+    return path

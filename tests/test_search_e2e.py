@@ -18,24 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.model.export import load_model
-from pipeline.model.supernet import Supernet
-from pipeline.model.supernet_io import save_supernet
 from pipeline.results.tables import CANDIDATE_SCHEMA, PARETO_SCHEMA
-from pipeline.task import load_task
-from pipeline.training.launch import validate_data
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["--population", "6", "--generations", "3", "--set", "search.parents=3", "--set", "search.latency_repeats=2"]
 
 
-@pytest.fixture(scope="module")
-def supernet(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("supernet") / "supernet"
-    task = load_task("digits")
-    checked = validate_data(task)
-    save_supernet(Supernet(checked["space"]), path, task=task.to_dict(), splits=checked["splits"], epochs=0)
-    return path
+@pytest.fixture
+def supernet(digits_supernet: Path) -> Path:
+    return digits_supernet
 
 
 def _cmd(supernet: Path, storage: Path, *args: str) -> list[str]:

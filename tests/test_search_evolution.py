@@ -14,8 +14,20 @@ from pipeline.complexity import count_params, space_ranges
 from pipeline.errors import UserError
 from pipeline.sampling import sample_architecture
 from pipeline.search.constraints import Constraints
-from pipeline.search.evolution import Settings, Strategy, crossover, mutate, pareto_front, ranked
-from pipeline.search.pareto import crowding_distances, dominates, non_dominated_fronts, nsga_order
+from pipeline.search.evolution import (
+    Settings,
+    Strategy,
+    crossover,
+    mutate,
+    pareto_front,
+    ranked,
+)
+from pipeline.search.pareto import (
+    crowding_distances,
+    dominates,
+    non_dominated_fronts,
+    nsga_order,
+)
 from pipeline.space import SearchSpace, load_space
 
 SPACES = ["digits", "autoformer-tiny", "autoformer-base"]

@@ -16,7 +16,15 @@ from pipeline.data.transforms import eval_transform
 from pipeline.errors import UserError
 from pipeline.model.supernet import Supernet
 from pipeline.results.plot import pareto_png
-from pipeline.results.tables import CANDIDATE_SCHEMA, PARETO_SCHEMA, candidates_table, pareto_records, pareto_table, read_table, write_table
+from pipeline.results.tables import (
+    CANDIDATE_SCHEMA,
+    PARETO_SCHEMA,
+    candidates_table,
+    pareto_records,
+    pareto_table,
+    read_table,
+    write_table,
+)
 from pipeline.sampling import sample_architectures
 from pipeline.search.evaluator import Evaluator
 from pipeline.search.split_data import check_same_splits, load_split, split_dataset

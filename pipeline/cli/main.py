@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipeline import __version__
-from pipeline.cli import search_command, space_commands, train_command
+from pipeline.cli import model_commands, search_command, space_commands, train_command
 from pipeline.errors import UserError
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     space_commands.add_parsers(sub)
     train_command.add_parser(sub)
     search_command.add_parsers(sub)
+    model_commands.add_parsers(sub)
     return parser
 
 

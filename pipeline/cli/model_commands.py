@@ -1,0 +1,145 @@
+"""``autoformer export`` and ``autoformer evaluate``: one architecture as a standalone model, and its scores.
+
+The architecture comes from a JSON file (``--arch``) or from a search's ``candidates.parquet`` (``--candidates``
+with ``--row`` or ``--key``). The task (data, normalisation, splits) defaults to the one the supernet or the
+model recorded, so a model can be re-scored without restating it; ``--set data.root=...`` points at the data
+on another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.arch import Architecture
+from pipeline.errors import UserError
+from pipeline.task import Task, load_task
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which architecture")
+    g.add_argument("--arch", default=None, metavar="FILE", help="architecture JSON file")
+    g.add_argument("--candidates", default=None, metavar="PATH", help="a search run directory or its candidates.parquet")
+    g.add_argument("--row", type=int, default=None, help="row of candidates.parquet (0-based)")
+    g.add_argument("--key", default=None, help="architecture key in candidates.parquet, e.g. e64-d3-h4,4,2-r2,2,2")
+    p.add_argument("--task", default=None, help="task to take data and normalisation from (default: the one recorded)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a task value (repeatable)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="write one architecture with its inherited weights as a standalone model directory")
+    e.add_argument("--supernet", required=True, help="supernet directory (path or URI)")
+    e.add_argument("--out", required=True, help="model directory to create")
+    e.add_argument("--force", action="store_true", help="replace an existing model directory")
+    _add_selection(e)
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="score a model directory, or an architecture with inherited weights, on a split")
+    v.add_argument("model", nargs="?", default=None, metavar="MODEL_DIR", help="a model directory (from export or search)")
+    v.add_argument("--supernet", default=None, help="score an architecture of this supernet instead of a model directory")
+    v.add_argument("--split", choices=("test", "search"), default="test")
+    v.add_argument("--gpu", action="store_true", help="evaluate on the GPU")
+    v.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _add_selection(v)
+    v.set_defaults(func=cmd_evaluate)
+
+
+def select_architecture(args: argparse.Namespace) -> tuple[Architecture, dict[str, Any]]:
+    """The chosen architecture and, when it came from a search, its row (search scores, generation, ...)."""
+    if (args.arch is None) == (args.candidates is None):
+        raise UserError("give exactly one of --arch FILE or --candidates PATH (with --row N or --key KEY)")
+    if args.arch is not None:
+        return Architecture.load(args.arch), {}
+    if (args.row is None) == (args.key is None):
+        raise UserError("--candidates needs exactly one of --row N or --key KEY")
+    from pipeline.results.report import CANDIDATES_FILE
+    from pipeline.results.tables import read_table
+
+    source = args.candidates
+    if not source.endswith(".parquet"):
+        source = f"{source.rstrip('/')}/{CANDIDATES_FILE}"
+    if "://" not in source and not Path(source).is_file():
+        raise UserError(f"--candidates: {source!r} does not exist")
+    rows = read_table(source).to_pylist()
+    if args.row is not None:
+        if not 0 <= args.row < len(rows):
+            raise UserError(f"--row {args.row}: {source} has rows 0..{len(rows) - 1}")
+        row = rows[args.row]
+    else:
+        matches = [r for r in rows if r["key"] == args.key]
+        if not matches:
+            raise UserError(f"--key {args.key!r} is not in {source}")
+        row = matches[0]
+    return Architecture.from_json(row["architecture"], source=f"{source} row {row['key']}"), row
+
+
+def _task(args: argparse.Namespace, recorded: dict[str, Any] | None, where: str) -> Task:
+    if args.task is not None:
+        return load_task(args.task, args.overrides)
+    if not recorded:
+        raise UserError(f"{where} records no task; pass --task")
+    return Task.from_dict(recorded).with_overrides(args.overrides)
+
+
+def _extract(args: argparse.Namespace):
+    from pipeline.search.launch import local_supernet
+
+    arch, row = select_architecture(args)
+    from pipeline.model.supernet_io import load_supernet
+
+    with local_supernet(args.supernet) as directory:
+        supernet, config = load_supernet(directory)
+    return supernet.extract(arch), config, row
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.model.export import save_model
+
+    model, config, row = _extract(args)
+    task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
+    metadata = {
+        "source": "autoformer export (inherited supernet weights, no retraining)",
+        "supernet": args.supernet,
+        "task": task.to_dict(),
+        "search": {k: row[k] for k in ("top1", "top5", "loss", "latency_ms", "generation", "origin")} if row else None,
+    }
+    path = save_model(model, args.out, normalization={"mean": task.data["mean"], "std": task.data["std"]}, metadata=metadata, overwrite=args.force)
+    print(f"exported {model.arch.key} to {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.complexity import count_macs, count_params
+    from pipeline.results.models import pick_device, score
+    from pipeline.search.split_data import load_split
+
+    if (args.model is None) == (args.supernet is None):
+        raise UserError("give a MODEL_DIR or --supernet PATH with an architecture, not both")
+    if args.model is not None:
+        from pipeline.model.export import load_model
+
+        model, config = load_model(args.model)
+        task = _task(args, (config.get("metadata") or {}).get("task"), f"model directory {args.model!r}")
+        normalization = config["normalization"]
+    else:
+        model, config, _ = _extract(args)
+        task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
+        normalization = {"mean": task.data["mean"], "std": task.data["std"]}
+    if task.data["image_size"] != model.fixed["image_size"] or task.data["in_chans"] != model.fixed["in_chans"]:
+        raise UserError(f"task {task.name!r} has {task.data['image_size']} px x {task.data['in_chans']} channels; the model expects "
+                        f"{model.fixed['image_size']} px x {model.fixed['in_chans']}")
+    split = load_split(task, args.split, batch_size=task.search["batch_size"])
+    scores = score(model, split, normalization, pick_device(args.gpu), task.search["batch_size"])
+    result = {
+        "architecture": model.arch.to_dict(), "key": model.arch.key, "split": args.split, "images": int(len(split.labels)),
+        "params": count_params(model.arch, model.fixed), "macs": count_macs(model.arch, model.fixed), **scores,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['key']}: {args.split} top-1 {scores['top1']:.4f}  top-5 {scores['top5']:.4f}  loss {scores['loss']:.4f}  "
+              f"({result['images']} images; {result['params']:,} params, {result['macs']:,} MACs)")
+    return 0 if not math.isnan(scores["loss"]) else 1
