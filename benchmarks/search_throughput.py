@@ -98,6 +98,23 @@ def warm_vs_reload(task: Task, supernet: Path, count: int) -> None:
     print(f"  {task.name}: warm actor {warm:.2f} candidates/s, reload per candidate {reload:.2f} candidates/s  ->  {warm / reload:.1f}x")
 
 
+def paper_supernet_load_times(where: Path) -> None:
+    """What one reload costs at the paper's scale: build + load each autoformer-* supernet from its directory."""
+    import torch
+
+    from pipeline.model.supernet_io import load_supernet
+    from pipeline.space import load_space
+
+    torch.set_num_threads(1)
+    for name in ("autoformer-tiny", "autoformer-small", "autoformer-base"):
+        path = save_supernet(Supernet(load_space(name)), where / name)
+        size = (path / "supernet.safetensors").stat().st_size / 2**20
+        start = time.perf_counter()
+        load_supernet(path)
+        print(f"  {name}: {size:.0f} MiB, build + load {time.perf_counter() - start:.1f} s per reload")
+        shutil.rmtree(path)
+
+
 def overhead(task: Task, supernet: Path, storage: Path, evaluators: int, cpus: float, population: int, generations: int) -> None:
     settings = Settings(population=population, generations=generations, parents=max(2, population // 5),
                         mutations=population // 2, crossovers=population // 2, seed=0)
@@ -136,6 +153,8 @@ def main() -> None:
         print("warm evaluator actor vs loading the supernet and split per candidate (same candidates, alternating blocks):")
         for t in tasks:
             warm_vs_reload(t, supernets[t.name], args.count if t.name == "digits" else max(2, args.count // 4))
+        print("what a reload costs at the paper's scale (supernet only, no data; 1 thread):")
+        paper_supernet_load_times(tmp)
         print("orchestration overhead = (Tune wall x evaluators - evaluation compute) / evaluation compute:")
         for t in tasks:
             pop, gens = (50, 4) if t.name == "digits" else (10, 3)
