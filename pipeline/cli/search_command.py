@@ -156,8 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = train_supernet(task, workers=args.workers, gpu=args.gpu, storage=storage, name=train_name)
         supernet = outcome.export_path
         print(f"[run] supernet trained in {time.perf_counter() - start:.1f} s: {supernet}")
-    resume = tune.Tuner.can_restore(f"{storage.rstrip('/')}/{search_name}")
-    print(f"[run] phase 2/3: {'resuming the interrupted search' if resume else 'search'} (phase 3/3, export, follows)")
+    from pipeline.search.launch import saved_strategy
+
+    search_path = f"{storage.rstrip('/')}/{search_name}"
+    resume = tune.Tuner.can_restore(search_path)
+    saved = saved_strategy(search_path) if resume else None
+    state = "search" if not resume else "search already complete: collecting its results" if saved and saved.finished else "resuming the interrupted search"
+    print(f"[run] phase 2/3: {state} (phase 3/3, export, follows)")
     code = _search_and_report(task, supernet, args, search_name, resume)
     print(f"[run] all phases done in {time.perf_counter() - start:.1f} s")
     return code
