@@ -152,6 +152,7 @@ class Strategy:
         self.results: dict[str, dict[str, Any]] = {}  # key -> record: the memo of everything evaluated
         self.seen: set[str] = set()  # every key ever proposed (evaluated, pending or queued)
         self.shortfalls: list[str] = []  # generations that could not be filled, and why
+        self._exhausted = False  # a generation found nothing new: the space (within the constraints) is used up
 
     # ---- driving ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,7 +169,7 @@ class Strategy:
         """The next candidate to evaluate, or None while the current generation is still being evaluated
         (and once the search is over: see ``finished``)."""
         self.start()
-        if not self.queue and not self.pending and self.generation + 1 < self.settings.generations:
+        if not self.queue and not self.pending and self.generation + 1 < self.settings.generations and not self._exhausted:
             self._new_generation()
         if not self.queue:
             return None
@@ -207,8 +208,6 @@ class Strategy:
         return ranked(self.records(), self.settings)
 
     # ---- proposals -------------------------------------------------------------------------------------------
-    _exhausted = False
-
     def _describe_constraints(self) -> str:
         parts = [f"{k} {v:,}" for k, v in self.constraints.to_dict().items() if v is not None and k != "max_latency_ms"]
         return ", ".join(parts) or "none"
