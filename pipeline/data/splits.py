@@ -79,6 +79,13 @@ def plan_splits(labels: np.ndarray, search_per_class: int, test_per_class: int |
     )
 
 
+def plan_from_settings(labels: np.ndarray, splits: dict[str, Any], has_own_test: bool) -> SplitPlan:
+    """The plan a task's ``splits`` section gives: the one rule training, search and export share, so they all
+    hold out the same images. A test split is carved only when the dataset has no test split of its own."""
+    test_per_class = None if has_own_test else splits["test_per_class"]
+    return plan_splits(labels, splits["search_per_class"], test_per_class, splits["seed"])
+
+
 class SplitDataset(Dataset):
     """A role-tagged view of a source through an index list, with its transform."""
 

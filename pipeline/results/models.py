@@ -7,7 +7,6 @@ exported model, and its number is stored beside the search number (in the model'
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ import torch
 from pipeline.arch import Architecture
 from pipeline.model.export import save_model
 from pipeline.model.supernet import Supernet
-from pipeline.results.storage import is_uri, join, upload_directory
-from pipeline.search.split_data import SplitArrays, normalize
+from pipeline.search.split_data import SplitArrays, channel_stats, normalized_batches
+from pipeline.storage import is_uri, join, upload_directory
 from pipeline.task import Task
-from pipeline.training.evaluate import evaluate_sums, finish
+from pipeline.training.evaluate import autocast_factory, evaluate_sums, finish
 
 
 def pick_device(gpu: bool) -> torch.device:
@@ -29,18 +28,10 @@ def pick_device(gpu: bool) -> torch.device:
 
 def score(model: torch.nn.Module, split: SplitArrays, normalization: dict[str, list[float]], device: torch.device, batch_size: int = 512) -> dict[str, float]:
     """top-1/top-5/loss of a standalone model on a split held as uint8 arrays."""
-    c = split.images.shape[1]
-    mean = torch.tensor(normalization["mean"], device=device).view(1, c, 1, 1)
-    std = torch.tensor(normalization["std"], device=device).view(1, c, 1, 1)
-    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
-
-    def batches():
-        for i in range(0, len(labels), batch_size):
-            yield normalize(images[i : i + batch_size].to(device), mean, std), labels[i : i + batch_size]
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    mean, std = channel_stats(normalization, device)
+    batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)
     model = model.to(device).eval()
-    return finish(evaluate_sums(lambda x, _: model(x), None, batches(), device, autocast))
+    return finish(evaluate_sums(lambda x, _: model(x), None, batches, device, autocast_factory(device)()))
 
 
 def model_dir_name(rank: int, key: str) -> str:

@@ -6,8 +6,8 @@ import io
 import math
 from typing import Any
 
-from pipeline.results.storage import write_bytes
 from pipeline.search.evolution import pareto_front
+from pipeline.storage import write_bytes
 
 
 def pareto_png(records: list[dict[str, Any]], target: str, title: str, min_params: int | None, max_params: int | None) -> None:

@@ -4,20 +4,16 @@ and pareto.png, and print the front as a table."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
+from pipeline.progress import say
 from pipeline.results.models import export_ranked, pick_device
 from pipeline.results.plot import pareto_png
-from pipeline.results.storage import join
-from pipeline.results.tables import (
-    candidates_table,
-    pareto_records,
-    pareto_table,
-    write_table,
-)
+from pipeline.results.tables import candidates_table, pareto_records, pareto_table, write_table
+from pipeline.search.evolution import best_record
 from pipeline.search.launch import SearchOutcome, local_supernet
 from pipeline.search.split_data import load_split
+from pipeline.storage import join
 from pipeline.task import Task
 
 CANDIDATES_FILE = "candidates.parquet"
@@ -53,8 +49,7 @@ def write_report(outcome: SearchOutcome, task: Task, supernet: str, gpu: bool = 
     records = outcome.records
     write_table(candidates_table(records), join(base, CANDIDATES_FILE), meta)
     front = pareto_records(records)
-    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: (-r["top1"], r["params"], r["key"]))
-    best = ok[0] if ok else None
+    best = best_record(records)
     # constrained: the best architecture; pareto: every architecture on the top-1/params front.
     if outcome.settings.objective == "pareto":
         chosen = [r for r in front if r["on_params_front"]]
@@ -77,8 +72,3 @@ def write_report(outcome: SearchOutcome, task: Task, supernet: str, gpu: bool = 
     )
     pareto_png(records, join(base, PLOT_FILE), title, c.min_params, c.max_params)
     return SearchReport(base, front, best, [join(base, f) for f in (CANDIDATES_FILE, PARETO_FILE, PLOT_FILE)])
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()

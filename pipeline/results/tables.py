@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.results.storage import read_bytes, write_bytes
-from pipeline.search.evolution import pareto_front
+from pipeline.search.evolution import by_top1, pareto_front
+from pipeline.storage import read_bytes, write_bytes
 
 CANDIDATE_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -82,7 +82,7 @@ def pareto_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     on_params = {r["key"] for r in pareto_front(records, "params")}
     on_macs = {r["key"] for r in pareto_front(records, "macs")}
     chosen = [r for r in records if r["key"] in on_params | on_macs]
-    chosen.sort(key=lambda r: (-r["top1"], r["params"], r["key"]))
+    chosen.sort(key=by_top1)
     return [
         {**r, "on_params_front": r["key"] in on_params, "on_macs_front": r["key"] in on_macs, "rank": i + 1}
         for i, r in enumerate(chosen)

@@ -9,7 +9,6 @@ Ray; the driver wraps it in ``ray.remote``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import statistics
@@ -22,9 +21,9 @@ import torch
 
 from pipeline.arch import Architecture
 from pipeline.model.supernet import Supernet
-from pipeline.search.split_data import normalize
+from pipeline.search.split_data import channel_stats, normalize, normalized_batches
 from pipeline.space import SearchSpace
-from pipeline.training.evaluate import evaluate_sums, finish
+from pipeline.training.evaluate import autocast_factory, evaluate_sums, finish
 
 LATENCY_WARMUP = 2
 
@@ -61,11 +60,12 @@ class Evaluator:
         self.model = model.to(self.device).eval()
         self.images = _tensor(images).to(self.device)
         self.labels = _tensor(labels).to(self.device)
-        c = images.shape[1]
-        self.mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(normalization["std"], dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.batch_size, self.latency_batch, self.latency_repeats = batch_size, latency_batch, latency_repeats
-        self.bf16 = self.device.type == "cuda"
+        self.mean, self.std = channel_stats(normalization, self.device)
+        self.batch_size, self.latency_repeats = batch_size, latency_repeats
+        # The latency batch is the same for every candidate: the first latency_batch images (repeated if fewer).
+        index = torch.arange(latency_batch, device=self.device) % self.images.shape[0]
+        self.latency_images = normalize(self.images[index], self.mean, self.std)
+        self.autocast = autocast_factory(self.device)
         self.die_after, self.calls = die_after, 0
         self.node = socket.gethostname()
         self.load_s = time.perf_counter() - start
@@ -74,29 +74,19 @@ class Evaluator:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
         return {"node": self.node, "pid": os.getpid(), "device": name, "load_s": self.load_s, "images": int(self.images.shape[0])}
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _batches(self):
-        for i in range(0, self.images.shape[0], self.batch_size):
-            yield normalize(self.images[i : i + self.batch_size], self.mean, self.std), self.labels[i : i + self.batch_size]
-
     @torch.no_grad()
     def latency_ms(self, static: torch.nn.Module) -> float:
         """Median milliseconds per forward pass of ``latency_batch`` images on this actor's device."""
-        n = self.images.shape[0]
-        index = torch.arange(self.latency_batch, device=self.device) % n
-        batch = normalize(self.images[index], self.mean, self.std)
         times = []
-        with self._autocast():
+        with self.autocast():
             for i in range(LATENCY_WARMUP + self.latency_repeats):
                 self._sync()
                 start = time.perf_counter()
-                static(batch)
+                static(self.latency_images)
                 self._sync()
                 if i >= LATENCY_WARMUP:
                     times.append(time.perf_counter() - start)
@@ -114,7 +104,8 @@ class Evaluator:
         if max_latency_ms is not None and latency > max_latency_ms:
             out.update(status="over_latency", top1=float("nan"), top5=float("nan"), loss=float("nan"))
         else:
-            sums = evaluate_sums(lambda images, _: static(images), None, self._batches(), self.device, self._autocast())
+            batches = normalized_batches(self.images, self.labels, self.mean, self.std, self.batch_size)
+            sums = evaluate_sums(lambda images, _: static(images), None, batches, self.device, self.autocast())
             out.update(status="ok", **finish(sums))
         self._sync()
         out["eval_s"] = time.perf_counter() - start

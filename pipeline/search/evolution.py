@@ -120,15 +120,25 @@ def crossover(a: Architecture, b: Architecture, rng: random.Random) -> Architect
     )
 
 
+def by_top1(record: dict[str, Any]) -> tuple:
+    """Highest search top-1 first; fewer params, then the key, break ties (so rankings are deterministic)."""
+    return (-record["top1"], record["params"], record["key"])
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scored candidate inside the constraints with the highest search top-1 (what ``constrained`` returns)."""
+    return min((r for r in records if r.get("status") == "ok"), key=by_top1, default=None)
+
+
 def ranked(records: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
     """Scored candidates inside the constraints, best first.
 
-    constrained: highest search top-1 first (fewer params, then the key, break ties, so ranking is
-    deterministic). pareto: non-dominated sorting with crowding distance on top-1 (up) and the chosen costs (down).
+    constrained: highest search top-1 first (``by_top1``). pareto: non-dominated sorting with crowding distance on
+    top-1 (up) and the chosen costs (down).
     """
     scored = sorted((r for r in records if r.get("status") == "ok"), key=lambda r: r["key"])
     if settings.objective == "constrained":
-        return sorted(scored, key=lambda r: (-r["top1"], r["params"], r["key"]))
+        return sorted(scored, key=by_top1)
     points = [(-r["top1"], *(r[c] for c in settings.pareto_costs)) for r in scored]
     return [scored[i] for i in nsga_order(points)]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,13 +20,15 @@ from typing import Any, Iterator
 from pipeline.arch import Architecture
 from pipeline.complexity import count_macs, count_params
 from pipeline.errors import UserError
+from pipeline.progress import say
 from pipeline.sampling import smallest_architecture
 from pipeline.search.constraints import Constraints
 from pipeline.search.evolution import Settings, Strategy
 from pipeline.search.split_data import check_same_splits, load_split
 from pipeline.space import SearchSpace
 from pipeline.task import Task
-from pipeline.training.launch import is_uri, resolve_storage
+from pipeline.storage import filesystem, is_uri
+from pipeline.training.launch import resolve_storage
 
 SUPERNET_WEIGHTS = "supernet.safetensors"
 
@@ -275,10 +276,7 @@ def saved_strategy(run_path: str) -> Strategy | None:
 
     import pyarrow.fs
 
-    if is_uri(run_path):
-        fs, root = pyarrow.fs.FileSystem.from_uri(run_path)
-    else:
-        fs, root = pyarrow.fs.LocalFileSystem(), run_path
+    fs, root = filesystem(run_path)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
     states = sorted(
         (i for i in infos if i.base_name.startswith("searcher-state-") and i.base_name.endswith(".pkl")),
@@ -314,8 +312,3 @@ def records_from_results(grid, space: SearchSpace) -> list[dict[str, Any]]:
         })
     records.sort(key=lambda r: (r["generation"], r["key"]))
     return records
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import math
 import pickle
-import sys
 import time
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from pipeline.search.evolution import Strategy, pareto_front
+from pipeline.progress import say
+from pipeline.search.evolution import Strategy, best_record, pareto_front
 
 OUTCOME_KEYS = ("status", "top1", "top5", "loss", "latency_ms", "eval_s", "evaluator")
 
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class EvolutionSearcher(Searcher):
@@ -57,8 +53,7 @@ class EvolutionSearcher(Searcher):
         s = self.strategy
         records = s.records()
         this = [r for r in records if r["generation"] == s.generation]
-        scored = [r for r in records if r["status"] == "ok"]
-        best = max(scored, key=lambda r: (r["top1"], -r["params"])) if scored else None
+        best = best_record(records)
         rejected = sum(r["status"] == "over_latency" for r in this)
         failed = sum(r["status"] == "error" for r in this)
         origins = ", ".join(f"{sum(r['origin'] == o for r in this)} {o}" for o in ("mutation", "crossover", "random"))

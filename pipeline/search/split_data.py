@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.sources import open_sources
-from pipeline.data.splits import SplitDataset, plan_splits, require_role
+from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform
 from pipeline.errors import UserError
 from pipeline.task import Task
@@ -33,9 +33,7 @@ class SplitArrays:
 def split_dataset(task: Task, role: str) -> tuple[SplitDataset, dict[str, Any]]:
     """The role's dataset with the un-normalised eval transform, and the split plan's summary."""
     pool, own_test = open_sources(task.data)
-    plan = plan_splits(
-        pool.labels, task.splits["search_per_class"], None if own_test is not None else task.splits["test_per_class"], task.splits["seed"]
-    )
+    plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     c = task.data["in_chans"]
     transform = eval_transform({**task.data, "mean": [0.0] * c, "std": [1.0] * c})
     if role == "search":
@@ -75,3 +73,16 @@ def check_same_splits(supernet_splits: dict[str, Any], summary: dict[str, Any], 
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, exactly as ToTensor + Normalize; ``mean``/``std`` shaped (1, C, 1, 1)."""
     return batch.float().div_(255).sub_(mean).div_(std)
+
+
+def channel_stats(normalization: dict[str, list[float]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as (1, C, 1, 1) float32 tensors on ``device``, ready for ``normalize``."""
+    mean, std = (torch.tensor(normalization[k], dtype=torch.float32, device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
+    return mean, std
+
+
+def normalized_batches(images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int):
+    """(normalised images, labels) batches of a uint8 split, on the device of ``mean`` (a no-op move when the split
+    already lives there)."""
+    for i in range(0, images.shape[0], batch_size):
+        yield normalize(images[i : i + batch_size].to(mean.device), mean, std), labels[i : i + batch_size].to(mean.device)

@@ -6,12 +6,20 @@ Returns sums so that shards evaluated on different DDP ranks (or actors) add up 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.arch import Architecture
+
+
+def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on GPUs (``auto``) or when asked for; plain fp32 otherwise (CPUs)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 @torch.no_grad()

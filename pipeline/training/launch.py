@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.sources import open_sources
-from pipeline.data.splits import plan_splits
+from pipeline.data.splits import plan_from_settings
 from pipeline.errors import UserError
+from pipeline.storage import filesystem, is_uri, upload_directory
 from pipeline.task import Task
 from pipeline.training.state import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
 
@@ -37,22 +38,10 @@ class TrainOutcome:
     resumes: int
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_storage(storage: str | None) -> str:
     """Local paths become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through unchanged."""
     storage = storage or "runs"
     return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-def _filesystem(storage: str):
-    import pyarrow.fs
-
-    if is_uri(storage):
-        return pyarrow.fs.FileSystem.from_uri(storage)
-    return pyarrow.fs.LocalFileSystem(), storage
 
 
 def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
@@ -64,7 +53,7 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
     """
     import pyarrow.fs
 
-    fs, root = _filesystem(storage)
+    fs, root = filesystem(storage)
     run_dir = f"{root.rstrip('/')}/{name}"
     if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
         return None
@@ -112,7 +101,7 @@ def validate_data(task: Task) -> dict[str, Any]:
     if task.data["num_classes"] not in (None, classes):
         raise UserError(f"task {task.name!r}: data.num_classes is {task.data['num_classes']} but the dataset has {classes} classes")
     space = task.space(num_classes=classes)
-    plan = plan_splits(pool.labels, task.splits["search_per_class"], None if own_test is not None else task.splits["test_per_class"], task.splits["seed"])
+    plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     if len(plan.train) < task.train["batch_size"]:
         raise UserError(f"train.batch_size {task.train['batch_size']} exceeds the {len(plan.train)} training images")
     return {"space": space, "splits": plan.summary(len(own_test) if own_test is not None else None)}
@@ -237,10 +226,8 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
     weights = load_file(str(checkpoint_dir / "supernet.safetensors"))
     if not is_uri(storage):
         return str(write_supernet_dir(Path(storage) / name / EXPORT_DIR, weights, config))
-    import pyarrow.fs
-
     with tempfile.TemporaryDirectory() as tmp:
         local = write_supernet_dir(Path(tmp) / EXPORT_DIR, weights, config)
         target = f"{storage.rstrip('/')}/{name}/{EXPORT_DIR}"
-        pyarrow.fs.copy_files(str(local), target)
+        upload_directory(local, target)
     return target

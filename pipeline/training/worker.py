@@ -9,16 +9,14 @@ checkpoint epochs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +25,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pipeline.arch import Architecture
 from pipeline.data.sources import open_sources
-from pipeline.data.splits import SplitDataset, plan_splits, require_role
+from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform, train_transform
 from pipeline.model.supernet import Supernet
+from pipeline.progress import say
 from pipeline.sampling import largest_architecture, sample_architecture, sample_architectures, smallest_architecture
 from pipeline.task import Task
-from pipeline.training.evaluate import evaluate_sums, finish
+from pipeline.training.evaluate import autocast_factory, evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from pipeline.training.state import read_checkpoint, read_state, write_checkpoint
@@ -51,24 +50,11 @@ def tracked_subnets(space, seed: int, count: int) -> list[tuple[str, Architectur
     ]
 
 
-def _autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
 
-
-def say(line: str) -> None:
-    """One progress line. Written to stdout directly: Ray Train patches ``print`` on workers into a logger that
-    both logs and echoes, which doubles every line on the driver's console."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def _quiet_ray_train_logs() -> None:
@@ -118,12 +104,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
-    autocast = _autocast_factory(device, tr["precision"])
+    autocast = autocast_factory(device, tr["precision"])
 
     pool, own_test = open_sources(task.data)
-    plan = plan_splits(
-        pool.labels, task.splits["search_per_class"], None if own_test is not None else task.splits["test_per_class"], task.splits["seed"]
-    )
+    plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     space = task.space(num_classes=len(pool.classes))
     train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
     search_set = SplitDataset(pool, plan.search, eval_transform(task.data), "search")

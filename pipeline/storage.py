@@ -1,4 +1,4 @@
-"""Writing result files atomically to a local directory or an ``s3://``-style URI (pyarrow filesystems).
+"""Local paths and ``s3://``-style URIs alike, through pyarrow filesystems: checkpoints, supernets, result files.
 
 Local files are written beside their target under a temporary name and renamed into place; on object
 stores a single PUT is atomic already, so the bytes are uploaded in one stream.
@@ -17,13 +17,20 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem holding ``path`` and the path inside it."""
+    if is_uri(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
 def write_bytes(target: str, data: bytes) -> None:
     if is_uri(target):
-        fs, path = pyarrow.fs.FileSystem.from_uri(target)
+        fs, path = filesystem(target)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as out:
             out.write(data)
@@ -42,12 +49,13 @@ def write_bytes(target: str, data: bytes) -> None:
 
 def read_bytes(source: str) -> bytes:
     if is_uri(source):
-        fs, path = pyarrow.fs.FileSystem.from_uri(source)
+        fs, path = filesystem(source)
         with fs.open_input_stream(path) as f:
             return f.read()
     return Path(source).read_bytes()
 
 
 def upload_directory(local: Path, target: str) -> None:
-    """Copy a finished local directory to a URI (for exported models on object storage)."""
+    """Copy a finished local directory to a URI (exported supernets and models on object storage)."""
     pyarrow.fs.copy_files(str(local), target)
+
