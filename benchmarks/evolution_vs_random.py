@@ -19,10 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.core.task import load_task  # noqa: E402
 from pipeline.search.constraints import Constraints  # noqa: E402
 from pipeline.search.evolution import Settings  # noqa: E402
-from pipeline.search.launch import EvaluatorSettings, run_search  # noqa: E402
-from pipeline.task import load_task  # noqa: E402
+from pipeline.search.launch import run_search  # noqa: E402
+from pipeline.search.settings import EvaluatorResources, SearchSettings  # noqa: E402
 
 
 def best_and_when(records: list[dict]) -> tuple[float, int]:
@@ -54,12 +55,13 @@ def main() -> None:
         for seed in args.seeds:
             line = []
             for algorithm in ("evolution", "random"):
-                settings = Settings(
+                strategy = Settings(
                     algorithm=algorithm, objective="constrained", population=args.population, generations=args.generations,
                     parents=max(2, args.population // 5), mutations=args.population // 2, crossovers=args.population // 2, seed=seed,
                 )
-                outcome = run_search(task, args.supernet, settings, Constraints(max_params=args.max_params),
-                                     EvaluatorSettings(count=1, cpus=1.0, latency_repeats=1), storage=str(storage), name=f"{algorithm}-{seed}")
+                settings = SearchSettings(strategy, Constraints(max_params=args.max_params), batch_size=512, latency_batch=64, latency_repeats=1)
+                outcome = run_search(task, args.supernet, settings, EvaluatorResources(count=1, cpus=1.0), storage=str(storage),
+                                     name=f"{algorithm}-{seed}")
                 best, when = best_and_when(outcome.records)
                 results[algorithm].append(best)
                 line.append(f"{algorithm} {best:.4f} (reached at evaluation {when} of {len(outcome.records)})")

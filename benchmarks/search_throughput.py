@@ -26,12 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model.supernet import Supernet  # noqa: E402
-from pipeline.model.supernet_io import save_supernet  # noqa: E402
-from pipeline.sampling import sample_architectures  # noqa: E402
+from pipeline.model.supernet_dir import read_supernet_config, save_supernet, weights_path  # noqa: E402
+from pipeline.core.sampling import sample_architectures  # noqa: E402
 from pipeline.search.constraints import Constraints  # noqa: E402
 from pipeline.search.evolution import Settings  # noqa: E402
-from pipeline.search.launch import EvaluatorSettings, run_search  # noqa: E402
-from pipeline.task import Task, load_task  # noqa: E402
+from pipeline.search.launch import run_search  # noqa: E402
+from pipeline.search.settings import EvaluatorResources, SearchSettings  # noqa: E402
+from pipeline.core.task import Task, load_task  # noqa: E402
 from pipeline.training.launch import validate_data  # noqa: E402
 
 
@@ -42,20 +43,18 @@ def fresh_supernet(task: Task, where: Path) -> Path:
 
 def cold_evaluate(supernet_dir: str, task_dict: dict, arch: dict, batch: int, latency_batch: int, repeats: int) -> float:
     """What a search without resident evaluators pays per candidate: load everything, evaluate, throw away."""
-    import json
-
     import torch
     from safetensors.numpy import load_file
 
+    from pipeline.data.arrays import load_split
     from pipeline.search.evaluator import Evaluator
-    from pipeline.search.split_data import load_split
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     task = Task.from_dict(task_dict)
-    config = json.loads((Path(supernet_dir) / "config.json").read_text())
+    config = read_supernet_config(supernet_dir)
     split = load_split(task, "search")
-    weights = load_file(str(Path(supernet_dir) / "supernet.safetensors"))
+    weights = load_file(str(weights_path(supernet_dir)))
     evaluator = Evaluator(config, weights, split.images, split.labels, {"mean": task.data["mean"], "std": task.data["std"]}, batch, latency_batch, repeats, threads=1)
     evaluator.evaluate(arch)
     return time.perf_counter() - start
@@ -65,17 +64,15 @@ def warm_vs_reload(task: Task, supernet: Path, count: int) -> None:
     import ray
     from safetensors.numpy import load_file
 
+    from pipeline.data.arrays import load_split
     from pipeline.search.evaluator import Evaluator
-    from pipeline.search.split_data import load_split
 
     s = task.search
     space = validate_data(task)["space"]
     archs = [a.to_dict() for a in sample_architectures(space, count, seed=123)]
     split = load_split(task, "search")
-    refs = dict(weights=ray.put(load_file(str(supernet / "supernet.safetensors"))), images=ray.put(split.images), labels=ray.put(split.labels))
-    import json
-
-    config = json.loads((supernet / "config.json").read_text())
+    refs = dict(weights=ray.put(load_file(str(weights_path(supernet)))), images=ray.put(split.images), labels=ray.put(split.labels))
+    config = read_supernet_config(supernet)
     actor = ray.remote(Evaluator).options(num_cpus=1).remote(
         config, normalization={"mean": task.data["mean"], "std": task.data["std"]}, batch_size=s["batch_size"],
         latency_batch=s["latency_batch"], latency_repeats=s["latency_repeats"], threads=1, **refs,
@@ -102,13 +99,13 @@ def paper_supernet_load_times(where: Path) -> None:
     """What one reload costs at the paper's scale: build + load each autoformer-* supernet from its directory."""
     import torch
 
-    from pipeline.model.supernet_io import load_supernet
-    from pipeline.space import load_space
+    from pipeline.model.supernet_dir import load_supernet
+    from pipeline.core.space import load_space
 
     torch.set_num_threads(1)
     for name in ("autoformer-tiny", "autoformer-small", "autoformer-base"):
         path = save_supernet(Supernet(load_space(name)), where / name)
-        size = (path / "supernet.safetensors").stat().st_size / 2**20
+        size = weights_path(path).stat().st_size / 2**20
         start = time.perf_counter()
         load_supernet(path)
         print(f"  {name}: {size:.0f} MiB, build + load {time.perf_counter() - start:.1f} s per reload")
@@ -116,11 +113,12 @@ def paper_supernet_load_times(where: Path) -> None:
 
 
 def overhead(task: Task, supernet: Path, storage: Path, evaluators: int, cpus: float, population: int, generations: int) -> None:
-    settings = Settings(population=population, generations=generations, parents=max(2, population // 5),
+    strategy = Settings(population=population, generations=generations, parents=max(2, population // 5),
                         mutations=population // 2, crossovers=population // 2, seed=0)
-    outcome = run_search(task, str(supernet), settings, Constraints(), EvaluatorSettings(count=evaluators, cpus=cpus,
-                         batch_size=task.search["batch_size"], latency_batch=task.search["latency_batch"],
-                         latency_repeats=task.search["latency_repeats"]), storage=str(storage), name=f"overhead-{task.name}-{evaluators}")
+    settings = SearchSettings(strategy, Constraints(), batch_size=task.search["batch_size"], latency_batch=task.search["latency_batch"],
+                              latency_repeats=task.search["latency_repeats"])
+    outcome = run_search(task, str(supernet), settings, EvaluatorResources(count=evaluators, cpus=cpus), storage=str(storage),
+                         name=f"overhead-{task.name}-{evaluators}")
     compute = sum(r["eval_s"] for r in outcome.records)
     n = len(outcome.records)
     ratio = (outcome.tune_s * evaluators - compute) / compute

@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 
 from pipeline.model import Supernet
-from pipeline.sampling import sample_architecture
-from pipeline.space import load_space
+from pipeline.core.sampling import sample_architecture
+from pipeline.core.space import load_space
 
 # name -> (space, image size override, batch size)
 CONFIGS = {

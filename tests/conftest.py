@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.space import SearchSpace, builtin_space_names, load_space
+from pipeline.core.space import SearchSpace, builtin_space_names, load_space
 
 ALL_SPACES = builtin_space_names()
 # Slicing does not depend on the image size; 32 px keeps even the base supernet's forward cheap.
@@ -28,8 +28,8 @@ def digits_supernet(tmp_path_factory):
     """A freshly initialised (untrained) digits supernet directory with the task and splits recorded, as
     'autoformer train' exports it: search and export code do not care whether the weights were trained."""
     from pipeline.model.supernet import Supernet
-    from pipeline.model.supernet_io import save_supernet
-    from pipeline.task import load_task
+    from pipeline.model.supernet_dir import save_supernet
+    from pipeline.core.task import load_task
     from pipeline.training.launch import validate_data
 
     path = tmp_path_factory.mktemp("digits-supernet") / "supernet"

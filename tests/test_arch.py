@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.arch import Architecture, in_space, validate_in_space
-from pipeline.errors import UserError
-from pipeline.sampling import largest_architecture, sample_architecture, sample_architectures, smallest_architecture
-from pipeline.space import builtin_space_names, load_space
+from pipeline.core.arch import Architecture, in_space, validate_in_space
+from pipeline.shared.errors import UserError
+from pipeline.core.sampling import largest_architecture, sample_architecture, sample_architectures, smallest_architecture
+from pipeline.core.space import builtin_space_names, load_space
 
 T = Architecture(192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5])
 
@@ -111,7 +111,7 @@ def test_space_and_arch_code_import_no_torch() -> None:
     """The arithmetic layer must run without torch or Ray (layering rule)."""
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['ray'] = None\n"
-        "import pipeline.space, pipeline.arch, pipeline.sampling, pipeline.complexity, pipeline.cli.space_commands\n"
+        "import pipeline.core.space, pipeline.core.arch, pipeline.core.sampling, pipeline.core.complexity, pipeline.cli.space_commands\n"
         "print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

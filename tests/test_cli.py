@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.arch import Architecture
+from pipeline.core.arch import Architecture
 from pipeline.cli.main import main
-from pipeline.complexity import count_macs, count_params
-from pipeline.space import load_space
+from pipeline.core.complexity import count_macs, count_params
+from pipeline.core.space import load_space
 
 
 def test_space_show_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.arch import Architecture
-from pipeline.complexity import count_macs, count_params, space_ranges
+from pipeline.core.arch import Architecture
+from pipeline.core.complexity import count_macs, count_params, space_ranges
 from pipeline.model import StaticViT
-from pipeline.sampling import largest_architecture, sample_architecture, smallest_architecture
-from pipeline.space import builtin_space_names, load_space
+from pipeline.core.sampling import largest_architecture, sample_architecture, smallest_architecture
+from pipeline.core.space import builtin_space_names, load_space
 
 AUTOFORMER_T = Architecture(
     192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5]

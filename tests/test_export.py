@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from conftest import space_for_model_tests
-from pipeline.arch import Architecture
-from pipeline.complexity import count_macs, count_params
-from pipeline.errors import UserError
+from pipeline.core.arch import Architecture
+from pipeline.core.complexity import count_macs, count_params
+from pipeline.shared.errors import UserError
 from pipeline.model import Supernet
-from pipeline.model import export
-from pipeline.model.export import load_model, save_model, to_timm
-from pipeline.sampling import sample_architecture
-from pipeline.space import load_space
+from pipeline.model import subnet_dir
+from pipeline.model.subnet_dir import load_model, save_model
+from pipeline.model.timm_convert import to_timm
+from pipeline.core.sampling import sample_architecture
+from pipeline.core.space import load_space
 
 
 def _model(name: str = "digits", seed: int = 0):
@@ -52,7 +53,7 @@ def test_load_needs_no_supernet_and_no_ray(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['ray'] = None\n"
         "import torch\n"
-        "from pipeline.model.export import load_model\n"
+        "from pipeline.model.subnet_dir import load_model\n"
         f"m, c = load_model({str(tmp_path / 'm')!r})\n"
         "print(m(torch.zeros(1, 1, 8, 8)).shape[-1], 'pipeline.model.supernet' in sys.modules)"
     )
@@ -77,7 +78,7 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "save_file", broken)
+    monkeypatch.setattr(subnet_dir, "save_file", broken)
     with pytest.raises(OSError):
         save_model(model, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []

@@ -17,8 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.model.export import load_model
+from pipeline.model.subnet_dir import load_model
 from pipeline.results.tables import CANDIDATE_SCHEMA, PARETO_SCHEMA
+from pipeline.shared.faults import FAULT_ENV, TOKEN_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,11 @@ def _cmd(supernet: Path, storage: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli.main", "search", "digits", "--supernet", str(supernet), "--storage", str(storage), *SMALL, *args]
 
 
-def _search(supernet: Path, storage: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(supernet, storage, *args), capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def _search(supernet: Path, storage: Path, *args: str, timeout: float = 600, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if fault:
+        env.update({FAULT_ENV: fault, TOKEN_ENV: str(storage / "fault-token")})
+    return subprocess.run(_cmd(supernet, storage, *args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _ok(out: subprocess.CompletedProcess) -> None:
@@ -47,8 +51,8 @@ def _keys(storage: Path, name: str) -> list[str]:
 
 
 def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, tmp_path: Path) -> None:
-    out = _search(supernet, tmp_path, "--evaluators", "2", "--cpus-per-evaluator", "0.5", "--inject-evaluator-failure-after", "2",
-                  "--objective", "pareto", "--max-params", "120000")
+    out = _search(supernet, tmp_path, "--evaluators", "2", "--cpus-per-evaluator", "0.5", "--objective", "pareto", "--max-params", "120000",
+                  fault="evaluator_exit_after=2")
     _ok(out)
     assert "1 evaluator(s) replaced" in out.stdout
     for g in (1, 2, 3):

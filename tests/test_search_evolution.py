@@ -9,26 +9,26 @@ import random
 
 import pytest
 
-from pipeline.arch import Architecture, in_space
-from pipeline.complexity import count_params, space_ranges
-from pipeline.errors import UserError
-from pipeline.sampling import sample_architecture
+from pipeline.core.arch import Architecture, in_space
+from pipeline.core.complexity import count_params, space_ranges
+from pipeline.shared.errors import UserError
+from pipeline.core.sampling import sample_architecture
 from pipeline.search.constraints import Constraints
+from pipeline.core.records import pareto_front
 from pipeline.search.evolution import (
     Settings,
     Strategy,
     crossover,
     mutate,
-    pareto_front,
     ranked,
 )
-from pipeline.search.pareto import (
+from pipeline.core.pareto import (
     crowding_distances,
     dominates,
     non_dominated_fronts,
     nsga_order,
 )
-from pipeline.space import SearchSpace, load_space
+from pipeline.core.space import SearchSpace, load_space
 
 SPACES = ["digits", "autoformer-tiny", "autoformer-base"]
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.splits import SplitDataset
 from pipeline.data.transforms import eval_transform
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 from pipeline.model.supernet import Supernet
 from pipeline.results.plot import pareto_png
 from pipeline.results.tables import (
@@ -25,11 +25,11 @@ from pipeline.results.tables import (
     read_table,
     write_table,
 )
-from pipeline.sampling import sample_architectures
+from pipeline.core.sampling import sample_architectures
 from pipeline.search.evaluator import Evaluator
-from pipeline.search.split_data import check_same_splits, load_split, split_dataset
-from pipeline.task import load_task
-from pipeline.training.evaluate import evaluate_sums, finish
+from pipeline.data.arrays import check_same_splits, load_split, split_dataset
+from pipeline.core.task import load_task
+from pipeline.shared.metrics import evaluate_sums, finish
 
 
 @pytest.fixture(scope="module")

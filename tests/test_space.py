@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.space import builtin_space_names, load_space
+from pipeline.shared.errors import UserError
+from pipeline.core.space import builtin_space_names, load_space
 
 TABLE_1 = {
     "autoformer-tiny": ([192, 216, 240], [12, 13, 14], [3, 4], [3.5, 4.0]),
@@ -86,7 +86,7 @@ def test_overrides_revalidate_patch() -> None:
 
 def test_to_dict_round_trip() -> None:
     space = load_space("autoformer-small")
-    from pipeline.space import SearchSpace
+    from pipeline.core.space import SearchSpace
 
     assert SearchSpace.from_dict(space.to_dict()) == space
 

@@ -17,17 +17,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.model.supernet_io import load_supernet
-from pipeline.training.launch import newest_complete_checkpoint
+from pipeline.model.supernet_dir import load_supernet
+from pipeline.shared.faults import FAULT_ENV, TOKEN_ENV
+from pipeline.training.checkpoint import newest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 
 FAST = ["--set", "train.warmup_epochs=1", "--set", "train.checkpoint_every=1", "--set", "train.eval_subnets=1"]
 
 
-def _train(storage: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _train(storage: Path, *args: str, timeout: float = 600, fault: str | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(storage), *FAST, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if fault:
+        env.update({FAULT_ENV: fault, TOKEN_ENV: str(storage / "fault-token")})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _export(storage: Path, name: str = "digits-supernet") -> dict:
@@ -63,7 +67,7 @@ def test_two_workers_ddp(tmp_path: Path) -> None:
 
 
 def test_worker_failure_restarts_from_last_checkpoint(tmp_path: Path) -> None:
-    out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=3", "--inject-failure-at-epoch", "2")
+    out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=3", fault="train_exit_at_epoch=2")
     _check_ok(out)
     assert "fault injection: rank 1 exits at the start of epoch 2" in out.stdout + out.stderr
     # Ray restarts from the newest checkpoint its controller had committed (epoch 1 or 2 of 3).

@@ -7,7 +7,7 @@ import sys
 
 from pipeline import __version__
 from pipeline.cli import model_commands, search_command, space_commands, train_command
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

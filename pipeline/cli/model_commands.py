@@ -14,9 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.arch import Architecture
-from pipeline.errors import UserError
-from pipeline.task import Task, load_task
+from pipeline.core.arch import Architecture
+from pipeline.core.task import Task, load_task
+from pipeline.shared.errors import UserError
+from pipeline.shared.storage import is_uri, join
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -55,13 +56,12 @@ def select_architecture(args: argparse.Namespace) -> tuple[Architecture, dict[st
         return Architecture.load(args.arch), {}
     if (args.row is None) == (args.key is None):
         raise UserError("--candidates needs exactly one of --row N or --key KEY")
-    from pipeline.results.report import CANDIDATES_FILE
-    from pipeline.results.tables import read_table
+    from pipeline.results.tables import CANDIDATES_FILE, read_table  # CLI start-up: pyarrow loads only when needed
 
     source = args.candidates
     if not source.endswith(".parquet"):
-        source = f"{source.rstrip('/')}/{CANDIDATES_FILE}"
-    if "://" not in source and not Path(source).is_file():
+        source = join(source, CANDIDATES_FILE)
+    if not is_uri(source) and not Path(source).is_file():
         raise UserError(f"--candidates: {source!r} does not exist")
     rows = read_table(source).to_pylist()
     if args.row is not None:
@@ -84,48 +84,41 @@ def _task(args: argparse.Namespace, recorded: dict[str, Any] | None, where: str)
     return Task.from_dict(recorded).with_overrides(args.overrides)
 
 
-def _extract(args: argparse.Namespace):
-    from pipeline.search.launch import local_supernet
+def _supernet(args: argparse.Namespace):
+    from pipeline.model.supernet_dir import load_supernet  # CLI start-up: torch loads only when needed
 
     arch, row = select_architecture(args)
-    from pipeline.model.supernet_io import load_supernet
-
-    with local_supernet(args.supernet) as directory:
-        supernet, config = load_supernet(directory)
-    return supernet.extract(arch), config, row
+    supernet, config = load_supernet(args.supernet)
+    return supernet, config, arch, row
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.model.export import save_model
+    from pipeline.api import export_model  # CLI start-up: torch loads only when needed
 
-    model, config, row = _extract(args)
+    supernet, config, arch, row = _supernet(args)
     task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
-    metadata = {
-        "source": "autoformer export (inherited supernet weights, no retraining)",
-        "supernet": args.supernet,
-        "task": task.to_dict(),
-        "search": {k: row[k] for k in ("top1", "top5", "loss", "latency_ms", "generation", "origin")} if row else None,
-    }
-    path = save_model(model, args.out, normalization={"mean": task.data["mean"], "std": task.data["std"]}, metadata=metadata, overwrite=args.force)
-    print(f"exported {model.arch.key} to {path}")
+    path = export_model(supernet, arch, args.out, task, supernet_path=args.supernet, search_row=row, overwrite=args.force)
+    print(f"exported {arch.key} to {path}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.complexity import count_macs, count_params
-    from pipeline.results.models import pick_device, score
-    from pipeline.search.split_data import load_split
+    # CLI start-up: torch loads only for the commands that use it
+    from pipeline.core.complexity import count_macs, count_params
+    from pipeline.data.arrays import load_split, score
+    from pipeline.shared.metrics import pick_device
 
     if (args.model is None) == (args.supernet is None):
         raise UserError("give a MODEL_DIR or --supernet PATH with an architecture, not both")
     if args.model is not None:
-        from pipeline.model.export import load_model
+        from pipeline.model.subnet_dir import load_model
 
         model, config = load_model(args.model)
         task = _task(args, (config.get("metadata") or {}).get("task"), f"model directory {args.model!r}")
         normalization = config["normalization"]
     else:
-        model, config, _ = _extract(args)
+        supernet, config, arch, _ = _supernet(args)
+        model = supernet.extract(arch)
         task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
         normalization = {"mean": task.data["mean"], "std": task.data["std"]}
     if task.data["image_size"] != model.fixed["image_size"] or task.data["in_chans"] != model.fixed["in_chans"]:

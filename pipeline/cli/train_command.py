@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from pipeline.task import builtin_task_names, load_task
+from pipeline.core.task import builtin_task_names, load_task
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,17 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="run name (default TASK-supernet)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a task value, e.g. train.epochs=50 (repeatable)")
-    p.add_argument(
-        "--inject-failure-at-epoch",
-        type=int,
-        default=None,
-        metavar="N",
-        help="testing fault tolerance: one worker dies once at the start of epoch N (0-based)",
-    )
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # CLI start-up: Ray and torch load only for the commands that use them
     from ray.train import TrainingFailedError
 
     from pipeline.training.launch import train_supernet
@@ -48,7 +42,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             storage=args.storage,
             name=args.name,
             cpus_per_worker=args.cpus_per_worker,
-            fail_at_epoch=args.inject_failure_at_epoch,
         )
     except TrainingFailedError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 
 IMAGE_CHECK_LIMIT = 20_000  # trees up to this size are checked image by image before training; larger ones by sample
 IMAGE_CHECK_SAMPLE = 2_000

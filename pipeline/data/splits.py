@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.sources import ImageSource
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 
 ROLES = ("train", "search", "test")
 

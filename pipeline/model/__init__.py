@@ -1,7 +1,8 @@
-"""Torch models: the supernets (weight-entangled and classical) and the standalone static ViT.
+"""Torch models: the supernets (weight-entangled and classical), the standalone static ViT, and their
+directory formats. No Ray here.
 
-No Ray here. Names resolve lazily so that loading a standalone model (``pipeline.model.export``) does not
-import the supernet code at all.
+Names resolve lazily so that loading a standalone model (``pipeline.model.subnet_dir``) does not import the
+supernet code at all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 _EXPORTS = {
     "StaticViT": "pipeline.model.static",
     "Supernet": "pipeline.model.supernet",
-    "SHARING_MODES": "pipeline.model.supernet",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from pipeline.arch import Architecture
+from pipeline.core.arch import Architecture
 from pipeline.model.layers import (
     LAYER_NORM_EPS,
     RelativePosition2D,

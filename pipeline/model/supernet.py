@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 from torch import nn
 
-from pipeline.arch import Architecture, validate_in_space
-from pipeline.errors import UserError
+from pipeline.core.arch import Architecture, validate_in_space
+from pipeline.shared.errors import UserError
 from pipeline.model.layers import (
     LAYER_NORM_EPS,
     RelativePosition2D,
@@ -39,20 +39,16 @@ from pipeline.model.layers import (
     split_heads,
 )
 from pipeline.model.static import StaticViT
-from pipeline.space import SearchSpace, mlp_hidden_dim
+from pipeline.core.space import SearchSpace, mlp_hidden_dim
+from pipeline.core.task import SHARING_MODES
 
 Sharing = Literal["entangled", "classical"]
-SHARING_MODES: tuple[str, ...] = ("entangled", "classical")
 
 Tensors = dict[str, torch.Tensor]
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, e: int) -> torch.Tensor:
     return F.layer_norm(x, (e,), norm.weight[:e], norm.bias[:e], LAYER_NORM_EPS)
-
-
-def _bias(linear: nn.Linear, rows: int) -> torch.Tensor | None:
-    return linear.bias[:rows] if linear.bias is not None else None
 
 
 class _AttentionWeights(nn.Module):

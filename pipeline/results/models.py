@@ -7,31 +7,19 @@ exported model, and its number is stored beside the search number (in the model'
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.arch import Architecture
-from pipeline.model.export import save_model
+from pipeline.core.arch import Architecture
+from pipeline.core.task import Task
+from pipeline.data.arrays import SplitArrays, score
+from pipeline.model.subnet_dir import save_model
 from pipeline.model.supernet import Supernet
-from pipeline.search.split_data import SplitArrays, channel_stats, normalized_batches
-from pipeline.storage import is_uri, join, upload_directory
-from pipeline.task import Task
-from pipeline.training.evaluate import autocast_factory, evaluate_sums, finish
+from pipeline.shared.storage import join, write_directory_to
 
 
-def pick_device(gpu: bool) -> torch.device:
-    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-
-
-def score(model: torch.nn.Module, split: SplitArrays, normalization: dict[str, list[float]], device: torch.device, batch_size: int = 512) -> dict[str, float]:
-    """top-1/top-5/loss of a standalone model on a split held as uint8 arrays."""
-    mean, std = channel_stats(normalization, device)
-    batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)
-    model = model.to(device).eval()
-    return finish(evaluate_sums(lambda x, _: model(x), None, batches, device, autocast_factory(device)()))
+MODELS_DIR = "models"
 
 
 def model_dir_name(rank: int, key: str) -> str:
@@ -64,12 +52,9 @@ def export_ranked(
             "search_run": search_info,
         }
         name = model_dir_name(r["rank"], r["key"])
-        target = join(out_base, "models", name)
-        if is_uri(target):
-            with tempfile.TemporaryDirectory() as tmp:
-                save_model(model.cpu(), Path(tmp) / name, normalization=normalization, metadata=metadata)
-                upload_directory(Path(tmp) / name, target)
-        else:
-            save_model(model.cpu(), target, normalization=normalization, metadata=metadata, overwrite=True)
+        target = write_directory_to(
+            join(out_base, MODELS_DIR, name),
+            lambda path: save_model(model.cpu(), path, normalization=normalization, metadata=metadata, overwrite=True),
+        )
         out.append({**r, "test_top1": tested["top1"], "test_top5": tested["top5"], "model_dir": target})
     return out

@@ -6,8 +6,10 @@ import io
 import math
 from typing import Any
 
-from pipeline.search.evolution import pareto_front
-from pipeline.storage import write_bytes
+from pipeline.core.records import pareto_front
+from pipeline.shared.storage import write_bytes
+
+PLOT_FILE = "pareto.png"
 
 
 def pareto_png(records: list[dict[str, Any]], target: str, title: str, min_params: int | None, max_params: int | None) -> None:

@@ -6,19 +6,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.progress import say
-from pipeline.results.models import export_ranked, pick_device
-from pipeline.results.plot import pareto_png
-from pipeline.results.tables import candidates_table, pareto_records, pareto_table, write_table
-from pipeline.search.evolution import best_record
-from pipeline.search.launch import SearchOutcome, local_supernet
-from pipeline.search.split_data import load_split
-from pipeline.storage import join
-from pipeline.task import Task
-
-CANDIDATES_FILE = "candidates.parquet"
-PARETO_FILE = "pareto.parquet"
-PLOT_FILE = "pareto.png"
+from pipeline.core.records import CandidateRecord, best_record
+from pipeline.core.task import Task
+from pipeline.data.arrays import load_split
+from pipeline.model.supernet_dir import load_supernet
+from pipeline.results.models import export_ranked
+from pipeline.results.plot import PLOT_FILE, pareto_png
+from pipeline.results.tables import CANDIDATES_FILE, PARETO_FILE, candidates_table, pareto_records, pareto_table, write_table
+from pipeline.shared.metrics import pick_device
+from pipeline.shared.progress import say
+from pipeline.shared.storage import join
 
 
 @dataclasses.dataclass
@@ -29,46 +26,34 @@ class SearchReport:
     files: list[str]
 
 
-def _metadata(outcome: SearchOutcome, supernet: str) -> dict[str, Any]:
-    return {
-        "settings": dataclasses.asdict(outcome.settings),
-        "constraints": outcome.constraints.to_dict(),
-        "space": outcome.space.name,
-        "supernet": supernet,
-        "supernet_epochs": outcome.supernet_config.get("epochs"),
-        "evaluators": outcome.evaluators,
-        "replaced_evaluators": outcome.replaced_evaluators,
-    }
-
-
-def write_report(outcome: SearchOutcome, task: Task, supernet: str, gpu: bool = False) -> SearchReport:
-    from pipeline.model.supernet_io import load_supernet
-
-    base = outcome.run_path
-    meta = _metadata(outcome, supernet)
-    records = outcome.records
-    write_table(candidates_table(records), join(base, CANDIDATES_FILE), meta)
+def write_report(
+    run_path: str,
+    records: list[CandidateRecord],
+    metadata: dict[str, Any],
+    task: Task,
+    supernet: str,
+    gpu: bool = False,
+) -> SearchReport:
+    """Write the result files of a finished search under ``run_path``; ``metadata`` (the search's settings,
+    constraints, space and supernet, as recorded) goes into the Parquet footers and the models' metadata."""
+    settings, constraints = metadata["settings"], metadata["constraints"]
+    write_table(candidates_table(records), join(run_path, CANDIDATES_FILE), metadata)
     front = pareto_records(records)
     best = best_record(records)
     # constrained: the best architecture; pareto: every architecture on the top-1/params front.
-    if outcome.settings.objective == "pareto":
+    if settings["objective"] == "pareto":
         chosen = [r for r in front if r["on_params_front"]]
     else:
         chosen = [r for r in front if best is not None and r["key"] == best["key"]]
     device = pick_device(gpu)
     say(f"[export] exporting {len(chosen)} model(s) and scoring each once on the test split ({device.type})")
     test = load_split(task, "test", batch_size=task.search["batch_size"])
-    with local_supernet(supernet) as supernet_dir:
-        model, _ = load_supernet(supernet_dir)
-    exported = {r["key"]: r for r in export_ranked(chosen, model, supernet, task, test, base, device, meta)}
+    model, _ = load_supernet(supernet)
+    exported = {r["key"]: r for r in export_ranked(chosen, model, supernet, task, test, run_path, device, metadata)}
     front = [exported.get(r["key"], r) for r in front]
     if best is not None and best["key"] in exported:
         best = exported[best["key"]]
-    write_table(pareto_table(front), join(base, PARETO_FILE), meta)
-    c = outcome.constraints
-    title = (
-        f"{task.name}: {outcome.settings.algorithm} ({outcome.settings.objective}), {len(records)} candidates, "
-        f"space {outcome.space.name}"
-    )
-    pareto_png(records, join(base, PLOT_FILE), title, c.min_params, c.max_params)
-    return SearchReport(base, front, best, [join(base, f) for f in (CANDIDATES_FILE, PARETO_FILE, PLOT_FILE)])
+    write_table(pareto_table(front), join(run_path, PARETO_FILE), metadata)
+    title = f"{task.name}: {settings['algorithm']} ({settings['objective']}), {len(records)} candidates, space {metadata['space']}"
+    pareto_png(records, join(run_path, PLOT_FILE), title, constraints["min_params"], constraints["max_params"])
+    return SearchReport(run_path, front, best, [join(run_path, f) for f in (CANDIDATES_FILE, PARETO_FILE, PLOT_FILE)])

@@ -13,8 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.search.evolution import by_top1, pareto_front
-from pipeline.storage import read_bytes, write_bytes
+from pipeline.core.records import by_top1, pareto_front
+from pipeline.shared.storage import read_bytes, write_bytes
+
+CANDIDATES_FILE = "candidates.parquet"
+PARETO_FILE = "pareto.parquet"
 
 CANDIDATE_SCHEMA = pa.schema([
     ("key", pa.string()),

@@ -10,9 +10,9 @@ import dataclasses
 import math
 from typing import Any
 
-from pipeline.complexity import space_ranges
-from pipeline.errors import UserError
-from pipeline.space import SearchSpace
+from pipeline.core.complexity import space_ranges
+from pipeline.shared.errors import UserError
+from pipeline.core.space import SearchSpace
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.arch import Architecture
-from pipeline.model.supernet import Supernet
-from pipeline.search.split_data import channel_stats, normalize, normalized_batches
-from pipeline.space import SearchSpace
-from pipeline.training.evaluate import autocast_factory, evaluate_sums, finish
+from pipeline.core.arch import Architecture
+from pipeline.data.arrays import channel_stats, normalize, normalized_batches
+from pipeline.model.supernet_dir import build_supernet
+from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
+from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 
 LATENCY_WARMUP = 2
 
@@ -47,14 +47,12 @@ class Evaluator:
         latency_repeats: int,
         device: str = "cpu",
         threads: int | None = None,
-        die_after: int | None = None,
     ) -> None:
         start = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        space = SearchSpace.from_dict(supernet_config["space"], source="supernet config")
-        model = Supernet(space, sharing=supernet_config["sharing"], **supernet_config.get("regularization", {}))
+        model = build_supernet(supernet_config)
         state = {k: _tensor(v).to(self.device) for k, v in weights.items()}
         model.load_state_dict(state, strict=True, assign=True)
         self.model = model.to(self.device).eval()
@@ -66,7 +64,7 @@ class Evaluator:
         index = torch.arange(latency_batch, device=self.device) % self.images.shape[0]
         self.latency_images = normalize(self.images[index], self.mean, self.std)
         self.autocast = autocast_factory(self.device)
-        self.die_after, self.calls = die_after, 0
+        self.exit_after, self.calls = fault_parameter("evaluator_exit_after"), 0
         self.node = socket.gethostname()
         self.load_s = time.perf_counter() - start
 
@@ -95,8 +93,8 @@ class Evaluator:
     def evaluate(self, arch: dict[str, Any], max_latency_ms: float | None = None) -> dict[str, Any]:
         """Latency of the extracted static subnet, then (if within ``max_latency_ms``) search-split scores."""
         self.calls += 1
-        if self.die_after is not None and self.calls > self.die_after:
-            os._exit(1)  # fault injection for tests: the process dies as a crashed GPU worker would
+        if self.exit_after is not None and self.calls > self.exit_after and claim_fault():
+            exit_now(f"[search] fault injection: evaluator pid {os.getpid()} exits at its candidate {self.calls}")
         start = time.perf_counter()
         static = self.model.extract(Architecture.from_dict(arch)).to(self.device).eval()
         latency = self.latency_ms(static)

@@ -13,28 +13,31 @@ restarts) are ordinary cluster actors.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
+from pipeline.data.arrays import SplitArrays
 from pipeline.search.evaluator import Evaluator
+from pipeline.shared.progress import say
 
 
 @ray.remote(num_cpus=0)
 class Router:
-    def __init__(self, evaluator_options: dict[str, Any], evaluator_kwargs: dict[str, Any], refs: list, count: int, die_after: int | None) -> None:
+    def __init__(self, evaluator_options: dict[str, Any], evaluator_kwargs: dict[str, Any], refs: list, count: int) -> None:
         # ``refs`` = [weights, images, labels] as ObjectRefs, inside a list so Ray hands them over unresolved.
         self.options, self.kwargs, self.refs = evaluator_options, evaluator_kwargs, refs
-        self.actors = [self._start(die_after if i == 0 else None) for i in range(count)]  # faults injected into one
+        self.actors = [self._start() for _ in range(count)]
         self.free: asyncio.Queue | None = None
         self.replaced = 0
-        self.calls = [0] * count
 
-    def _start(self, die_after: int | None):
+    def _start(self):
         weights, images, labels = self.refs
         actor_class = ray.remote(Evaluator).options(**self.options)
-        return actor_class.remote(weights=weights, images=images, labels=labels, die_after=die_after, **self.kwargs)
+        return actor_class.remote(weights=weights, images=images, labels=labels, **self.kwargs)
 
     def _queue(self) -> asyncio.Queue:
         if self.free is None:  # created lazily, inside the actor's event loop
@@ -56,13 +59,54 @@ class Router:
             except RayActorError:
                 # The evaluator died (node lost, OOM, crash): start a fresh one in its slot and retry this
                 # candidate on whichever evaluator is idle next.
-                self.actors[i] = self._start(None)
+                self.actors[i] = self._start()
                 self.replaced += 1
                 free.put_nowait(i)
                 continue
-            self.calls[i] += 1
             free.put_nowait(i)
             return result
 
-    def stats(self) -> dict[str, Any]:
-        return {"replaced": self.replaced, "calls": list(self.calls)}
+    def replaced_count(self) -> int:
+        """How many evaluators died and were replaced."""
+        return self.replaced
+
+
+def default_evaluator_count(gpu: bool, cpus: float) -> int:
+    """One evaluator per GPU with ``gpu``; else one per ``cpus`` CPUs of the cluster, leaving one for Tune."""
+    resources = ray.cluster_resources()
+    if gpu:
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int((resources.get("CPU", 1) - 1) // cpus))
+
+
+def start_pool(
+    router_name: str,
+    count: int,
+    gpu: bool,
+    cpus: float,
+    weights: dict[str, np.ndarray],
+    split: SplitArrays,
+    evaluator_kwargs: dict[str, Any],
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Put the weights and the split in the object store once, start the router with ``count`` evaluators, and
+    wait until all of them hold both; returns the router and the evaluators' descriptions."""
+    refs = [ray.put(weights), ray.put(split.images), ray.put(split.labels)]
+    options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
+    if gpu:
+        options["num_gpus"] = 1
+    kwargs = {**evaluator_kwargs, "device": "cuda" if gpu else "cpu", "threads": max(1, int(cpus))}
+    router = Router.options(name=router_name).remote(options, kwargs, refs, count)
+    say(
+        f"[search] starting {count} evaluator(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), "
+        f"loading the supernet and {len(split.labels):,} search images into each"
+    )
+    start = time.perf_counter()
+    try:
+        infos = ray.get(router.ready.remote())
+    except BaseException:
+        ray.kill(router)
+        raise
+    say(f"[search] {count} evaluator(s) ready after {time.perf_counter() - start:.1f} s")
+    for i, info in enumerate(infos):
+        say(f"[search]   evaluator {i}: {info['node']} pid {info['pid']}, {info['device']}, ready in {info['load_s']:.1f} s")
+    return router, infos

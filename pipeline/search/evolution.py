@@ -17,18 +17,16 @@ import dataclasses
 import random
 from typing import Any, Callable
 
-from pipeline.arch import Architecture
-from pipeline.complexity import count_macs, count_params
-from pipeline.errors import UserError
-from pipeline.sampling import sample_architecture
+from pipeline.core.arch import Architecture
+from pipeline.core.complexity import count_macs, count_params
+from pipeline.core.pareto import nsga_order
+from pipeline.core.records import CandidateRecord, by_top1, candidate_record
+from pipeline.core.sampling import sample_architecture
+from pipeline.core.space import SearchSpace
+from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, SEARCH_PARETO_COSTS
 from pipeline.search.constraints import Constraints
-from pipeline.search.pareto import front_of, nsga_order
-from pipeline.space import SearchSpace
+from pipeline.shared.errors import UserError
 
-ALGORITHMS = ("evolution", "random")
-OBJECTIVES = ("constrained", "pareto")
-PARETO_COSTS = ("params", "macs", "latency_ms")
-ORIGINS = ("random", "mutation", "crossover")
 # Draws allowed per wanted candidate before a proposal loop gives up (random draws, mutants, crossovers).
 TRIES_PER_CANDIDATE = 50
 
@@ -49,10 +47,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pareto_costs", tuple(self.pareto_costs))
-        if self.algorithm not in ALGORITHMS:
-            raise UserError(f"search algorithm {self.algorithm!r}: allowed are {', '.join(ALGORITHMS)}")
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"search objective {self.objective!r}: allowed are {', '.join(OBJECTIVES)}")
+        if self.algorithm not in SEARCH_ALGORITHMS:
+            raise UserError(f"search algorithm {self.algorithm!r}: allowed are {', '.join(SEARCH_ALGORITHMS)}")
+        if self.objective not in SEARCH_OBJECTIVES:
+            raise UserError(f"search objective {self.objective!r}: allowed are {', '.join(SEARCH_OBJECTIVES)}")
         for name in ("population", "generations", "parents"):
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} {getattr(self, name)}: must be at least 1")
@@ -64,8 +62,8 @@ class Settings:
         for name in ("depth_prob", "gene_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"search.{name} {getattr(self, name)}: must be a probability in [0, 1]")
-        if not self.pareto_costs or any(c not in PARETO_COSTS for c in self.pareto_costs):
-            raise UserError(f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(PARETO_COSTS)}")
+        if not self.pareto_costs or any(c not in SEARCH_PARETO_COSTS for c in self.pareto_costs):
+            raise UserError(f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(SEARCH_PARETO_COSTS)}")
 
     @property
     def budget(self) -> int:
@@ -120,16 +118,6 @@ def crossover(a: Architecture, b: Architecture, rng: random.Random) -> Architect
     )
 
 
-def by_top1(record: dict[str, Any]) -> tuple:
-    """Highest search top-1 first; fewer params, then the key, break ties (so rankings are deterministic)."""
-    return (-record["top1"], record["params"], record["key"])
-
-
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The scored candidate inside the constraints with the highest search top-1 (what ``constrained`` returns)."""
-    return min((r for r in records if r.get("status") == "ok"), key=by_top1, default=None)
-
-
 def ranked(records: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
     """Scored candidates inside the constraints, best first.
 
@@ -143,13 +131,6 @@ def ranked(records: list[dict[str, Any]], settings: Settings) -> list[dict[str, 
     return [scored[i] for i in nsga_order(points)]
 
 
-def pareto_front(records: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
-    """Scored candidates not dominated in (top-1 up, ``cost`` down), ordered by cost."""
-    scored = [r for r in records if r.get("status") == "ok"]
-    front = [scored[i] for i in front_of([(-r["top1"], r[cost]) for r in scored])]
-    return sorted(front, key=lambda r: (r[cost], -r["top1"], r["key"]))
-
-
 class Strategy:
     """Evolution (or the random baseline) over one space under one set of constraints."""
 
@@ -159,7 +140,7 @@ class Strategy:
         self.generation = -1
         self.queue: list[Candidate] = []
         self.pending: dict[str, Candidate] = {}
-        self.results: dict[str, dict[str, Any]] = {}  # key -> record: the memo of everything evaluated
+        self.results: dict[str, CandidateRecord] = {}  # key -> record: the memo of everything evaluated
         self.seen: set[str] = set()  # every key ever proposed (evaluated, pending or queued)
         self.shortfalls: list[str] = []  # generations that could not be filled, and why
         self._exhausted = False  # a generation found nothing new: the space (within the constraints) is used up
@@ -193,25 +174,17 @@ class Strategy:
             self.generation + 1 >= self.settings.generations or self._exhausted
         )
 
-    def complete(self, key: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, key: str, outcome: dict[str, Any]) -> CandidateRecord:
         """Record the evaluation of a handed-out candidate; returns the full record."""
-        candidate = self.pending.pop(key)
-        record = {
-            "key": key,
-            "arch": candidate.arch.to_dict(),
-            "generation": candidate.generation,
-            "origin": candidate.origin,
-            "params": candidate.params,
-            "macs": candidate.macs,
-            **outcome,
-        }
+        c = self.pending.pop(key)
+        record = candidate_record(c.arch, c.generation, c.origin, c.params, c.macs, outcome)
         self.results[key] = record
         return record
 
     def generation_done(self) -> bool:
         return not self.queue and not self.pending
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[CandidateRecord]:
         return list(self.results.values())
 
     def ranking(self) -> list[dict[str, Any]]:

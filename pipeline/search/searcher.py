@@ -8,18 +8,27 @@ state included), which is what lets ``Tuner.restore`` continue an interrupted se
 
 from __future__ import annotations
 
-import math
 import pickle
 import time
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from pipeline.progress import say
-from pipeline.search.evolution import Strategy, best_record, pareto_front
+from pipeline.core.records import OUTCOME_KEYS, best_record, failed_outcome, pareto_front
+from pipeline.search.evolution import Candidate, Strategy
+from pipeline.shared.progress import say
 
-OUTCOME_KEYS = ("status", "top1", "top5", "loss", "latency_ms", "eval_s", "evaluator")
 
+def trial_config(candidate: Candidate) -> dict[str, Any]:
+    """What a trial is given: the candidate with its counts, so its record is built without counting again."""
+    return {
+        "arch": candidate.arch.to_dict(),
+        "key": candidate.key,
+        "generation": candidate.generation,
+        "origin": candidate.origin,
+        "params": candidate.params,
+        "macs": candidate.macs,
+    }
 
 
 class EvolutionSearcher(Searcher):
@@ -34,17 +43,16 @@ class EvolutionSearcher(Searcher):
         if candidate is None:
             return Searcher.FINISHED if self.strategy.finished else None
         self.trials[trial_id] = candidate.key
-        return {"arch": candidate.arch.to_dict(), "key": candidate.key, "generation": candidate.generation, "origin": candidate.origin}
+        return trial_config(candidate)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         key = self.trials.pop(trial_id, None)
         if key is None or key not in self.strategy.pending:
             return
         if error or not result or "status" not in result:
-            outcome = {"status": "error", "top1": math.nan, "top5": math.nan, "loss": math.nan, "latency_ms": math.nan, "eval_s": math.nan, "evaluator": ""}
+            outcome = failed_outcome(trial_id)
         else:
-            outcome = {k: result[k] for k in OUTCOME_KEYS}
-        outcome["trial_id"] = trial_id
+            outcome = {**{k: result[k] for k in OUTCOME_KEYS if k in result}, "trial_id": trial_id}
         self.strategy.complete(key, outcome)
         if self.strategy.generation_done():
             self._report_generation()

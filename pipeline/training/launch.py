@@ -9,22 +9,25 @@ checkpoint (Ray Train finds the run by ``RunConfig(name, storage_path)``); worke
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
-from pipeline.errors import UserError
-from pipeline.storage import filesystem, is_uri, upload_directory
-from pipeline.task import Task
-from pipeline.training.state import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
-
-EXPORT_DIR = "supernet"
+from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
+from pipeline.shared.cluster import connect
+from pipeline.shared.errors import UserError
+from pipeline.shared.progress import say
+from pipeline.shared.storage import join, resolve_storage, write_directory_to
+from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
+from pipeline.training.worker import train_loop_per_worker
 # Task keys that may change between a run and its resumption (the rest must match the checkpoint).
 RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_failures"), ("data", "loader_workers"), ("data", "root"), ("data", "download")}
 
@@ -36,48 +39,6 @@ class TrainOutcome:
     metrics: dict[str, Any]
     restarts: int
     resumes: int
-
-
-def resolve_storage(storage: str | None) -> str:
-    """Local paths become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through unchanged."""
-    storage = storage or "runs"
-    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
-    """Path (or URI) and state of the newest complete checkpoint of run ``name`` on storage, if any.
-
-    Ray resumes from the newest checkpoint its run snapshot recorded, which after an interrupt can be older
-    than what was already written (or missing altogether); workers take whichever of the two is newer.
-    Complete means all three files are there and, on local storage, the weights file's header is intact.
-    """
-    import pyarrow.fs
-
-    fs, root = filesystem(storage)
-    run_dir = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
-        return None
-    selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
-    names = sorted(
-        info.base_name for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
-    )
-    for dirname in reversed(names):
-        path = f"{run_dir}/{dirname}"
-        files = [f"{path}/{f}" for f in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE)]
-        if any(info.type != pyarrow.fs.FileType.File for info in fs.get_file_info(files)):
-            continue
-        try:
-            with fs.open_input_stream(files[0]) as f:
-                state = json.loads(f.read().decode("utf-8"))
-            if not is_uri(storage):
-                from safetensors import safe_open
-
-                with safe_open(files[1], "pt"):
-                    pass
-        except Exception:  # a checkpoint cut short while being written: try the one before
-            continue
-        return (f"{storage.rstrip('/')}/{name}/{dirname}" if is_uri(storage) else path), state
-    return None
 
 
 def _check_same_task(previous: dict[str, Any], task: Task, name: str) -> None:
@@ -109,8 +70,6 @@ def validate_data(task: Task) -> dict[str, Any]:
 
 def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
     """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count)."""
-    import ray
-
     nodes = [
         n["Resources"] for n in ray.nodes()
         if n.get("Alive") and n["Resources"].get("CPU", 0) > 0 and (not gpu or n["Resources"].get("GPU", 0) >= 1)
@@ -130,7 +89,6 @@ def train_supernet(
     storage: str | None = None,
     name: str | None = None,
     cpus_per_worker: float | None = None,
-    fail_at_epoch: int | None = None,
 ) -> TrainOutcome:
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
@@ -148,27 +106,16 @@ def train_supernet(
     if newest is not None:
         _check_same_task(newest[1]["task"], task, name)
 
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    joining_cluster = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    if gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        if not joining_cluster:
-            raise UserError("--gpu was given but this machine has no GPU; drop --gpu to train on CPUs")
-        print("[train] no GPU in the cluster yet: waiting for the autoscaler to add GPU nodes", flush=True)
+    connect(gpu, "train")
     cpus = cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
     resources: dict[str, float] = {"CPU": cpus}
     if gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        _train_loop,
+        train_loop_per_worker,
         train_loop_config={
             "task": task.to_dict(),
             "attempt": uuid.uuid4().hex,
-            "fail_at_epoch": fail_at_epoch,
             "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
             "threads": max(1, int(cpus)),
         },
@@ -181,34 +128,23 @@ def train_supernet(
             logging_config=LoggingConfig(log_level="WARNING"),  # our own per-epoch lines are the progress
         ),
     )
-    print(
+    say(
         f"[train] task {task.name}: space {checked['space'].name}, {checked['splits']['train']['size']} train / "
         f"{checked['splits']['search']['size']} search images, {task.train['epochs']} epochs, {workers} worker(s) "
-        f"x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {storage}/{name}",
-        flush=True,
+        f"x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}"
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {name!r} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / "state.json").read_text())
+        state = read_state(Path(d))
         export_path = export_supernet(Path(d), state, storage, name)
     final = state["history"][-1] if state["history"] else {}
-    return TrainOutcome(f"{storage}/{name}", export_path, final, state["restarts"], state["resumes"])
-
-
-def _train_loop(config: dict[str, Any]) -> None:
-    from pipeline.training.worker import train_loop_per_worker
-
-    train_loop_per_worker(config)
+    return TrainOutcome(join(storage, name), export_path, final, state["restarts"], state["resumes"])
 
 
 def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, name: str) -> str:
     """Write ``<storage>/<name>/supernet`` (config.json + supernet.safetensors) from the final checkpoint."""
-    from safetensors.torch import load_file
-
-    from pipeline.model.supernet_io import supernet_config, write_supernet_dir
-
     task = state["task"]
     config = supernet_config(
         state["space"],
@@ -223,11 +159,5 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
         metrics=state["history"][-1] if state["history"] else {},
         history=state["history"],
     )
-    weights = load_file(str(checkpoint_dir / "supernet.safetensors"))
-    if not is_uri(storage):
-        return str(write_supernet_dir(Path(storage) / name / EXPORT_DIR, weights, config))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = write_supernet_dir(Path(tmp) / EXPORT_DIR, weights, config)
-        target = f"{storage.rstrip('/')}/{name}/{EXPORT_DIR}"
-        upload_directory(local, target)
-    return target
+    weights = read_weights(checkpoint_dir)
+    return write_directory_to(join(storage, name, EXPORT_DIR), lambda path: write_supernet_dir(path, weights, config))

@@ -1,17 +1,20 @@
-"""Scoring a subnet with inherited weights on the search split: top-1, top-5 and loss.
+"""Scores of a model on batches of images: top-1, top-5 and loss, and the autocast policy they run under.
 
-Returns sums so that shards evaluated on different DDP ranks (or actors) add up exactly.
+Shared by training (tracked subnets), the evaluators (candidates) and the final test scoring. Sums are
+returned so that shards evaluated on different DDP ranks (or actors) add up exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.arch import Architecture
+
+def pick_device(gpu: bool) -> torch.device:
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
 def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[[], contextlib.AbstractContextManager]:
@@ -24,13 +27,16 @@ def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[
 
 @torch.no_grad()
 def evaluate_sums(
-    model: torch.nn.Module,
-    arch: Architecture,
+    model: Callable[[torch.Tensor, Any], torch.Tensor],
+    arch: Any,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> torch.Tensor:
-    """``[correct@1, correct@5, summed loss, count]`` as a float64 tensor on ``device``."""
+    """``[correct@1, correct@5, summed loss, count]`` as a float64 tensor on ``device``.
+
+    ``model(images, arch)`` gives the logits: a supernet with its architecture, or any model wrapped so.
+    """
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

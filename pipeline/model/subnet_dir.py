@@ -1,4 +1,4 @@
-"""Standalone subnet files: a directory with ``config.json`` and ``model.safetensors``.
+"""Standalone subnet files: a directory with ``config.json`` and ``model.safetensors``. This module owns that format.
 
 ``config.json`` holds everything needed to rebuild the model (architecture, the space's fixed parts, image
 size, classes, input normalization) plus free-form metadata (where it came from, its accuracies). Loading
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.arch import Architecture
-from pipeline.complexity import count_macs, count_params
-from pipeline.errors import UserError
-from pipeline.model.files import read_config as read_directory_config
-from pipeline.model.files import write_config, write_directory
+from pipeline.core.arch import Architecture
+from pipeline.core.complexity import count_macs, count_params
+from pipeline.shared.errors import UserError
+from pipeline.model.directory import read_config as read_directory_config
+from pipeline.model.directory import write_config, write_directory
 from pipeline.model.static import StaticViT
-from pipeline.space import FIXED_KEYS
+from pipeline.core.space import FIXED_KEYS
 
 FORMAT = "autoformer-subnet"
 FORMAT_VERSION = 1
@@ -110,36 +110,3 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except RuntimeError as exc:
         raise UserError(f"model directory {str(path)!r}: {WEIGHTS_FILE} does not match config.json: {exc}") from None
     return model.eval(), config
-
-
-def to_timm(model: StaticViT) -> torch.nn.Module:
-    """The same model as timm's ``VisionTransformer`` (identical logits).
-
-    Only for architectures a plain ViT can express: the same heads and MLP ratio in every layer, Q-K-V dim equal
-    to the embedding dim, and no relative position.
-    """
-    from timm.models.vision_transformer import VisionTransformer
-
-    arch, fixed = model.arch, model.fixed
-    reasons = []
-    if not arch.is_homogeneous():
-        reasons.append("layers differ in heads or MLP ratio")
-    if arch.num_heads[0] * fixed["head_dim"] != arch.embed_dim:
-        reasons.append(f"Q-K-V dim {arch.num_heads[0] * fixed['head_dim']} differs from embed dim {arch.embed_dim}")
-    if fixed["relative_position"]:
-        reasons.append("it uses relative position")
-    if reasons:
-        raise UserError(f"architecture {arch.key} cannot be expressed as a timm VisionTransformer: {'; '.join(reasons)}")
-    vit = VisionTransformer(
-        img_size=fixed["image_size"],
-        patch_size=fixed["patch_size"],
-        in_chans=fixed["in_chans"],
-        num_classes=fixed["num_classes"],
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads[0],
-        mlp_ratio=arch.mlp_ratio[0],
-        qkv_bias=fixed["qkv_bias"],
-    )
-    vit.load_state_dict(model.state_dict(), strict=True)
-    return vit.to(model.head.weight.device).train(model.training)

@@ -18,12 +18,16 @@ from typing import Any, Callable
 
 import yaml
 
-from pipeline.builtin_yaml import builtin_names, read_yaml_mapping
-from pipeline.errors import UserError
-from pipeline.space import SearchSpace, load_space
+from pipeline.shared.builtin_yaml import builtin_names, read_yaml_mapping
+from pipeline.shared.errors import UserError
+from pipeline.core.space import SearchSpace, load_space
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-SHARING = ("entangled", "classical")
+# Choices that the task schema validates and the code that acts on them imports from here (one definition each).
+SHARING_MODES = ("entangled", "classical")
+SEARCH_ALGORITHMS = ("evolution", "random")
+SEARCH_OBJECTIVES = ("constrained", "pareto")
+SEARCH_PARETO_COSTS = ("params", "macs", "latency_ms")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 SPACE_OVERRIDE_KEYS = ("patch_size", "max_relative_position", "relative_position", "qkv_bias")
@@ -96,7 +100,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "seed": (0, _int(0)),
     },
     "model": {
-        "sharing": ("entangled", _choice(SHARING)),
+        "sharing": ("entangled", _choice(SHARING_MODES)),
         "drop_rate": (0.0, _num(0.0, 0.99)),
         "attn_drop_rate": (0.0, _num(0.0, 0.99)),
         "drop_path_rate": (0.1, _num(0.0, 0.99)),
@@ -137,8 +141,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
     # Phase 2 (evolutionary search). Defaults are the paper's protocol (§4.1); constraints are in parameters,
     # MACs per image, and milliseconds per batch of latency_batch images measured on the evaluators.
     "search": {
-        "algorithm": ("evolution", _choice(("evolution", "random"))),
-        "objective": ("constrained", _choice(("constrained", "pareto"))),
+        "algorithm": ("evolution", _choice(SEARCH_ALGORITHMS)),
+        "objective": ("constrained", _choice(SEARCH_OBJECTIVES)),
         "population": (50, _int(1)),
         "generations": (20, _int(1)),
         "parents": (10, _int(1)),
@@ -146,7 +150,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "crossovers": (25, _int(0)),
         "depth_prob": (0.2, _num(0.0, 1.0)),
         "gene_prob": (0.4, _num(0.0, 1.0)),
-        "pareto_costs": (["params"], _names(("params", "macs", "latency_ms"))),
+        "pareto_costs": (["params"], _names(SEARCH_PARETO_COSTS)),
         "min_params": (None, _opt(_int(1))),
         "max_params": (None, _opt(_int(1))),
         "max_macs": (None, _opt(_int(1))),

@@ -13,14 +13,14 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 
 
 def builtin_dir(folder: str) -> Traversable:
     try:
         return importlib.resources.files(f"pipeline.{folder}")
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / folder
+        return Path(__file__).resolve().parents[2] / folder
 
 
 def builtin_names(folder: str) -> list[str]:

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.space import SearchSpace, mlp_hidden_dim
+from pipeline.shared.errors import UserError
+from pipeline.core.space import SearchSpace, mlp_hidden_dim
 
 ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.arch import Architecture
-from pipeline.space import SearchSpace
+from pipeline.core.arch import Architecture
+from pipeline.core.sampling import largest_architecture, smallest_architecture
+from pipeline.core.space import SearchSpace
 
 
 def _fixed(space_or_fixed: SearchSpace | dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +77,6 @@ def space_ranges(space: SearchSpace) -> dict[str, tuple[int, int]]:
     Both counts grow monotonically in every gene (all sizes are positive), so the smallest and largest members
     are the extremes; this is what feasibility checks against constraints rely on.
     """
-    from pipeline.sampling import largest_architecture, smallest_architecture
-
     lo, hi = smallest_architecture(space), largest_architecture(space)
     return {
         "params": (count_params(lo, space), count_params(hi, space)),

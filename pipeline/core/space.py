@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.builtin_yaml import builtin_names, read_yaml_mapping
-from pipeline.errors import UserError
+from pipeline.shared.builtin_yaml import builtin_names, read_yaml_mapping
+from pipeline.shared.errors import UserError
 
 CHOICE_KEYS = ("embed_dim", "depth", "num_heads", "qkv_dim", "mlp_ratio")
 FIXED_KEYS = (

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.errors import UserError
+from pipeline.shared.errors import UserError
 
 CONFIG_FILE = "config.json"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from pipeline.arch import Architecture
-from pipeline.space import SearchSpace
+from pipeline.core.arch import Architecture
+from pipeline.core.space import SearchSpace
 
 
 def sample_architecture(space: SearchSpace, rng: random.Random) -> Architecture:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.fs
 
@@ -55,7 +56,26 @@ def read_bytes(source: str) -> bytes:
     return Path(source).read_bytes()
 
 
-def upload_directory(local: Path, target: str) -> None:
-    """Copy a finished local directory to a URI (exported supernets and models on object storage)."""
-    pyarrow.fs.copy_files(str(local), target)
+def copy_directory(source: str, target: str) -> None:
+    """Copy a directory tree between local paths and URIs (exported supernets and models on object storage)."""
+    pyarrow.fs.copy_files(source, target)
+
+
+def resolve_storage(storage: str | None) -> str:
+    """A run storage root: local paths become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through."""
+    storage = storage or "runs"
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def write_directory_to(target: str, write: Callable[[Path], object]) -> str:
+    """Make directory ``target`` with ``write(path)``: in place on local disk (``write`` must be atomic there),
+    or into a temporary directory that is then uploaded when ``target`` is a URI. Returns ``target``."""
+    if not is_uri(target):
+        write(Path(target))
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / target.rstrip("/").rsplit("/", 1)[-1]
+        write(local)
+        copy_directory(str(local), target)
+    return target
 

@@ -1,4 +1,4 @@
-"""The search (or test) split as one uint8 tensor, decoded once, plus exact on-the-fly normalisation.
+"""The search (or test) split as one uint8 array, decoded once, plus exact on-the-fly normalisation and scoring.
 
 Evaluator actors keep the whole split in memory (on the GPU when there is one). Storing the eval-transformed
 images as uint8 (before normalisation) takes a quarter of float32's memory, and normalising a batch as
@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform
-from pipeline.errors import UserError
-from pipeline.task import Task
+from pipeline.shared.errors import UserError
+from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
+from pipeline.core.task import Task
 
 
 @dataclasses.dataclass
@@ -86,3 +87,11 @@ def normalized_batches(images: torch.Tensor, labels: torch.Tensor, mean: torch.T
     already lives there)."""
     for i in range(0, images.shape[0], batch_size):
         yield normalize(images[i : i + batch_size].to(mean.device), mean, std), labels[i : i + batch_size].to(mean.device)
+
+
+def score(model: torch.nn.Module, split: SplitArrays, normalization: dict[str, list[float]], device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """top-1/top-5/loss of a standalone model on a split held as uint8 arrays."""
+    mean, std = channel_stats(normalization, device)
+    batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)
+    model = model.to(device).eval()
+    return finish(evaluate_sums(lambda x, _: model(x), None, batches, device, autocast_factory(device)()))

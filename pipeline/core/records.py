@@ -1,0 +1,70 @@
+"""The candidate record: one evaluated architecture, as the strategy, the result tables and the reports see it.
+
+A record is a plain dict (it travels through Tune results, pickled strategies and Parquet rows alike) with a
+declared shape, ``CandidateRecord``, and one constructor, ``candidate_record``. The rankings every "best" and
+every front is taken from live here too, so the search, the result files and the console agree on them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypedDict
+
+from pipeline.core.arch import Architecture
+from pipeline.core.pareto import front_of
+
+OUTCOME_KEYS = ("status", "top1", "top5", "loss", "latency_ms", "eval_s", "evaluator", "trial_id")
+
+
+class CandidateRecord(TypedDict):
+    key: str  # Architecture.key
+    arch: dict[str, Any]  # Architecture.to_dict()
+    generation: int  # 0-based
+    origin: str  # random, mutation or crossover
+    params: int  # exact, counted once when the candidate is proposed
+    macs: int
+    status: str  # ok, over_latency (not scored) or error
+    top1: float  # search split, inherited weights (NaN unless status is "ok")
+    top5: float
+    loss: float
+    latency_ms: float  # median per batch on the evaluator
+    eval_s: float  # the evaluator's wall time for this candidate
+    evaluator: str  # node:pid of the evaluator that scored it
+    trial_id: str
+
+
+def failed_outcome(trial_id: str = "") -> dict[str, Any]:
+    """The outcome of a candidate whose evaluation failed (no scores)."""
+    nan = math.nan
+    return {"status": "error", "top1": nan, "top5": nan, "loss": nan, "latency_ms": nan, "eval_s": nan, "evaluator": "", "trial_id": trial_id}
+
+
+def candidate_record(arch: Architecture, generation: int, origin: str, params: int, macs: int, outcome: dict[str, Any]) -> CandidateRecord:
+    """The one place a record is made: the candidate's identity and counts plus what its evaluation measured."""
+    full = {**failed_outcome(), **{k: outcome[k] for k in OUTCOME_KEYS if k in outcome}}
+    return CandidateRecord(
+        key=arch.key,
+        arch=arch.to_dict(),
+        generation=generation,
+        origin=origin,
+        params=params,
+        macs=macs,
+        **full,
+    )
+
+
+def by_top1(record: dict[str, Any]) -> tuple:
+    """Highest search top-1 first; fewer params, then the key, break ties (so rankings are deterministic)."""
+    return (-record["top1"], record["params"], record["key"])
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scored candidate inside the constraints with the highest search top-1 (what ``constrained`` returns)."""
+    return min((r for r in records if r.get("status") == "ok"), key=by_top1, default=None)
+
+
+def pareto_front(records: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
+    """Scored candidates not dominated in (top-1 up, ``cost`` down), ordered by cost."""
+    scored = [r for r in records if r.get("status") == "ok"]
+    front = [scored[i] for i in front_of([(-r["top1"], r[cost]) for r in scored])]
+    return sorted(front, key=lambda r: (r[cost], -r["top1"], r["key"]))

@@ -1,0 +1,108 @@
+"""A trained supernet as a directory: ``config.json`` + ``supernet.safetensors``. This module owns that format.
+
+The config records what the weights mean (search space, sharing mode, regularisation) and where they came
+from (task, splits, epochs, metrics), so search and export can load the supernet without Ray and without the
+training run's checkpoint tree. ``build_supernet`` is the one way a ``Supernet`` is made from a config:
+training, loading and the evaluators all go through it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.core.space import SearchSpace
+from pipeline.model.directory import CONFIG_FILE, read_config, write_config, write_directory
+from pipeline.model.supernet import Supernet
+from pipeline.shared.errors import UserError
+from pipeline.shared.storage import copy_directory, is_uri
+
+FORMAT = "autoformer-supernet"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "supernet.safetensors"
+EXPORT_DIR = "supernet"  # the directory name 'autoformer train' exports to, inside its run
+DROP_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+HINT = "expected the 'supernet' directory that 'autoformer train' writes"
+
+
+def supernet_config(space: dict[str, Any], sharing: str, regularization: dict[str, float], **provenance: Any) -> dict[str, Any]:
+    """The config.json content: what the weights mean (space, sharing, regularisation) plus provenance."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "space": space,
+        "sharing": sharing,
+        "regularization": {k: regularization[k] for k in DROP_KEYS},
+        **provenance,
+    }
+
+
+def build_supernet(config: dict[str, Any], source: str = "supernet config") -> Supernet:
+    """A freshly initialised supernet of the space, sharing mode and regularisation ``config`` records."""
+    space = SearchSpace.from_dict(config["space"], source=source)
+    return Supernet(space, sharing=config["sharing"], **config.get("regularization", {}))
+
+
+def write_supernet_dir(path: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """Write weights and config into ``path`` atomically (temporary sibling directory, then rename)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def fill(directory: Path) -> None:
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        write_config(directory, config)
+
+    return write_directory(path, fill)
+
+
+def save_supernet(model: Supernet, path: str | Path, **provenance: Any) -> Path:
+    regularization = {k: getattr(model, k) for k in DROP_KEYS}
+    config = supernet_config(model.space.to_dict(), model.sharing, regularization, **provenance)
+    return write_supernet_dir(path, model.state_dict(), config)
+
+
+def read_supernet_config(path: str | Path) -> dict[str, Any]:
+    return read_config(path, FORMAT, FORMAT_VERSION, "supernet", HINT)
+
+
+def weights_path(directory: str | Path) -> Path:
+    """The weights file of a (local) supernet directory; a clear error when it is missing."""
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"supernet directory {str(directory)!r}: no {WEIGHTS_FILE}")
+    return weights
+
+
+def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict[str, Any]]:
+    """Rebuild the supernet from its directory (eval mode); ``path`` may be a URI. Needs no Ray."""
+    with local_supernet(str(path)) as directory:
+        config = read_supernet_config(directory)
+        model = build_supernet(config, source=f"supernet directory {str(path)!r}")
+        try:
+            model.load_state_dict(load_file(str(weights_path(directory)), device=str(map_location)), strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {exc}") from None
+    return model.to(map_location).eval(), config
+
+
+@contextmanager
+def local_supernet(path: str) -> Iterator[Path]:
+    """The supernet directory on local disk (downloaded to a temporary directory when ``path`` is a URI)."""
+    if not is_uri(path):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_directory(path.rstrip("/"), tmp)
+        yield Path(tmp)
+
+
+def trained_supernet_config(path: str) -> dict[str, Any] | None:
+    """The config of a finished export at a local ``path``, or None when there is none (URIs: always None)."""
+    if is_uri(path) or not (Path(path) / CONFIG_FILE).is_file():
+        return None
+    return read_supernet_config(path)

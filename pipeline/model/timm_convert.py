@@ -1,0 +1,42 @@
+"""Conversion of standalone models to timm's ``VisionTransformer`` (a plain function beside the model, as timm
+keeps its checkpoint converters)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.model.static import StaticViT
+from pipeline.shared.errors import UserError
+
+
+def to_timm(model: StaticViT) -> torch.nn.Module:
+    """The same model as timm's ``VisionTransformer`` (identical logits).
+
+    Only for architectures a plain ViT can express: the same heads and MLP ratio in every layer, Q-K-V dim equal
+    to the embedding dim, and no relative position.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    arch, fixed = model.arch, model.fixed
+    reasons = []
+    if not arch.is_homogeneous():
+        reasons.append("layers differ in heads or MLP ratio")
+    if arch.num_heads[0] * fixed["head_dim"] != arch.embed_dim:
+        reasons.append(f"Q-K-V dim {arch.num_heads[0] * fixed['head_dim']} differs from embed dim {arch.embed_dim}")
+    if fixed["relative_position"]:
+        reasons.append("it uses relative position")
+    if reasons:
+        raise UserError(f"architecture {arch.key} cannot be expressed as a timm VisionTransformer: {'; '.join(reasons)}")
+    vit = VisionTransformer(
+        img_size=fixed["image_size"],
+        patch_size=fixed["patch_size"],
+        in_chans=fixed["in_chans"],
+        num_classes=fixed["num_classes"],
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads[0],
+        mlp_ratio=arch.mlp_ratio[0],
+        qkv_bias=fixed["qkv_bias"],
+    )
+    vit.load_state_dict(model.state_dict(), strict=True)
+    return vit.to(model.head.weight.device).train(model.training)

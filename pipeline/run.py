@@ -1,0 +1,106 @@
+"""The whole pipeline, and a search with its result files, as functions: what ``autoformer run`` and
+``autoformer search`` call, and what scripts and notebooks call (``pipeline.run_pipeline``, ``pipeline.search_supernet``).
+
+Phase 1 trains (or reuses) the supernet, phase 2 searches it (resuming an interrupted search), phase 3 exports
+the chosen models, scores them once on the test split, and writes the Parquet tables and the picture. Progress
+goes to stdout as it happens; the returned values carry what a caller prints or inspects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from pipeline.core.task import Task
+from pipeline.model.supernet_dir import EXPORT_DIR, trained_supernet_config
+from pipeline.results.report import SearchReport, write_report
+from pipeline.search.experiment import saved_strategy, search_exists
+from pipeline.search.launch import SearchOutcome, run_search
+from pipeline.search.settings import EvaluatorResources, SearchSettings
+from pipeline.shared.progress import say
+from pipeline.shared.storage import join, resolve_storage
+from pipeline.training.launch import train_supernet
+
+
+@dataclasses.dataclass
+class SearchRun:
+    outcome: SearchOutcome
+    report: SearchReport
+    search_s: float  # checks, evaluator start-up and the Tune run
+    export_s: float  # export, test scoring and the result files
+
+
+@dataclasses.dataclass
+class PipelineRun:
+    supernet: str  # the exported supernet directory (path or URI)
+    search: SearchRun
+    wall_s: float
+
+
+def search_supernet(
+    task: Task,
+    supernet: str,
+    resources: EvaluatorResources | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+) -> SearchRun:
+    """Search ``supernet`` with the task's search settings, then export, test-score and write the results."""
+    resources = resources or EvaluatorResources()
+    settings = SearchSettings.from_task(task)
+    start = time.perf_counter()
+    outcome = run_search(task, supernet, settings, resources, storage=storage, name=name, resume=resume)
+    search_s = time.perf_counter() - start
+    evaluated = len(outcome.records)
+    compute = sum(r["eval_s"] for r in outcome.records if not math.isnan(r["eval_s"]))
+    replaced = f"; {outcome.replaced_evaluators} evaluator(s) replaced" if outcome.replaced_evaluators else ""
+    say(
+        f"[search] done: {evaluated} candidates in {search_s:.1f} s ({evaluated / max(search_s, 1e-9):.1f}/s; "
+        f"evaluation compute {compute:.1f} s on {len(outcome.evaluators)} evaluator(s){replaced})"
+    )
+    start = time.perf_counter()
+    report = write_report(outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, gpu=resources.gpu)
+    export_s = time.perf_counter() - start
+    say(f"[export] done in {export_s:.1f} s")
+    return SearchRun(outcome, report, search_s, export_s)
+
+
+def run_pipeline(
+    task: Task,
+    workers: int = 1,
+    resources: EvaluatorResources | None = None,
+    storage: str | None = None,
+) -> PipelineRun:
+    """Train (or reuse) the supernet, search it (resuming an interrupted search), export the chosen models.
+
+    Runs are named after the task (``TASK-supernet``, ``TASK-search``) under ``storage``; calling it again
+    continues where the last call stopped.
+    """
+    resources = resources or EvaluatorResources()
+    SearchSettings.from_task(task)  # bad search settings fail before hours of training
+    storage = resolve_storage(storage)
+    train_name, search_name = f"{task.name}-supernet", f"{task.name}-search"
+    supernet = join(storage, train_name, EXPORT_DIR)
+    start = time.perf_counter()
+    done = trained_supernet_config(supernet)
+    if done is not None and done.get("epochs") == task.train["epochs"]:
+        say(f"[run] phase 1/3: supernet already trained ({done['epochs']} epochs): {supernet}")
+    else:
+        say(f"[run] phase 1/3: training the supernet ({task.train['epochs']} epochs)")
+        supernet = train_supernet(task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name).export_path
+        say(f"[run] supernet trained in {time.perf_counter() - start:.1f} s: {supernet}")
+    search_path = join(storage, search_name)
+    resume = search_exists(search_path)
+    saved = saved_strategy(search_path) if resume else None
+    if not resume:
+        state = "search"
+    elif saved is not None and saved.finished:
+        state = "search already complete: collecting its results"
+    else:
+        state = "resuming the interrupted search"
+    say(f"[run] phase 2/3: {state} (phase 3/3, export, follows)")
+    searched = search_supernet(task, supernet, resources, storage=storage, name=search_name, resume=resume)
+    wall_s = time.perf_counter() - start
+    say(f"[run] all phases done in {wall_s:.1f} s")
+    return PipelineRun(supernet, searched, wall_s)

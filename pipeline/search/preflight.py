@@ -1,0 +1,46 @@
+"""Checks a search makes before it starts anything: each fails in seconds with one line, writing nothing.
+
+The task must describe the images and space the supernet was trained on, the constraints must leave part of
+the space, the run name must be new (or, with ``--resume``, exist), the search split must be the one held out
+of training, and a latency limit must admit at least the smallest architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from pipeline.core.sampling import smallest_architecture
+from pipeline.core.space import SearchSpace
+from pipeline.core.task import Task
+from pipeline.shared.errors import UserError
+
+
+def check_task_matches(task: Task, supernet_config: dict[str, Any], where: str) -> SearchSpace:
+    """The supernet's space, after checking the task describes the same images and space."""
+    space = SearchSpace.from_dict(supernet_config["space"], source=where)
+    task_space = task.space(num_classes=space.num_classes)
+    if task_space.to_dict() != space.to_dict():
+        raise UserError(
+            f"{where}: task {task.name!r} gives search space {task_space.name!r} at {task_space.image_size} px with {task_space.num_classes} classes, "
+            f"but the supernet was trained on {space.name!r} at {space.image_size} px with {space.num_classes} classes; use the training task"
+        )
+    return space
+
+
+def check_run_name(run_path: str, exists: bool, resume: bool) -> None:
+    if exists and not resume:
+        raise UserError(f"search {run_path!r} already exists; pass --resume to continue it, or choose another --name")
+    if resume and not exists:
+        raise UserError(f"--resume: there is no search at {run_path!r} to resume")
+
+
+def check_latency_feasible(router: Any, space: SearchSpace, max_latency_ms: float) -> None:
+    """Time the smallest architecture on the evaluators: nothing to search if even it is over the limit."""
+    result = ray.get(router.evaluate.remote(smallest_architecture(space).to_dict(), None))
+    if result["latency_ms"] > max_latency_ms:
+        raise UserError(
+            f"max_latency_ms {max_latency_ms:g}: even the smallest architecture of search space {space.name!r} takes "
+            f"{result['latency_ms']:.2f} ms per batch on the evaluators; nothing to search"
+        )

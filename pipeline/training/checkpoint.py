@@ -1,0 +1,86 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped. This module owns that format.
+
+A checkpoint directory holds ``supernet.safetensors`` (weights), ``optimizer.pt`` (optimizer and scheduler
+state: torch's own format, since it holds Python structure) and ``state.json`` (epoch, step, restart and
+resume counts, metric history, splits, task and space). The same directory is what Ray Train persists to
+the run's storage path, local or ``s3://``/``gs://``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from pipeline.model.supernet_dir import WEIGHTS_FILE
+from pipeline.shared.storage import filesystem, is_uri, join
+
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's name for the checkpoint directories of a run
+
+
+def write_checkpoint(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / WEIGHTS_FILE))
+
+
+def read_checkpoint(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device
+) -> dict[str, Any]:
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device)), strict=True)
+    extra = torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    return read_state(directory)
+
+
+def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, Any]] | None:
+    """Path (or URI) and state of the newest complete checkpoint of run ``name`` on storage, if any.
+
+    Ray resumes from the newest checkpoint its run snapshot recorded, which after an interrupt can be older
+    than what was already written (or missing altogether); workers take whichever of the two is newer.
+    Complete means all three files are there and, on local storage, the weights file's header is intact.
+    """
+    fs, root = filesystem(storage)
+    run_dir = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
+        return None
+    selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
+    names = sorted(
+        info.base_name
+        for info in fs.get_file_info(selector)
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+    )
+    for dirname in reversed(names):
+        path = f"{run_dir}/{dirname}"
+        files = [f"{path}/{f}" for f in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE)]
+        if any(info.type != pyarrow.fs.FileType.File for info in fs.get_file_info(files)):
+            continue
+        try:
+            with fs.open_input_stream(files[0]) as f:
+                state = json.loads(f.read().decode("utf-8"))
+            if not is_uri(storage):
+                with safe_open(files[1], "pt"):
+                    pass
+        except Exception:  # a checkpoint cut short while being written: try the one before
+            continue
+        return (join(storage, name, dirname) if is_uri(storage) else path), state
+    return None
