@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.core.sampling import sample_architectures  # noqa: E402
+from pipeline.core.task import Task, load_task  # noqa: E402
 from pipeline.model.supernet import Supernet  # noqa: E402
 from pipeline.model.supernet_dir import read_supernet_config, save_supernet, weights_path  # noqa: E402
-from pipeline.core.sampling import sample_architectures  # noqa: E402
 from pipeline.search.constraints import Constraints  # noqa: E402
 from pipeline.search.evolution import Settings  # noqa: E402
 from pipeline.search.launch import run_search  # noqa: E402
 from pipeline.search.settings import EvaluatorResources, SearchSettings  # noqa: E402
-from pipeline.core.task import Task, load_task  # noqa: E402
 from pipeline.training.launch import validate_data  # noqa: E402
 
 
@@ -99,8 +99,8 @@ def paper_supernet_load_times(where: Path) -> None:
     """What one reload costs at the paper's scale: build + load each autoformer-* supernet from its directory."""
     import torch
 
-    from pipeline.model.supernet_dir import load_supernet
     from pipeline.core.space import load_space
+    from pipeline.model.supernet_dir import load_supernet
 
     torch.set_num_threads(1)
     for name in ("autoformer-tiny", "autoformer-small", "autoformer-base"):

@@ -17,13 +17,13 @@ import argparse
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from pipeline.model import Supernet
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import load_space
+from pipeline.model import Supernet
 
 # name -> (space, image size override, batch size)
 CONFIGS = {

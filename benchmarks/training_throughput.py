@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from pipeline.model.supernet import Supernet
 from pipeline.core.sampling import largest_architecture
 from pipeline.core.task import load_task
+from pipeline.model.supernet import Supernet
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_optimizer
 from pipeline.training.worker import step_architecture

@@ -27,9 +27,9 @@ def _seed_torch() -> None:
 def digits_supernet(tmp_path_factory):
     """A freshly initialised (untrained) digits supernet directory with the task and splits recorded, as
     'autoformer train' exports it: search and export code do not care whether the weights were trained."""
+    from pipeline.core.task import load_task
     from pipeline.model.supernet import Supernet
     from pipeline.model.supernet_dir import save_supernet
-    from pipeline.core.task import load_task
     from pipeline.training.launch import validate_data
 
     path = tmp_path_factory.mktemp("digits-supernet") / "supernet"

@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.arch import Architecture, in_space, validate_in_space
-from pipeline.shared.errors import UserError
-from pipeline.core.sampling import largest_architecture, sample_architecture, sample_architectures, smallest_architecture
+from pipeline.core.sampling import (
+    largest_architecture,
+    sample_architecture,
+    sample_architectures,
+    smallest_architecture,
+)
 from pipeline.core.space import builtin_space_names, load_space
+from pipeline.shared.errors import UserError
 
 T = Architecture(192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5])
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.arch import Architecture
 from pipeline.cli.main import main
+from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.space import load_space
 

@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params, space_ranges
-from pipeline.model import StaticViT
 from pipeline.core.sampling import largest_architecture, sample_architecture, smallest_architecture
 from pipeline.core.space import builtin_space_names, load_space
+from pipeline.model import StaticViT
 
 AUTOFORMER_T = Architecture(
     192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.task import load_task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_splits, require_role
 from pipeline.data.transforms import eval_transform, train_transform
 from pipeline.shared.errors import UserError
-from pipeline.core.task import load_task
 
 
 def test_splits_are_disjoint_seeded_and_per_class() -> None:

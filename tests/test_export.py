@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import space_for_model_tests
+
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
-from pipeline.shared.errors import UserError
-from pipeline.model import Supernet
-from pipeline.model import subnet_dir
-from pipeline.model.subnet_dir import load_model, save_model
-from pipeline.model.timm_convert import to_timm
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import load_space
+from pipeline.model import Supernet, subnet_dir
+from pipeline.model.subnet_dir import load_model, save_model
+from pipeline.model.timm_convert import to_timm
+from pipeline.shared.errors import UserError
 
 
 def _model(name: str = "digits", seed: int = 0):

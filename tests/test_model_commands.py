@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.model.subnet_dir import load_model
-from pipeline.results.tables import candidates_table, write_table
 from pipeline.core.sampling import sample_architectures
 from pipeline.core.task import load_task
+from pipeline.model.subnet_dir import load_model
+from pipeline.results.tables import candidates_table, write_table
 
 
 @pytest.fixture

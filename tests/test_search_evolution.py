@@ -11,10 +11,16 @@ import pytest
 
 from pipeline.core.arch import Architecture, in_space
 from pipeline.core.complexity import count_params, space_ranges
-from pipeline.shared.errors import UserError
-from pipeline.core.sampling import sample_architecture
-from pipeline.search.constraints import Constraints
+from pipeline.core.pareto import (
+    crowding_distances,
+    dominates,
+    non_dominated_fronts,
+    nsga_order,
+)
 from pipeline.core.records import pareto_front
+from pipeline.core.sampling import sample_architecture
+from pipeline.core.space import SearchSpace, load_space
+from pipeline.search.constraints import Constraints
 from pipeline.search.evolution import (
     Settings,
     Strategy,
@@ -22,13 +28,7 @@ from pipeline.search.evolution import (
     mutate,
     ranked,
 )
-from pipeline.core.pareto import (
-    crowding_distances,
-    dominates,
-    non_dominated_fronts,
-    nsga_order,
-)
-from pipeline.core.space import SearchSpace, load_space
+from pipeline.shared.errors import UserError
 
 SPACES = ["digits", "autoformer-tiny", "autoformer-base"]
 

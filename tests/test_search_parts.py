@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.core.sampling import sample_architectures
+from pipeline.core.task import load_task
+from pipeline.data.arrays import check_same_splits, load_split, split_dataset
 from pipeline.data.splits import SplitDataset
 from pipeline.data.transforms import eval_transform
-from pipeline.shared.errors import UserError
 from pipeline.model.supernet import Supernet
 from pipeline.results.plot import pareto_png
 from pipeline.results.tables import (
@@ -25,10 +27,8 @@ from pipeline.results.tables import (
     read_table,
     write_table,
 )
-from pipeline.core.sampling import sample_architectures
 from pipeline.search.evaluator import Evaluator
-from pipeline.data.arrays import check_same_splits, load_split, split_dataset
-from pipeline.core.task import load_task
+from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import evaluate_sums, finish
 
 

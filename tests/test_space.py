@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.shared.errors import UserError
 from pipeline.core.space import builtin_space_names, load_space
+from pipeline.shared.errors import UserError
 
 TABLE_1 = {
     "autoformer-tiny": ([192, 216, 240], [12, 13, 14], [3, 4], [3.5, 4.0]),

@@ -6,13 +6,13 @@ import random
 
 import pytest
 import torch
-
 from conftest import ALL_SPACES, space_for_model_tests
+
 from pipeline.core.arch import Architecture
-from pipeline.shared.errors import UserError
-from pipeline.model import Supernet
 from pipeline.core.sampling import largest_architecture, sample_architecture, smallest_architecture
 from pipeline.core.space import load_space
+from pipeline.model import Supernet
+from pipeline.shared.errors import UserError
 
 
 def _images(space, batch: int = 4) -> torch.Tensor:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.shared.errors import UserError
 from pipeline.core.task import Task, builtin_task_names, load_task
+from pipeline.shared.errors import UserError
 
 
 def test_builtin_tasks_load() -> None:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from pipeline.core.arch import Architecture
-from pipeline.shared.errors import UserError
-from pipeline.model.supernet import Supernet
-from pipeline.model.supernet_dir import load_supernet, save_supernet
 from pipeline.core.sampling import largest_architecture
 from pipeline.core.space import load_space
 from pipeline.core.task import load_task
+from pipeline.model.supernet import Supernet
+from pipeline.model.supernet_dir import load_supernet, save_supernet
+from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler, scaled_lr
@@ -121,9 +121,8 @@ def test_supernet_directory_round_trip(tmp_path: Path) -> None:
 
 
 def test_newest_complete_checkpoint_skips_cut_short_ones(tmp_path: Path) -> None:
-    from pipeline.training.checkpoint import newest_complete_checkpoint
+    from pipeline.training.checkpoint import newest_complete_checkpoint, write_checkpoint
     from pipeline.training.recipe import build_scheduler
-    from pipeline.training.checkpoint import write_checkpoint
 
     assert newest_complete_checkpoint(str(tmp_path), "run") is None
     task = load_task("digits")

@@ -7,12 +7,12 @@ import json
 import random
 import sys
 
-from pipeline.core.arch import Architecture, validate_in_space
 from pipeline.cli.format import si
+from pipeline.core.arch import Architecture, validate_in_space
 from pipeline.core.complexity import space_ranges, stats
-from pipeline.shared.errors import UserError
 from pipeline.core.sampling import largest_architecture, sample_architecture, smallest_architecture
 from pipeline.core.space import SearchSpace, builtin_space_names, load_space
+from pipeline.shared.errors import UserError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

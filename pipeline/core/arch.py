@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.shared.errors import UserError
 from pipeline.core.space import SearchSpace, mlp_hidden_dim
+from pipeline.shared.errors import UserError
 
 ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
 
@@ -80,7 +80,7 @@ class Architecture:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "architecture") -> "Architecture":
+    def from_dict(cls, data: Any, source: str = "architecture") -> Architecture:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object with keys {', '.join(ARCH_KEYS)}, got {type(data).__name__}")
         unknown = sorted(str(k) for k in data if k not in ARCH_KEYS)
@@ -106,7 +106,7 @@ class Architecture:
             raise UserError(str(exc).replace("architecture:", f"{source}:", 1)) from None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "architecture") -> "Architecture":
+    def from_json(cls, text: str, source: str = "architecture") -> Architecture:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -114,7 +114,7 @@ class Architecture:
         return cls.from_dict(data, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Architecture":
+    def load(cls, path: str | Path) -> Architecture:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"architecture file {str(path)!r} does not exist (or is not a file)")

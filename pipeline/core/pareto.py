@@ -7,7 +7,7 @@ thousand candidates at most, so the simple O(M·N²) sort is plenty and easy to 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 Point = Sequence[float]
 

@@ -112,7 +112,7 @@ class SearchSpace:
         image_size: int | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
-    ) -> "SearchSpace":
+    ) -> SearchSpace:
         """The same space for another dataset shape (validated again: the patch must still divide the image)."""
         changes: dict[str, Any] = {}
         for key, value in (("image_size", image_size), ("num_classes", num_classes), ("in_chans", in_chans)):
@@ -129,7 +129,7 @@ class SearchSpace:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "SearchSpace":
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> SearchSpace:
         data = dict(data)
         name = str(data.pop("name", Path(source).stem))
         return _build(data, name=name, ctx=f"search space from {source}")

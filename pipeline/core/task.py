@@ -13,14 +13,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from pipeline.core.space import SearchSpace, load_space
 from pipeline.shared.builtin_yaml import builtin_names, read_yaml_mapping
 from pipeline.shared.errors import UserError
-from pipeline.core.space import SearchSpace, load_space
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 # Choices that the task schema validates and the code that acts on them imports from here (one definition each).
@@ -203,7 +204,7 @@ class Task:
             "search": dict(self.search),
         }
 
-    def with_overrides(self, overrides: list[str]) -> "Task":
+    def with_overrides(self, overrides: list[str]) -> Task:
         """This task with ``section.key=value`` overrides applied (e.g. a recorded task, re-pointed at local data)."""
         data = self.to_dict()
         name = data.pop("name")
@@ -212,7 +213,7 @@ class Task:
         return _build(data, name, f"task {name!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Task":
+    def from_dict(cls, data: dict[str, Any]) -> Task:
         data = copy.deepcopy(data)
         name = data.pop("name", "task")
         return _build(data, name, f"task {name!r}")

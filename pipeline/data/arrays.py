@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform
 from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
-from pipeline.core.task import Task
 
 
 @dataclasses.dataclass

@@ -130,7 +130,7 @@ class StaticViT(nn.Module):
     @classmethod
     def from_state_dict(
         cls, arch: Architecture, fixed: dict[str, Any], state: dict[str, torch.Tensor], **rates: float
-    ) -> "StaticViT":
+    ) -> StaticViT:
         """Build with the given weights, skipping the random initialisation they would overwrite.
 
         The model is laid out on the meta device (no memory, no init), takes ``state`` as its tensors, and gets

@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
-from pipeline.shared.errors import UserError
+from pipeline.core.space import FIXED_KEYS
 from pipeline.model.directory import read_config as read_directory_config
 from pipeline.model.directory import write_config, write_directory
 from pipeline.model.static import StaticViT
-from pipeline.core.space import FIXED_KEYS
+from pipeline.shared.errors import UserError
 
 FORMAT = "autoformer-subnet"
 FORMAT_VERSION = 1

@@ -28,7 +28,8 @@ from timm.layers import drop_path, trunc_normal_
 from torch import nn
 
 from pipeline.core.arch import Architecture, validate_in_space
-from pipeline.shared.errors import UserError
+from pipeline.core.space import SearchSpace, mlp_hidden_dim
+from pipeline.core.task import SHARING_MODES
 from pipeline.model.layers import (
     LAYER_NORM_EPS,
     RelativePosition2D,
@@ -39,8 +40,7 @@ from pipeline.model.layers import (
     split_heads,
 )
 from pipeline.model.static import StaticViT
-from pipeline.core.space import SearchSpace, mlp_hidden_dim
-from pipeline.core.task import SHARING_MODES
+from pipeline.shared.errors import UserError
 
 Sharing = Literal["entangled", "classical"]
 

@@ -7,6 +7,7 @@ exported model, and its number is stored beside the search number (in the model'
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -17,7 +18,6 @@ from pipeline.data.arrays import SplitArrays, score
 from pipeline.model.subnet_dir import save_model
 from pipeline.model.supernet import Supernet
 from pipeline.shared.storage import join, write_directory_to
-
 
 MODELS_DIR = "models"
 
@@ -52,9 +52,7 @@ def export_ranked(
             "search_run": search_info,
         }
         name = model_dir_name(r["rank"], r["key"])
-        target = write_directory_to(
-            join(out_base, MODELS_DIR, name),
-            lambda path: save_model(model.cpu(), path, normalization=normalization, metadata=metadata, overwrite=True),
-        )
+        write = functools.partial(save_model, model.cpu(), normalization=normalization, metadata=metadata, overwrite=True)
+        target = write_directory_to(join(out_base, MODELS_DIR, name), write)
         out.append({**r, "test_top1": tested["top1"], "test_top5": tested["top5"], "model_dir": target})
     return out

@@ -12,7 +12,14 @@ from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.results.models import export_ranked
 from pipeline.results.plot import PLOT_FILE, pareto_png
-from pipeline.results.tables import CANDIDATES_FILE, PARETO_FILE, candidates_table, pareto_records, pareto_table, write_table
+from pipeline.results.tables import (
+    CANDIDATES_FILE,
+    PARETO_FILE,
+    candidates_table,
+    pareto_records,
+    pareto_table,
+    write_table,
+)
 from pipeline.shared.metrics import pick_device
 from pipeline.shared.progress import say
 from pipeline.shared.storage import join

@@ -11,8 +11,8 @@ import math
 from typing import Any
 
 from pipeline.core.complexity import space_ranges
-from pipeline.shared.errors import UserError
 from pipeline.core.space import SearchSpace
+from pipeline.shared.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params

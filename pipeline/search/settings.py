@@ -25,7 +25,7 @@ class SearchSettings:
     latency_repeats: int  # timed passes per candidate (the median counts)
 
     @classmethod
-    def from_task(cls, task: Task) -> "SearchSettings":
+    def from_task(cls, task: Task) -> SearchSettings:
         """The task's search section as typed settings.
 
         ``parents``, ``mutations`` and ``crossovers`` are shares of a generation: they are capped to fit a

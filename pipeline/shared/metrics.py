@@ -7,7 +7,8 @@ returned so that shards evaluated on different DDP ranks (or actors) add up exac
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -28,6 +28,7 @@ from pipeline.shared.progress import say
 from pipeline.shared.storage import join, resolve_storage, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.worker import train_loop_per_worker
+
 # Task keys that may change between a run and its resumption (the rest must match the checkpoint).
 RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_failures"), ("data", "loader_workers"), ("data", "root"), ("data", "download")}
 

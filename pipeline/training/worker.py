@@ -16,8 +16,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray.train
@@ -28,7 +29,12 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pipeline.core.arch import Architecture
-from pipeline.core.sampling import largest_architecture, sample_architecture, sample_architectures, smallest_architecture
+from pipeline.core.sampling import (
+    largest_architecture,
+    sample_architecture,
+    sample_architectures,
+    smallest_architecture,
+)
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
