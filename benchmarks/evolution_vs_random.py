@@ -56,19 +56,39 @@ def main() -> None:
             line = []
             for algorithm in ("evolution", "random"):
                 strategy = Settings(
-                    algorithm=algorithm, objective="constrained", population=args.population, generations=args.generations,
-                    parents=max(2, args.population // 5), mutations=args.population // 2, crossovers=args.population // 2, seed=seed,
+                    algorithm=algorithm,
+                    objective="constrained",
+                    population=args.population,
+                    generations=args.generations,
+                    parents=max(2, args.population // 5),
+                    mutations=args.population // 2,
+                    crossovers=args.population // 2,
+                    seed=seed,
                 )
-                settings = SearchSettings(strategy, Constraints(max_params=args.max_params), batch_size=512, latency_batch=64, latency_repeats=1)
-                outcome = run_search(task, args.supernet, settings, EvaluatorResources(count=1, cpus=1.0), storage=str(storage),
-                                     name=f"{algorithm}-{seed}")
+                settings = SearchSettings(
+                    strategy,
+                    Constraints(max_params=args.max_params),
+                    batch_size=512,
+                    latency_batch=64,
+                    latency_repeats=1,
+                )
+                outcome = run_search(
+                    task,
+                    args.supernet,
+                    settings,
+                    EvaluatorResources(count=1, cpus=1.0),
+                    storage=str(storage),
+                    name=f"{algorithm}-{seed}",
+                )
                 best, when = best_and_when(outcome.records)
                 results[algorithm].append(best)
                 line.append(f"{algorithm} {best:.4f} (reached at evaluation {when} of {len(outcome.records)})")
             print(f"seed {seed}: " + ";  ".join(line), flush=True)
         ev, rnd = statistics.mean(results["evolution"]), statistics.mean(results["random"])
-        print(f"mean best search top-1 within max_params {args.max_params:,}: evolution {ev:.4f}, random {rnd:.4f} "
-              f"(difference {100 * (ev - rnd):+.2f} points, budget {args.population * args.generations} evaluations each)")
+        print(
+            f"mean best search top-1 within max_params {args.max_params:,}: evolution {ev:.4f}, random {rnd:.4f} "
+            f"(difference {100 * (ev - rnd):+.2f} points, budget {args.population * args.generations} evaluations each)"
+        )
     finally:
         shutil.rmtree(storage, ignore_errors=True)
 

@@ -38,10 +38,18 @@ from pipeline.training.launch import validate_data  # noqa: E402
 
 def fresh_supernet(task: Task, where: Path) -> Path:
     checked = validate_data(task)
-    return save_supernet(Supernet(checked["space"]), where / f"{task.name}-supernet", task=task.to_dict(), splits=checked["splits"], epochs=0)
+    return save_supernet(
+        Supernet(checked["space"]),
+        where / f"{task.name}-supernet",
+        task=task.to_dict(),
+        splits=checked["splits"],
+        epochs=0,
+    )
 
 
-def cold_evaluate(supernet_dir: str, task_dict: dict, arch: dict, batch: int, latency_batch: int, repeats: int) -> float:
+def cold_evaluate(
+    supernet_dir: str, task_dict: dict, arch: dict, batch: int, latency_batch: int, repeats: int
+) -> float:
     """What a search without resident evaluators pays per candidate: load everything, evaluate, throw away."""
     import torch
     from safetensors.numpy import load_file
@@ -55,7 +63,17 @@ def cold_evaluate(supernet_dir: str, task_dict: dict, arch: dict, batch: int, la
     config = read_supernet_config(supernet_dir)
     split = load_split(task, "search")
     weights = load_file(str(weights_path(supernet_dir)))
-    evaluator = Evaluator(config, weights, split.images, split.labels, {"mean": task.data["mean"], "std": task.data["std"]}, batch, latency_batch, repeats, threads=1)
+    evaluator = Evaluator(
+        config,
+        weights,
+        split.images,
+        split.labels,
+        {"mean": task.data["mean"], "std": task.data["std"]},
+        batch,
+        latency_batch,
+        repeats,
+        threads=1,
+    )
     evaluator.evaluate(arch)
     return time.perf_counter() - start
 
@@ -71,15 +89,30 @@ def warm_vs_reload(task: Task, supernet: Path, count: int) -> None:
     space = validate_data(task)["space"]
     archs = [a.to_dict() for a in sample_architectures(space, count, seed=123)]
     split = load_split(task, "search")
-    refs = dict(weights=ray.put(load_file(str(weights_path(supernet)))), images=ray.put(split.images), labels=ray.put(split.labels))
+    refs = dict(
+        weights=ray.put(load_file(str(weights_path(supernet)))),
+        images=ray.put(split.images),
+        labels=ray.put(split.labels),
+    )
     config = read_supernet_config(supernet)
-    actor = ray.remote(Evaluator).options(num_cpus=1).remote(
-        config, normalization={"mean": task.data["mean"], "std": task.data["std"]}, batch_size=s["batch_size"],
-        latency_batch=s["latency_batch"], latency_repeats=s["latency_repeats"], threads=1, **refs,
+    actor = (
+        ray.remote(Evaluator)
+        .options(num_cpus=1)
+        .remote(
+            config,
+            normalization={"mean": task.data["mean"], "std": task.data["std"]},
+            batch_size=s["batch_size"],
+            latency_batch=s["latency_batch"],
+            latency_repeats=s["latency_repeats"],
+            threads=1,
+            **refs,
+        )
     )
     ray.get(actor.describe.remote())
     cold = ray.remote(num_cpus=1)(cold_evaluate)
-    ray.get(cold.remote(str(supernet), task.to_dict(), archs[0], s["batch_size"], s["latency_batch"], s["latency_repeats"]))  # warm the worker
+    ray.get(
+        cold.remote(str(supernet), task.to_dict(), archs[0], s["batch_size"], s["latency_batch"], s["latency_repeats"])
+    )  # warm the worker
     rates = {"warm": [], "reload": []}
     for _ in range(2):  # alternate blocks so drift hits both alike
         start = time.perf_counter()
@@ -88,11 +121,15 @@ def warm_vs_reload(task: Task, supernet: Path, count: int) -> None:
         rates["warm"].append(count / (time.perf_counter() - start))
         start = time.perf_counter()
         for a in archs:
-            ray.get(cold.remote(str(supernet), task.to_dict(), a, s["batch_size"], s["latency_batch"], s["latency_repeats"]))
+            ray.get(
+                cold.remote(str(supernet), task.to_dict(), a, s["batch_size"], s["latency_batch"], s["latency_repeats"])
+            )
         rates["reload"].append(count / (time.perf_counter() - start))
     ray.kill(actor)
     warm, reload = statistics.median(rates["warm"]), statistics.median(rates["reload"])
-    print(f"  {task.name}: warm actor {warm:.2f} candidates/s, reload per candidate {reload:.2f} candidates/s  ->  {warm / reload:.1f}x")
+    print(
+        f"  {task.name}: warm actor {warm:.2f} candidates/s, reload per candidate {reload:.2f} candidates/s  ->  {warm / reload:.1f}x"
+    )
 
 
 def paper_supernet_load_times(where: Path) -> None:
@@ -112,13 +149,32 @@ def paper_supernet_load_times(where: Path) -> None:
         shutil.rmtree(path)
 
 
-def overhead(task: Task, supernet: Path, storage: Path, evaluators: int, cpus: float, population: int, generations: int) -> None:
-    strategy = Settings(population=population, generations=generations, parents=max(2, population // 5),
-                        mutations=population // 2, crossovers=population // 2, seed=0)
-    settings = SearchSettings(strategy, Constraints(), batch_size=task.search["batch_size"], latency_batch=task.search["latency_batch"],
-                              latency_repeats=task.search["latency_repeats"])
-    outcome = run_search(task, str(supernet), settings, EvaluatorResources(count=evaluators, cpus=cpus), storage=str(storage),
-                         name=f"overhead-{task.name}-{evaluators}")
+def overhead(
+    task: Task, supernet: Path, storage: Path, evaluators: int, cpus: float, population: int, generations: int
+) -> None:
+    strategy = Settings(
+        population=population,
+        generations=generations,
+        parents=max(2, population // 5),
+        mutations=population // 2,
+        crossovers=population // 2,
+        seed=0,
+    )
+    settings = SearchSettings(
+        strategy,
+        Constraints(),
+        batch_size=task.search["batch_size"],
+        latency_batch=task.search["latency_batch"],
+        latency_repeats=task.search["latency_repeats"],
+    )
+    outcome = run_search(
+        task,
+        str(supernet),
+        settings,
+        EvaluatorResources(count=evaluators, cpus=cpus),
+        storage=str(storage),
+        name=f"overhead-{task.name}-{evaluators}",
+    )
     compute = sum(r["eval_s"] for r in outcome.records)
     n = len(outcome.records)
     ratio = (outcome.tune_s * evaluators - compute) / compute
@@ -131,7 +187,12 @@ def overhead(task: Task, supernet: Path, storage: Path, evaluators: int, cpus: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heavy-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-10k"))
-    parser.add_argument("--count", type=int, default=20, help="candidates per warm/reload block on digits (a quarter on the heavier task)")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=20,
+        help="candidates per warm/reload block on digits (a quarter on the heavier task)",
+    )
     args = parser.parse_args()
     import ray
 
@@ -140,15 +201,29 @@ def main() -> None:
     try:
         tasks = [load_task("digits")]
         if Path(args.heavy_root).is_dir():
-            tasks.append(load_task("imagefolder", [
-                f"data.root={args.heavy_root}", "space=compact-32", "data.image_size=32", "data.mean=[0.4914,0.4822,0.4465]",
-                "data.std=[0.2470,0.2435,0.2616]", "splits.search_per_class=100", "splits.test_per_class=100", "data.loader_workers=1",
-                "search.batch_size=250", "search.latency_batch=64",
-            ]))
+            tasks.append(
+                load_task(
+                    "imagefolder",
+                    [
+                        f"data.root={args.heavy_root}",
+                        "space=compact-32",
+                        "data.image_size=32",
+                        "data.mean=[0.4914,0.4822,0.4465]",
+                        "data.std=[0.2470,0.2435,0.2616]",
+                        "splits.search_per_class=100",
+                        "splits.test_per_class=100",
+                        "data.loader_workers=1",
+                        "search.batch_size=250",
+                        "search.latency_batch=64",
+                    ],
+                )
+            )
         else:
             print(f"(no {args.heavy_root}: heavier task skipped)")
         supernets = {t.name: fresh_supernet(t, tmp) for t in tasks}
-        print("warm evaluator actor vs loading the supernet and split per candidate (same candidates, alternating blocks):")
+        print(
+            "warm evaluator actor vs loading the supernet and split per candidate (same candidates, alternating blocks):"
+        )
         for t in tasks:
             warm_vs_reload(t, supernets[t.name], args.count if t.name == "digits" else max(2, args.count // 4))
         print("what a reload costs at the paper's scale (supernet only, no data; 1 thread):")

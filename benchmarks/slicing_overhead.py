@@ -58,7 +58,9 @@ def run_config(name: str, repeats: int, archs: int, seed: int) -> list[tuple[flo
     rng = random.Random(seed)
     ratios = []
     print(f"\n{name}: space {space.name}, image {space.image_size}, batch {batch}, {repeats} timed repeats per arch")
-    print(f"  {'architecture':60s} {'train super':>11s} {'static':>8s} {'ratio':>6s}   {'infer super':>11s} {'static':>8s} {'ratio':>6s}")
+    print(
+        f"  {'architecture':60s} {'train super':>11s} {'static':>8s} {'ratio':>6s}   {'infer super':>11s} {'static':>8s} {'ratio':>6s}"
+    )
     for _ in range(archs):
         arch = sample_architecture(space, rng)
         static = net.extract(arch)
@@ -85,7 +87,9 @@ def run_config(name: str, repeats: int, archs: int, seed: int) -> list[tuple[flo
         isup, ist = _median_pair(infer_super, infer_static, repeats)
         ratios.append((ts / tt, isup / ist))
         key = arch.key if len(arch.key) <= 60 else arch.key[:57] + "..."
-        print(f"  {key:60s} {ts * 1e3:9.1f}ms {tt * 1e3:6.1f}ms {ts / tt:6.3f}   {isup * 1e3:9.1f}ms {ist * 1e3:6.1f}ms {isup / ist:6.3f}")
+        print(
+            f"  {key:60s} {ts * 1e3:9.1f}ms {tt * 1e3:6.1f}ms {ts / tt:6.3f}   {isup * 1e3:9.1f}ms {ist * 1e3:6.1f}ms {isup / ist:6.3f}"
+        )
     return ratios
 
 

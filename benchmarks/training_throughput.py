@@ -93,7 +93,9 @@ def main() -> None:
             for _ in range(args.steps):
                 trainers[name]()
             rates[name].append(args.steps * batch / (time.perf_counter() - start))
-    print(f"task {task.name}, space {space.name}, batch {batch}, {torch.get_num_threads()} threads, {args.blocks} x {args.steps} steps each")
+    print(
+        f"task {task.name}, space {space.name}, batch {batch}, {torch.get_num_threads()} threads, {args.blocks} x {args.steps} steps each"
+    )
     base = statistics.median(rates["static largest model"])
     for name, values in rates.items():
         rate = statistics.median(values)

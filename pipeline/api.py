@@ -43,7 +43,11 @@ def export_model(
         "source": "autoformer export (inherited supernet weights, no retraining)",
         "supernet": supernet_path,
         "task": task.to_dict(),
-        "search": {k: search_row[k] for k in ("top1", "top5", "loss", "latency_ms", "generation", "origin")} if search_row else None,
+        "search": {k: search_row[k] for k in ("top1", "top5", "loss", "latency_ms", "generation", "origin")}
+        if search_row
+        else None,
     }
     normalization = {"mean": task.data["mean"], "std": task.data["std"]}
-    return subnet_dir.save_model(supernet.extract(arch), out, normalization=normalization, metadata=metadata, overwrite=overwrite)
+    return subnet_dir.save_model(
+        supernet.extract(arch), out, normalization=normalization, metadata=metadata, overwrite=overwrite
+    )

@@ -60,7 +60,9 @@ def search_supernet(
         f"evaluation compute {compute:.1f} s on {len(outcome.evaluators)} evaluator(s){replaced})"
     )
     start = time.perf_counter()
-    report = write_report(outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, gpu=resources.gpu)
+    report = write_report(
+        outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, gpu=resources.gpu
+    )
     export_s = time.perf_counter() - start
     say(f"[export] done in {export_s:.1f} s")
     return SearchRun(outcome, report, search_s, export_s)
@@ -88,7 +90,9 @@ def run_pipeline(
         say(f"[run] phase 1/3: supernet already trained ({done['epochs']} epochs): {supernet}")
     else:
         say(f"[run] phase 1/3: training the supernet ({task.train['epochs']} epochs)")
-        supernet = train_supernet(task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name).export_path
+        supernet = train_supernet(
+            task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name
+        ).export_path
         say(f"[run] supernet trained in {time.perf_counter() - start:.1f} s: {supernet}")
     search_path = join(storage, search_name)
     resume = search_exists(search_path)

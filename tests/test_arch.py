@@ -102,7 +102,11 @@ def test_sampling_is_uniform_per_gene() -> None:
     space = load_space("digits")
     rng = random.Random(0)
     archs = [sample_architecture(space, rng) for _ in range(6000)]
-    for counts in (Counter(a.depth for a in archs), Counter(a.embed_dim for a in archs), Counter(a.num_heads[0] for a in archs)):
+    for counts in (
+        Counter(a.depth for a in archs),
+        Counter(a.embed_dim for a in archs),
+        Counter(a.num_heads[0] for a in archs),
+    ):
         assert len(counts) == 3 and all(abs(c / 6000 - 1 / 3) < 0.03 for c in counts.values())
 
 

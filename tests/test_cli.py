@@ -21,7 +21,9 @@ def test_space_show_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert info["choices"]["embed_dim"] == [192, 216, 240]
     assert info["choices"]["qkv_dim"] == [192, 256]
     assert info["num_architectures"] == 3 * (4**12 + 4**13 + 4**14)
-    assert info["params"]["min"] == count_params(Architecture.from_dict(info["smallest"]), load_space("autoformer-tiny"))
+    assert info["params"]["min"] == count_params(
+        Architecture.from_dict(info["smallest"]), load_space("autoformer-tiny")
+    )
 
 
 def test_space_show_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,12 +33,31 @@ def test_space_show_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_arch_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    arch = Architecture(192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5])
+    arch = Architecture(
+        192, 13, [3] * 10 + [4] + [3] * 2, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5]
+    )
     path = tmp_path / "t.json"
     path.write_text(arch.to_json())
     assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == 5_867_944
-    assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--json", "--image-size", "32", "--num-classes", "10"]) == 0
+    assert (
+        main(
+            [
+                "arch",
+                "stats",
+                "--space",
+                "autoformer-tiny",
+                "--arch",
+                str(path),
+                "--json",
+                "--image-size",
+                "32",
+                "--num-classes",
+                "10",
+            ]
+        )
+        == 0
+    )
     space = load_space("autoformer-tiny").with_overrides(image_size=32, num_classes=10)
     assert json.loads(capsys.readouterr().out) == {"params": count_params(arch, space), "macs": count_macs(arch, space)}
     assert main(["arch", "stats", "--space", "autoformer-tiny", "--arch", str(path), "--check"]) == 2
@@ -56,7 +77,10 @@ def test_arch_sample_lines_are_valid_json(capsys: pytest.CaptureFixture[str]) ->
     [
         (["space", "show", "nope"], "unknown search space 'nope'"),
         (["arch", "stats", "--space", "digits", "--arch", "/missing.json"], "does not exist"),
-        (["arch", "stats", "--space", "autoformer-tiny", "--arch", "/dev/null", "--image-size", "40"], "does not divide"),
+        (
+            ["arch", "stats", "--space", "autoformer-tiny", "--arch", "/dev/null", "--image-size", "40"],
+            "does not divide",
+        ),
     ],
 )
 def test_errors_exit_non_zero_with_one_message(argv: list[str], message: str) -> None:

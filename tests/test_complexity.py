@@ -69,7 +69,9 @@ def test_counts_equal_model_for_random_architectures(name: str, relative: bool) 
     space = load_space(name)
     fixed = {**space.fixed_parts(), "relative_position": relative}
     rng = random.Random(hash(name) % 1000)
-    archs = [smallest_architecture(space), largest_architecture(space)] + [sample_architecture(space, rng) for _ in range(6)]
+    archs = [smallest_architecture(space), largest_architecture(space)] + [
+        sample_architecture(space, rng) for _ in range(6)
+    ]
     for arch in archs:
         assert _measured(arch, fixed) == (count_params(arch, fixed), count_macs(arch, fixed)), arch.key
 

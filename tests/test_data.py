@@ -69,7 +69,9 @@ def _tree(root: Path, classes: int = 3, per_class: int = 6, val: bool = False) -
 
 def test_imagefolder_with_and_without_val(tmp_path: Path) -> None:
     _tree(tmp_path / "a")
-    task = load_task("imagefolder", [f"data.root={tmp_path / 'a'}", "data.image_size=8", "space_overrides.patch_size=2"])
+    task = load_task(
+        "imagefolder", [f"data.root={tmp_path / 'a'}", "data.image_size=8", "space_overrides.patch_size=2"]
+    )
     pool, test = open_sources(task.data, check_images=True)
     assert len(pool) == 18 and test is None and pool.classes == ["class0", "class1", "class2"]
     assert pool.load(0).size == (12, 12)
@@ -92,7 +94,10 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 
 def test_randaugment_at_full_magnitude_runs() -> None:
     """DeiT's RandAugment reaches posterize with 0 bits at magnitude 10 (the dependency pins keep it working)."""
-    task = load_task("digits", ["data.in_chans=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "train.randaugment=rand-m10-n4-inc1"])
+    task = load_task(
+        "digits",
+        ["data.in_chans=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "train.randaugment=rand-m10-n4-inc1"],
+    )
     transform = train_transform(task.data, task.train)
     rng = np.random.default_rng(0)
     for _ in range(200):

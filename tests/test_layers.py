@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-RANK = {"shared": 0, "core": 1, "model": 2, "data": 2, "training": 3, "search": 3, "results": 4, "run": 5, "api": 5, "cli": 6}
+RANK = {
+    "shared": 0,
+    "core": 1,
+    "model": 2,
+    "data": 2,
+    "training": 3,
+    "search": 3,
+    "results": 4,
+    "run": 5,
+    "api": 5,
+    "cli": 6,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -38,7 +49,11 @@ def _imports() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found.add(node.module)
                 if node.module.startswith("pipeline"):  # `from pipeline.model import subnet_dir` imports a module
-                    found.update(f"{node.module}.{a.name}" for a in node.names if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists())
+                    found.update(
+                        f"{node.module}.{a.name}"
+                        for a in node.names
+                        if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+                    )
         graph[_module_name(path)] = found
     return graph
 
@@ -73,7 +88,9 @@ def test_imports_point_down_and_never_sideways(module: str) -> None:
     for target in _internal(GRAPH[module]):
         other = _layer(target)
         assert other is not None, f"{module} imports the package face {target}"
-        assert other == layer or RANK[other] < RANK[layer], f"{module} ({layer}) imports {target} ({other}): not below it"
+        assert other == layer or RANK[other] < RANK[layer], (
+            f"{module} ({layer}) imports {target} ({other}): not below it"
+        )
 
 
 @pytest.mark.parametrize("layer", ["core", "model", "data"])
@@ -85,7 +102,9 @@ def test_core_model_and_data_import_no_ray(layer: str) -> None:
 
 def test_core_imports_no_torch() -> None:
     for module in (m for m in GRAPH if _layer(m) == "core"):
-        heavy = sorted(n for n in _closure(module) if n.split(".")[0] in ("torch", "timm", "torchvision", "numpy", "ray"))
+        heavy = sorted(
+            n for n in _closure(module) if n.split(".")[0] in ("torch", "timm", "torchvision", "numpy", "ray")
+        )
         assert not heavy, f"{module} imports {heavy}"
 
 
@@ -96,7 +115,7 @@ def test_no_import_cycles() -> None:
         state[module] = 1
         for target in sorted(_internal(GRAPH[module])):
             if state.get(target) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(target):], target]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(target) :], target]))
             if target not in state:
                 visit(target, [*path, target])
         state[module] = 2

@@ -22,13 +22,32 @@ def supernet(digits_supernet: Path) -> Path:
 def test_export_then_evaluate_matches_inherited_scores(supernet: Path, tmp_path: Path, capsys) -> None:
     arch = sample_architectures(load_task("digits").space(), 1, seed=5)[0]
     (tmp_path / "arch.json").write_text(arch.to_json())
-    assert main(["export", "--supernet", str(supernet), "--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            ["export", "--supernet", str(supernet), "--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "m")]
+        )
+        == 0
+    )
     model, config = load_model(tmp_path / "m")
     assert model.arch == arch and config["metadata"]["task"]["name"] == "digits"
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "m"), "--split", "search", "--json"]) == 0
     from_model = json.loads(capsys.readouterr().out)
-    assert main(["evaluate", "--supernet", str(supernet), "--arch", str(tmp_path / "arch.json"), "--split", "search", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--supernet",
+                str(supernet),
+                "--arch",
+                str(tmp_path / "arch.json"),
+                "--split",
+                "search",
+                "--json",
+            ]
+        )
+        == 0
+    )
     inherited = json.loads(capsys.readouterr().out)
     assert from_model["top1"] == inherited["top1"] and from_model["images"] == 200 and from_model["key"] == arch.key
     assert main(["evaluate", str(tmp_path / "m"), "--json"]) == 0
@@ -37,15 +56,60 @@ def test_export_then_evaluate_matches_inherited_scores(supernet: Path, tmp_path:
 
 def test_export_from_a_candidates_row(supernet: Path, tmp_path: Path) -> None:
     archs = sample_architectures(load_task("digits").space(), 3, seed=9)
-    records = [{
-        "key": a.key, "arch": a.to_dict(), "params": 1, "macs": 1, "latency_ms": 1.0, "top1": 0.5, "top5": 0.9, "loss": 1.0,
-        "status": "ok", "generation": 0, "origin": "random", "trial_id": "t", "evaluator": "n", "eval_s": 0.1,
-    } for a in archs]
+    records = [
+        {
+            "key": a.key,
+            "arch": a.to_dict(),
+            "params": 1,
+            "macs": 1,
+            "latency_ms": 1.0,
+            "top1": 0.5,
+            "top5": 0.9,
+            "loss": 1.0,
+            "status": "ok",
+            "generation": 0,
+            "origin": "random",
+            "trial_id": "t",
+            "evaluator": "n",
+            "eval_s": 0.1,
+        }
+        for a in archs
+    ]
     write_table(candidates_table(records), str(tmp_path / "run" / "candidates.parquet"))
-    assert main(["export", "--supernet", str(supernet), "--candidates", str(tmp_path / "run"), "--row", "2", "--out", str(tmp_path / "m2")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--supernet",
+                str(supernet),
+                "--candidates",
+                str(tmp_path / "run"),
+                "--row",
+                "2",
+                "--out",
+                str(tmp_path / "m2"),
+            ]
+        )
+        == 0
+    )
     model, config = load_model(tmp_path / "m2")
     assert model.arch == archs[2] and config["metadata"]["search"]["top1"] == 0.5
-    assert main(["export", "--supernet", str(supernet), "--candidates", str(tmp_path / "run"), "--key", archs[0].key, "--out", str(tmp_path / "m3")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--supernet",
+                str(supernet),
+                "--candidates",
+                str(tmp_path / "run"),
+                "--key",
+                archs[0].key,
+                "--out",
+                str(tmp_path / "m3"),
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

@@ -32,10 +32,24 @@ def supernet(digits_supernet: Path) -> Path:
 
 
 def _cmd(supernet: Path, storage: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli.main", "search", "digits", "--supernet", str(supernet), "--storage", str(storage), *SMALL, *args]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli.main",
+        "search",
+        "digits",
+        "--supernet",
+        str(supernet),
+        "--storage",
+        str(storage),
+        *SMALL,
+        *args,
+    ]
 
 
-def _search(supernet: Path, storage: Path, *args: str, timeout: float = 600, fault: str | None = None) -> subprocess.CompletedProcess:
+def _search(
+    supernet: Path, storage: Path, *args: str, timeout: float = 600, fault: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if fault:
         env.update({FAULT_ENV: fault, TOKEN_ENV: str(storage / "fault-token")})
@@ -51,8 +65,19 @@ def _keys(storage: Path, name: str) -> list[str]:
 
 
 def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, tmp_path: Path) -> None:
-    out = _search(supernet, tmp_path, "--evaluators", "2", "--cpus-per-evaluator", "0.5", "--objective", "pareto", "--max-params", "120000",
-                  fault="evaluator_exit_after=2")
+    out = _search(
+        supernet,
+        tmp_path,
+        "--evaluators",
+        "2",
+        "--cpus-per-evaluator",
+        "0.5",
+        "--objective",
+        "pareto",
+        "--max-params",
+        "120000",
+        fault="evaluator_exit_after=2",
+    )
     _ok(out)
     assert "1 evaluator(s) replaced" in out.stdout
     for g in (1, 2, 3):
@@ -82,8 +107,13 @@ def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, t
 def test_interrupted_search_resumes_to_the_same_candidates(supernet: Path, tmp_path: Path) -> None:
     args = ["--seed", "7", "--generations", "4", "--set", "search.latency_repeats=1"]
     _ok(_search(supernet, tmp_path, "--name", "whole", *args))
-    proc = subprocess.Popen(_cmd(supernet, tmp_path, "--name", "cut", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        _cmd(supernet, tmp_path, "--name", "cut", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seen = []
     deadline = time.time() + 300
     for line in proc.stdout:

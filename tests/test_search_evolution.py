@@ -47,7 +47,16 @@ def _run(strategy: Strategy, stop_after: int | None = None) -> list[str]:
         if candidate is None:
             continue
         order.append(candidate.key)
-        strategy.complete(candidate.key, {"status": "ok", "top1": _fake_top1(candidate.arch, strategy.space), "top5": 1.0, "loss": 0.0, "latency_ms": 1.0})
+        strategy.complete(
+            candidate.key,
+            {
+                "status": "ok",
+                "top1": _fake_top1(candidate.arch, strategy.space),
+                "top5": 1.0,
+                "loss": 0.0,
+                "latency_ms": 1.0,
+            },
+        )
         if stop_after is not None and len(order) == stop_after:
             break
     return order
@@ -112,7 +121,9 @@ def test_crossover_takes_each_gene_from_a_parent() -> None:
 def test_strategy_respects_constraints_and_never_repeats(objective: str) -> None:
     space = load_space("digits")
     constraints = Constraints(min_params=40_000, max_params=120_000, max_macs=2_000_000)
-    settings = Settings(objective=objective, population=20, generations=6, parents=5, mutations=10, crossovers=10, seed=4)
+    settings = Settings(
+        objective=objective, population=20, generations=6, parents=5, mutations=10, crossovers=10, seed=4
+    )
     strategy = Strategy(space, constraints, settings)
     keys = _run(strategy)
     assert len(keys) == len(set(keys)) == 120  # memoisation: nothing proposed twice, full budget used
@@ -132,7 +143,11 @@ def test_evolution_beats_random_on_a_smooth_objective() -> None:
     constraints = Constraints(max_params=100_000)
     best = {}
     for algorithm in ("evolution", "random"):
-        strategy = Strategy(space, constraints, Settings(algorithm=algorithm, population=20, generations=8, parents=5, mutations=10, crossovers=10, seed=0))
+        strategy = Strategy(
+            space,
+            constraints,
+            Settings(algorithm=algorithm, population=20, generations=8, parents=5, mutations=10, crossovers=10, seed=0),
+        )
         _run(strategy)
         assert len(strategy.records()) == 160  # same budget
         best[algorithm] = strategy.ranking()[0]["top1"]
@@ -160,7 +175,11 @@ def test_constraints_that_exclude_the_space_fail_early() -> None:
 def test_a_window_no_architecture_hits_fails_after_bounded_tries() -> None:
     space = load_space("digits")
     lo, _ = space_ranges(space)["params"]
-    strategy = Strategy(space, Constraints(min_params=lo + 1, max_params=lo + 2), Settings(population=10, generations=2, parents=2, mutations=4, crossovers=4))
+    strategy = Strategy(
+        space,
+        Constraints(min_params=lo + 1, max_params=lo + 2),
+        Settings(population=10, generations=2, parents=2, mutations=4, crossovers=4),
+    )
     with pytest.raises(UserError, match="no architecture .* satisfies the constraints"):
         strategy.start()
 
@@ -169,9 +188,13 @@ def test_a_tiny_space_is_exhausted_without_hanging() -> None:
     base = load_space("digits").to_dict()
     space = SearchSpace.from_dict({**base, "embed_dim": [32], "depth": [2], "num_heads": [2, 3], "mlp_ratio": [2.0]})
     assert space.num_architectures() == 4
-    strategy = Strategy(space, Constraints(), Settings(population=10, generations=5, parents=2, mutations=4, crossovers=4))
+    strategy = Strategy(
+        space, Constraints(), Settings(population=10, generations=5, parents=2, mutations=4, crossovers=4)
+    )
     keys = _run(strategy)
-    assert sorted(keys) == sorted({a.key for a in (Architecture(32, 2, h, (2.0, 2.0)) for h in itertools.product((2, 3), repeat=2))})
+    assert sorted(keys) == sorted(
+        {a.key for a in (Architecture(32, 2, h, (2.0, 2.0)) for h in itertools.product((2, 3), repeat=2))}
+    )
     assert strategy.finished and strategy.shortfalls
 
 

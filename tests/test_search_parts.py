@@ -47,7 +47,9 @@ def _evaluator(task, split, model, **kw) -> Evaluator:
     config = {"space": model.space.to_dict(), "sharing": model.sharing, "regularization": {}}
     args = dict(batch_size=64, latency_batch=16, latency_repeats=3, threads=1)
     args.update(kw)
-    return Evaluator(config, weights, split.images, split.labels, {"mean": task.data["mean"], "std": task.data["std"]}, **args)
+    return Evaluator(
+        config, weights, split.images, split.labels, {"mean": task.data["mean"], "std": task.data["std"]}, **args
+    )
 
 
 def test_uint8_split_scores_exactly_like_the_dataloader(digits) -> None:
@@ -101,12 +103,24 @@ def _records(n: int = 30) -> list[dict]:
     for i in range(n):
         status = "over_latency" if i == 3 else "ok"
         params = int(rng.integers(20_000, 200_000))
-        records.append({
-            "key": f"k{i}", "arch": {"embed_dim": 32, "depth": 2, "num_heads": [2, 3], "mlp_ratio": [2.0, 4.0]},
-            "params": params, "macs": int(params * 17 + rng.integers(0, 400_000)), "latency_ms": float(rng.random()),
-            "top1": float("nan") if status != "ok" else float(rng.random()), "top5": 1.0, "loss": 0.5, "status": status,
-            "generation": i // 10, "origin": "random", "trial_id": f"t{i}", "evaluator": "node:1", "eval_s": 0.1,
-        })
+        records.append(
+            {
+                "key": f"k{i}",
+                "arch": {"embed_dim": 32, "depth": 2, "num_heads": [2, 3], "mlp_ratio": [2.0, 4.0]},
+                "params": params,
+                "macs": int(params * 17 + rng.integers(0, 400_000)),
+                "latency_ms": float(rng.random()),
+                "top1": float("nan") if status != "ok" else float(rng.random()),
+                "top5": 1.0,
+                "loss": 0.5,
+                "status": status,
+                "generation": i // 10,
+                "origin": "random",
+                "trial_id": f"t{i}",
+                "evaluator": "node:1",
+                "eval_s": 0.1,
+            }
+        )
     return records
 
 
@@ -123,7 +137,9 @@ def test_result_tables_schema_and_fronts(tmp_path) -> None:
     ok = [r for r in records if r["status"] == "ok"]
     for r in front:  # nothing on a front is dominated in its own objective pair
         cost = "params" if r["on_params_front"] else "macs"
-        assert not any(o["top1"] >= r["top1"] and o[cost] <= r[cost] and (o["top1"] > r["top1"] or o[cost] < r[cost]) for o in ok)
+        assert not any(
+            o["top1"] >= r["top1"] and o[cost] <= r[cost] and (o["top1"] > r["top1"] or o[cost] < r[cost]) for o in ok
+        )
     assert [r["rank"] for r in front] == list(range(1, len(front) + 1))
     assert all(front[i]["top1"] >= front[i + 1]["top1"] for i in range(len(front) - 1))
     write_table(pareto_table(front), str(tmp_path / "pareto.parquet"))

@@ -39,7 +39,13 @@ def test_paper_spaces_match_table_1(name: str) -> None:
     assert list(space.depth) == depth
     assert list(space.num_heads) == heads
     assert list(space.mlp_ratio) == ratios
-    assert (space.head_dim, space.patch_size, space.image_size, space.in_chans, space.num_classes) == (64, 16, 224, 3, 1000)
+    assert (space.head_dim, space.patch_size, space.image_size, space.in_chans, space.num_classes) == (
+        64,
+        16,
+        224,
+        3,
+        1000,
+    )
     assert space.relative_position and space.max_relative_position == 14
 
 
@@ -96,14 +102,30 @@ BAD_CASES = [
     ("unknown key", GOOD + "dropout: 0.1\n", ["'dropout'", "allowed keys"]),
     ("missing key", GOOD.replace("depth: [2, 3]\n", ""), ["missing required key 'depth'"]),
     ("empty list", GOOD.replace("depth: [2, 3]", "depth: []"), ["'depth'", "empty"]),
-    ("unsorted list", GOOD.replace("embed_dim: [32, 48]", "embed_dim: [48, 32]"), ["'embed_dim'", "[48, 32]", "not sorted"]),
+    (
+        "unsorted list",
+        GOOD.replace("embed_dim: [32, 48]", "embed_dim: [48, 32]"),
+        ["'embed_dim'", "[48, 32]", "not sorted"],
+    ),
     ("repeated choice", GOOD.replace("num_heads: [2, 3]", "num_heads: [2, 2]"), ["'num_heads'", "[2, 2]", "repeats"]),
     ("not a list", GOOD.replace("depth: [2, 3]", "depth: 3"), ["'depth'", "3", "list of choices"]),
-    ("zero dim", GOOD.replace("embed_dim: [32, 48]", "embed_dim: [0, 48]"), ["'embed_dim'", "value 0", "positive integer"]),
+    (
+        "zero dim",
+        GOOD.replace("embed_dim: [32, 48]", "embed_dim: [0, 48]"),
+        ["'embed_dim'", "value 0", "positive integer"],
+    ),
     ("negative dim", GOOD.replace("depth: [2, 3]", "depth: [-1, 3]"), ["'depth'", "value -1", "positive integer"]),
-    ("float dim", GOOD.replace("embed_dim: [32, 48]", "embed_dim: [32.5, 48]"), ["'embed_dim'", "32.5", "positive integer"]),
+    (
+        "float dim",
+        GOOD.replace("embed_dim: [32, 48]", "embed_dim: [32.5, 48]"),
+        ["'embed_dim'", "32.5", "positive integer"],
+    ),
     ("bool dim", GOOD.replace("depth: [2, 3]", "depth: [true, 3]"), ["'depth'", "True", "positive integer"]),
-    ("bad ratio", GOOD.replace("mlp_ratio: [2.0, 4.0]", "mlp_ratio: [-2.0, 4.0]"), ["'mlp_ratio'", "-2.0", "positive number"]),
+    (
+        "bad ratio",
+        GOOD.replace("mlp_ratio: [2.0, 4.0]", "mlp_ratio: [-2.0, 4.0]"),
+        ["'mlp_ratio'", "-2.0", "positive number"],
+    ),
     ("text ratio", GOOD.replace("mlp_ratio: [2.0, 4.0]", "mlp_ratio: [two, 4.0]"), ["'mlp_ratio'", "'two'"]),
     ("zero head dim", GOOD.replace("head_dim: 16", "head_dim: 0"), ["'head_dim'", "value 0"]),
     (
@@ -113,14 +135,26 @@ BAD_CASES = [
     ),
     ("both heads and qkv", GOOD + "qkv_dim: [32, 48]\n", ["exactly one of 'num_heads' or 'qkv_dim'"]),
     ("neither heads nor qkv", GOOD.replace("num_heads: [2, 3]\n", ""), ["exactly one of 'num_heads' or 'qkv_dim'"]),
-    ("patch does not divide", GOOD.replace("patch_size: 2", "patch_size: 3"), ["'patch_size'", "3", "does not divide image_size 8"]),
+    (
+        "patch does not divide",
+        GOOD.replace("patch_size: 2", "patch_size: 3"),
+        ["'patch_size'", "3", "does not divide image_size 8"],
+    ),
     (
         "fractional MLP width",
         GOOD.replace("mlp_ratio: [2.0, 4.0]", "mlp_ratio: [2.0, 3.3]"),
         ["'mlp_ratio'", "3.3", "not a whole MLP width"],
     ),
-    ("non-bool flag", GOOD.replace("relative_position: true", "relative_position: 1"), ["'relative_position'", "1", "true or false"]),
-    ("zero max distance", GOOD.replace("max_relative_position: 3", "max_relative_position: 0"), ["'max_relative_position'", "value 0"]),
+    (
+        "non-bool flag",
+        GOOD.replace("relative_position: true", "relative_position: 1"),
+        ["'relative_position'", "1", "true or false"],
+    ),
+    (
+        "zero max distance",
+        GOOD.replace("max_relative_position: 3", "max_relative_position: 0"),
+        ["'max_relative_position'", "value 0"],
+    ),
     ("non-string description", GOOD + "description: [1]\n", ["'description'", "[1]", "string"]),
     ("not a mapping", "- 1\n- 2\n", ["expected a mapping"]),
     ("invalid yaml", "embed_dim: [32, 48\n", ["not valid YAML"]),

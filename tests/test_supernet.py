@@ -26,7 +26,9 @@ def test_extracted_model_matches_supernet(name: str, sharing: str) -> None:
     net = Supernet(space, sharing=sharing).eval()
     images = _images(space)
     rng = random.Random(11)
-    archs = [smallest_architecture(space), largest_architecture(space)] + [sample_architecture(space, rng) for _ in range(10)]
+    archs = [smallest_architecture(space), largest_architecture(space)] + [
+        sample_architecture(space, rng) for _ in range(10)
+    ]
     with torch.no_grad():
         for arch in archs:
             static = net.extract(arch).eval()

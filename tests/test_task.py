@@ -12,7 +12,9 @@ from pipeline.shared.errors import UserError
 
 def test_builtin_tasks_load() -> None:
     names = builtin_task_names()
-    assert {"digits", "cifar10", "cifar100", "imagefolder", "imagenet-tiny", "imagenet-small", "imagenet-base"} <= set(names)
+    assert {"digits", "cifar10", "cifar100", "imagefolder", "imagenet-tiny", "imagenet-small", "imagenet-base"} <= set(
+        names
+    )
     for name in names:
         task = load_task(name, ["data.root=/data"])
         space = task.space(num_classes=task.data["num_classes"] or 10)
@@ -24,14 +26,22 @@ def test_imagenet_tasks_follow_the_paper_recipe(size: str) -> None:
     task = load_task(f"imagenet-{size}", ["data.root=/imagenet"])
     t = task.train
     assert task.space_name == f"autoformer-{size}" and task.space().patch_size == 16 and task.space().image_size == 224
-    assert (t["epochs"], t["optimizer"], t["batch_size"], t["lr"], t["lr_base_batch"]) == (500, "adamw", 1024, 1e-3, 1024)
+    assert (t["epochs"], t["optimizer"], t["batch_size"], t["lr"], t["lr_base_batch"]) == (
+        500,
+        "adamw",
+        1024,
+        1e-3,
+        1024,
+    )
     assert (t["weight_decay"], t["warmup_epochs"], t["label_smoothing"]) == (0.05, 20, 0.1)
     assert (t["mixup"], t["cutmix"], t["random_erasing"], t["randaugment"]) == (0.8, 1.0, 0.25, "rand-m9-mstd0.5-inc1")
     assert task.model["drop_path_rate"] == 0.1 and task.splits["search_per_class"] == 100
 
 
 def test_overrides_are_parsed_and_round_trip() -> None:
-    task = load_task("digits", ["train.epochs=7", "train.scale=[0.5, 1.0]", "train.clip_grad=null", "model.sharing=classical"])
+    task = load_task(
+        "digits", ["train.epochs=7", "train.scale=[0.5, 1.0]", "train.clip_grad=null", "model.sharing=classical"]
+    )
     assert task.train["epochs"] == 7 and task.train["scale"] == [0.5, 1.0] and task.train["clip_grad"] is None
     assert task.model["sharing"] == "classical"
     assert Task.from_dict(task.to_dict()) == task
@@ -59,7 +69,9 @@ def test_bad_overrides_give_one_clear_error(overrides: list[str], message: str) 
 
 def test_task_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"
-    path.write_text("space: digits\ndata: {dataset: digits, image_size: 8, in_chans: 1, mean: [0.3], std: [0.4]}\nextra: 1\n")
+    path.write_text(
+        "space: digits\ndata: {dataset: digits, image_size: 8, in_chans: 1, mean: [0.3], std: [0.4]}\nextra: 1\n"
+    )
     with pytest.raises(UserError, match="unknown section 'extra'"):
         load_task(path)
     with pytest.raises(UserError, match="data.root' is required"):

@@ -53,7 +53,14 @@ def test_one_worker_trains_checkpoints_and_exports(tmp_path: Path) -> None:
     assert config["splits"]["search"]["size"] == 200 and config["splits"]["test"]["size"] == 300
     assert config["splits"]["train"]["size"] == 1797 - 500
     metrics = config["metrics"]
-    for key in ("train_loss", "lr", "images_per_s", "search_top1/smallest", "search_top1/largest", "search_top1/subnet0"):
+    for key in (
+        "train_loss",
+        "lr",
+        "images_per_s",
+        "search_top1/smallest",
+        "search_top1/largest",
+        "search_top1/subnet0",
+    ):
         assert key in metrics
     assert [h["epoch"] for h in config["history"]] == [1, 2]
     assert len([p for p in (tmp_path / "digits-supernet").glob("checkpoint_*") if p.is_dir()]) <= 2
@@ -67,7 +74,9 @@ def test_two_workers_ddp(tmp_path: Path) -> None:
 
 
 def test_worker_failure_restarts_from_last_checkpoint(tmp_path: Path) -> None:
-    out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=3", fault="train_exit_at_epoch=2")
+    out = _train(
+        tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=3", fault="train_exit_at_epoch=2"
+    )
     _check_ok(out)
     assert "fault injection: rank 1 exits at the start of epoch 2" in out.stdout + out.stderr
     # Ray restarts from the newest checkpoint its controller had committed (epoch 1 or 2 of 3).
@@ -83,7 +92,18 @@ def _latest_epoch(run: Path) -> int:
 
 
 def test_interrupted_driver_resumes_when_run_again(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path), *FAST, "--set", "train.epochs=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli.main",
+        "train",
+        "digits",
+        "--storage",
+        str(tmp_path),
+        *FAST,
+        "--set",
+        "train.epochs=8",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run = tmp_path / "digits-supernet"
     deadline = time.time() + 300
@@ -128,14 +148,26 @@ def test_bad_runs_fail_clearly_and_write_nothing(tmp_path: Path, args: list[str]
     if args == ["BROKEN"]:
         _broken_tree(tmp_path / "tree")
         args = [
-            "imagefolder", "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.image_size=8",
-            "--set", "space_overrides.patch_size=2", "--set", "splits.search_per_class=1",
-            "--set", "splits.test_per_class=1", "--set", "train.batch_size=4",
+            "imagefolder",
+            "--set",
+            f"data.root={tmp_path / 'tree'}",
+            "--set",
+            "data.image_size=8",
+            "--set",
+            "space_overrides.patch_size=2",
+            "--set",
+            "splits.search_per_class=1",
+            "--set",
+            "splits.test_per_class=1",
+            "--set",
+            "train.batch_size=4",
         ]
     storage = tmp_path / "runs"
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", "train", *args, "--storage", str(storage)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("autoformer: error:")]

@@ -75,7 +75,9 @@ def test_plain_adamw_would_move_the_inactive_part() -> None:
 
 
 def test_recipe_scales_lr_warms_up_and_decays() -> None:
-    task = load_task("digits", ["train.epochs=10", "train.warmup_epochs=2", "train.batch_size=64", "train.lr_base_batch=128"])
+    task = load_task(
+        "digits", ["train.epochs=10", "train.warmup_epochs=2", "train.batch_size=64", "train.lr_base_batch=128"]
+    )
     assert scaled_lr(task.train) == pytest.approx(task.train["lr"] / 2)
     net = Supernet(load_space("digits"))
     opt = build_optimizer(net, task.train)

@@ -23,24 +23,41 @@ from pipeline.shared.storage import is_uri, join
 def _add_selection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("which architecture")
     g.add_argument("--arch", default=None, metavar="FILE", help="architecture JSON file")
-    g.add_argument("--candidates", default=None, metavar="PATH", help="a search run directory or its candidates.parquet")
+    g.add_argument(
+        "--candidates", default=None, metavar="PATH", help="a search run directory or its candidates.parquet"
+    )
     g.add_argument("--row", type=int, default=None, help="row of candidates.parquet (0-based)")
     g.add_argument("--key", default=None, help="architecture key in candidates.parquet, e.g. e64-d3-h4,4,2-r2,2,2")
     p.add_argument("--task", default=None, help="task to take data and normalisation from (default: the one recorded)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a task value (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a task value (repeatable)",
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("export", help="write one architecture with its inherited weights as a standalone model directory")
+    e = sub.add_parser(
+        "export", help="write one architecture with its inherited weights as a standalone model directory"
+    )
     e.add_argument("--supernet", required=True, help="supernet directory (path or URI)")
     e.add_argument("--out", required=True, help="model directory to create")
     e.add_argument("--force", action="store_true", help="replace an existing model directory")
     _add_selection(e)
     e.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("evaluate", help="score a model directory, or an architecture with inherited weights, on a split")
-    v.add_argument("model", nargs="?", default=None, metavar="MODEL_DIR", help="a model directory (from export or search)")
-    v.add_argument("--supernet", default=None, help="score an architecture of this supernet instead of a model directory")
+    v = sub.add_parser(
+        "evaluate", help="score a model directory, or an architecture with inherited weights, on a split"
+    )
+    v.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL_DIR", help="a model directory (from export or search)"
+    )
+    v.add_argument(
+        "--supernet", default=None, help="score an architecture of this supernet instead of a model directory"
+    )
     v.add_argument("--split", choices=("test", "search"), default="test")
     v.add_argument("--gpu", action="store_true", help="evaluate on the GPU")
     v.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -97,7 +114,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     supernet, config, arch, row = _supernet(args)
     task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
-    path = export_model(supernet, arch, args.out, task, supernet_path=args.supernet, search_row=row, overwrite=args.force)
+    path = export_model(
+        supernet, arch, args.out, task, supernet_path=args.supernet, search_row=row, overwrite=args.force
+    )
     print(f"exported {arch.key} to {path}")
     return 0
 
@@ -122,17 +141,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
         normalization = {"mean": task.data["mean"], "std": task.data["std"]}
     if task.data["image_size"] != model.fixed["image_size"] or task.data["in_chans"] != model.fixed["in_chans"]:
-        raise UserError(f"task {task.name!r} has {task.data['image_size']} px x {task.data['in_chans']} channels; the model expects "
-                        f"{model.fixed['image_size']} px x {model.fixed['in_chans']}")
+        raise UserError(
+            f"task {task.name!r} has {task.data['image_size']} px x {task.data['in_chans']} channels; the model expects "
+            f"{model.fixed['image_size']} px x {model.fixed['in_chans']}"
+        )
     split = load_split(task, args.split, batch_size=task.search["batch_size"])
     scores = score(model, split, normalization, pick_device(args.gpu), task.search["batch_size"])
     result = {
-        "architecture": model.arch.to_dict(), "key": model.arch.key, "split": args.split, "images": int(len(split.labels)),
-        "params": count_params(model.arch, model.fixed), "macs": count_macs(model.arch, model.fixed), **scores,
+        "architecture": model.arch.to_dict(),
+        "key": model.arch.key,
+        "split": args.split,
+        "images": int(len(split.labels)),
+        "params": count_params(model.arch, model.fixed),
+        "macs": count_macs(model.arch, model.fixed),
+        **scores,
     }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['key']}: {args.split} top-1 {scores['top1']:.4f}  top-5 {scores['top5']:.4f}  loss {scores['loss']:.4f}  "
-              f"({result['images']} images; {result['params']:,} params, {result['macs']:,} MACs)")
+        print(
+            f"{result['key']}: {args.split} top-1 {scores['top1']:.4f}  top-5 {scores['top5']:.4f}  loss {scores['loss']:.4f}  "
+            f"({result['images']} images; {result['params']:,} params, {result['macs']:,} MACs)"
+        )
     return 0 if not math.isnan(scores["loss"]) else 1

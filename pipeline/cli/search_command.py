@@ -27,24 +27,44 @@ SEARCH_FLAGS = {
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("search (defaults come from the task's search section; each flag is a --set search.KEY=VALUE)")
-    g.add_argument("--algorithm", choices=SEARCH_ALGORITHMS, default=None, help="evolution (the paper) or the random baseline")
-    g.add_argument("--objective", choices=SEARCH_OBJECTIVES, default=None,
-                   help="constrained: best top-1 within the limits; pareto: the whole top-1/size front")
+    g = p.add_argument_group(
+        "search (defaults come from the task's search section; each flag is a --set search.KEY=VALUE)"
+    )
+    g.add_argument(
+        "--algorithm", choices=SEARCH_ALGORITHMS, default=None, help="evolution (the paper) or the random baseline"
+    )
+    g.add_argument(
+        "--objective",
+        choices=SEARCH_OBJECTIVES,
+        default=None,
+        help="constrained: best top-1 within the limits; pareto: the whole top-1/size front",
+    )
     g.add_argument("--min-params", default=None, metavar="N")
     g.add_argument("--max-params", default=None, metavar="N")
     g.add_argument("--max-macs", default=None, metavar="N", help="multiply-accumulates per image")
-    g.add_argument("--max-latency-ms", default=None, metavar="X",
-                   help="median ms per batch of search.latency_batch images, measured on the evaluators")
+    g.add_argument(
+        "--max-latency-ms",
+        default=None,
+        metavar="X",
+        help="median ms per batch of search.latency_batch images, measured on the evaluators",
+    )
     g.add_argument("--population", default=None, metavar="N")
     g.add_argument("--generations", default=None, metavar="N")
     g.add_argument("--seed", default=None, metavar="N", help="search seed (default search.seed)")
-    g.add_argument("--evaluators", type=int, default=None, help="evaluator actors (default: one per GPU with --gpu, else CPUs - 1)")
+    g.add_argument(
+        "--evaluators", type=int, default=None, help="evaluator actors (default: one per GPU with --gpu, else CPUs - 1)"
+    )
     g.add_argument("--cpus-per-evaluator", type=float, default=1.0)
     g.add_argument("--gpu", action="store_true", help="one GPU per evaluator (and per training worker in 'run')")
     g.add_argument("--storage", default=None, help="a local directory (default ./runs) or an s3://, gs:// URI")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a task value, e.g. search.parents=5 or data.root=/data (repeatable)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a task value, e.g. search.parents=5 or data.root=/data (repeatable)",
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +74,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Search architectures with inherited supernet weights; writes candidates.parquet, pareto.parquet, "
         "pareto.png and the chosen models (scored once on the test split) under STORAGE/NAME.",
     )
-    p.add_argument("task", metavar="TASK", help=f"the task the supernet was trained on ({', '.join(builtin_task_names())} or a .yaml)")
+    p.add_argument(
+        "task",
+        metavar="TASK",
+        help=f"the task the supernet was trained on ({', '.join(builtin_task_names())} or a .yaml)",
+    )
     p.add_argument("--supernet", required=True, help="the supernet directory 'autoformer train' exported (path or URI)")
     p.add_argument("--name", default=None, help="search run name (default TASK-search)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
@@ -67,14 +91,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Train (or reuse) the supernet, run the search (resuming one that was interrupted), export the chosen "
         "models and print the front. Re-running the same command continues where it stopped.",
     )
-    r.add_argument("task", metavar="TASK", nargs="?", default="digits", help="task (default: digits, the embedded data)")
+    r.add_argument(
+        "task", metavar="TASK", nargs="?", default="digits", help="task (default: digits, the embedded data)"
+    )
     r.add_argument("--workers", type=int, default=1, help="Ray Train workers for the supernet")
     _add_search_options(r)
     r.set_defaults(func=cmd_run)
 
 
 def _task(args: argparse.Namespace):
-    flags = [f"search.{key}={getattr(args, flag)}" for flag, key in SEARCH_FLAGS.items() if getattr(args, flag) is not None]
+    flags = [
+        f"search.{key}={getattr(args, flag)}" for flag, key in SEARCH_FLAGS.items() if getattr(args, flag) is not None
+    ]
     return load_task(args.task, [*args.overrides, *flags])
 
 
@@ -116,7 +144,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from pipeline.run import search_supernet  # CLI start-up: Ray and torch load only for the commands that use them
 
     task = _task(args)
-    print_report(search_supernet(task, args.supernet, _resources(args), storage=args.storage, name=args.name, resume=args.resume))
+    print_report(
+        search_supernet(task, args.supernet, _resources(args), storage=args.storage, name=args.name, resume=args.resume)
+    )
     return 0
 
 

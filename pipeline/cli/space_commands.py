@@ -19,7 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     space = sub.add_parser("space", help="inspect search spaces")
     space_sub = space.add_subparsers(dest="space_command", required=True, metavar="COMMAND")
     show = space_sub.add_parser("show", help="choices, number of architectures, parameter and MAC ranges")
-    show.add_argument("space", metavar="NAME|PATH", help=f"built-in space ({', '.join(builtin_space_names())}) or a .yaml file")
+    show.add_argument(
+        "space", metavar="NAME|PATH", help=f"built-in space ({', '.join(builtin_space_names())}) or a .yaml file"
+    )
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(func=cmd_space_show)
     space_sub.add_parser("list", help="the built-in spaces").set_defaults(func=cmd_space_list)
@@ -94,11 +96,15 @@ def cmd_space_show(args: argparse.Namespace) -> int:
     print(f"search space {space.name}" + (f": {space.description}" if space.description else ""))
     print(f"  embed_dim   {', '.join(map(str, ch['embed_dim']))}   (one for all layers)")
     print(f"  depth       {', '.join(map(str, ch['depth']))}")
-    print(f"  num_heads   {', '.join(map(str, ch['num_heads']))}   (per layer; Q-K-V dim = heads x {f['head_dim']}: "
-          f"{', '.join(map(str, ch['qkv_dim']))})")
+    print(
+        f"  num_heads   {', '.join(map(str, ch['num_heads']))}   (per layer; Q-K-V dim = heads x {f['head_dim']}: "
+        f"{', '.join(map(str, ch['qkv_dim']))})"
+    )
     print(f"  mlp_ratio   {', '.join(f'{r:g}' for r in ch['mlp_ratio'])}   (per layer)")
-    print(f"  fixed       image {f['image_size']}, patch {f['patch_size']}, {f['in_chans']} channel(s), "
-          f"{f['num_classes']} classes, relative position {rel}, qkv bias {'on' if f['qkv_bias'] else 'off'}")
+    print(
+        f"  fixed       image {f['image_size']}, patch {f['patch_size']}, {f['in_chans']} channel(s), "
+        f"{f['num_classes']} classes, relative position {rel}, qkv bias {'on' if f['qkv_bias'] else 'off'}"
+    )
     print(f"  architectures  {info['num_architectures']:,} ({info['num_architectures']:.3g})")
     p, m = info["params"], info["macs"]
     print(f"  params         {si(p['min'])} .. {si(p['max'])}   ({p['min']:,} .. {p['max']:,})")

@@ -19,10 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("task", metavar="TASK", help=f"built-in task ({', '.join(builtin_task_names())}) or a .yaml file")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks), default 1")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
-    p.add_argument("--storage", default=None, help="run storage: a local directory (default ./runs) or s3://, gs:// URI")
+    p.add_argument(
+        "--storage", default=None, help="run storage: a local directory (default ./runs) or s3://, gs:// URI"
+    )
     p.add_argument("--name", default=None, help="run name (default TASK-supernet)")
-    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a task value, e.g. train.epochs=50 (repeatable)")
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a task value, e.g. train.epochs=50 (repeatable)",
+    )
     p.set_defaults(func=cmd_train)
 
 

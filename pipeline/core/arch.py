@@ -82,7 +82,9 @@ class Architecture:
     @classmethod
     def from_dict(cls, data: Any, source: str = "architecture") -> Architecture:
         if not isinstance(data, dict):
-            raise UserError(f"{source}: expected a JSON object with keys {', '.join(ARCH_KEYS)}, got {type(data).__name__}")
+            raise UserError(
+                f"{source}: expected a JSON object with keys {', '.join(ARCH_KEYS)}, got {type(data).__name__}"
+            )
         unknown = sorted(str(k) for k in data if k not in ARCH_KEYS)
         if unknown:
             raise UserError(f"{source}: unknown key {unknown[0]!r}; allowed keys are {', '.join(ARCH_KEYS)}")

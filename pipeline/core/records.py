@@ -36,10 +36,21 @@ class CandidateRecord(TypedDict):
 def failed_outcome(trial_id: str = "") -> dict[str, Any]:
     """The outcome of a candidate whose evaluation failed (no scores)."""
     nan = math.nan
-    return {"status": "error", "top1": nan, "top5": nan, "loss": nan, "latency_ms": nan, "eval_s": nan, "evaluator": "", "trial_id": trial_id}
+    return {
+        "status": "error",
+        "top1": nan,
+        "top5": nan,
+        "loss": nan,
+        "latency_ms": nan,
+        "eval_s": nan,
+        "evaluator": "",
+        "trial_id": trial_id,
+    }
 
 
-def candidate_record(arch: Architecture, generation: int, origin: str, params: int, macs: int, outcome: dict[str, Any]) -> CandidateRecord:
+def candidate_record(
+    arch: Architecture, generation: int, origin: str, params: int, macs: int, outcome: dict[str, Any]
+) -> CandidateRecord:
     """The one place a record is made: the candidate's identity and counts plus what its evaluation measured."""
     full = {**failed_outcome(), **{k: outcome[k] for k in OUTCOME_KEYS if k in outcome}}
     return CandidateRecord(

@@ -152,7 +152,9 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
     Raises ``UserError`` naming the file, key and value for anything malformed.
     """
-    data, name, label = read_yaml_mapping(name_or_path, "search_spaces", "search space", "of keys (embed_dim, depth, ...)")
+    data, name, label = read_yaml_mapping(
+        name_or_path, "search_spaces", "search space", "of keys (embed_dim, depth, ...)"
+    )
     return _build(data, name=name, ctx=label)
 
 
@@ -205,7 +207,9 @@ def _build(data: dict[str, Any], name: str, ctx: str) -> SearchSpace:
     )
 
 
-def _check_file_consistency(values: dict[str, Any], embed: tuple[int, ...], ratios: tuple[float, ...], ctx: str) -> None:
+def _check_file_consistency(
+    values: dict[str, Any], embed: tuple[int, ...], ratios: tuple[float, ...], ctx: str
+) -> None:
     """Checks that need several keys, reported with the file name (the dataclass re-checks the patch on overrides)."""
     patch, image = values["patch_size"], values["image_size"]
     if isinstance(patch, int) and isinstance(image, int) and patch > 0 and image > 0 and image % patch:
@@ -241,7 +245,9 @@ def _sorted_unique(values: tuple[Any, ...], ctx: str, key: str) -> tuple[Any, ..
     for a, b in zip(values, values[1:]):
         if not a < b:
             problem = "repeats" if a == b else "is not sorted ascending"
-            raise UserError(f"{ctx}: key {key!r}: value {list(values)!r} {problem}; list each choice once, smallest first")
+            raise UserError(
+                f"{ctx}: key {key!r}: value {list(values)!r} {problem}; list each choice once, smallest first"
+            )
     return values
 
 

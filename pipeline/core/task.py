@@ -64,19 +64,30 @@ def _bool() -> tuple[str, Check]:
 
 
 def _floats() -> tuple[str, Check]:
-    return "a list of numbers", lambda v: isinstance(v, list) and bool(v) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+    return (
+        "a list of numbers",
+        lambda v: (
+            isinstance(v, list) and bool(v) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ),
     )
 
 
 def _names(options: tuple[str, ...]) -> tuple[str, Check]:
-    return f"a non-empty list of {', '.join(options)}", lambda v: isinstance(v, list) and bool(v) and all(x in options for x in v)
+    return (
+        f"a non-empty list of {', '.join(options)}",
+        lambda v: isinstance(v, list) and bool(v) and all(x in options for x in v),
+    )
 
 
 def _pair(lo: float, hi: float) -> tuple[str, Check]:
-    return f"[low, high] with {lo:g} <= low <= high <= {hi:g}", lambda v: (
-        isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-        and lo <= v[0] <= v[1] <= hi
+    return (
+        f"[low, high] with {lo:g} <= low <= high <= {hi:g}",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            and lo <= v[0] <= v[1] <= hi
+        ),
     )
 
 
@@ -187,7 +198,9 @@ class Task:
             base = SearchSpace.from_dict(merged, source=f"task {self.name!r}: space_overrides")
         classes = num_classes or self.data["num_classes"]
         try:
-            return base.with_overrides(image_size=self.data["image_size"], in_chans=self.data["in_chans"], num_classes=classes)
+            return base.with_overrides(
+                image_size=self.data["image_size"], in_chans=self.data["in_chans"], num_classes=classes
+            )
         except UserError as exc:
             raise UserError(f"task {self.name!r} does not fit space {self.space_name!r}: {exc}") from None
 
@@ -272,7 +285,9 @@ def _build(data: dict[str, Any], name: str, where: str) -> Task:
         raise UserError(f"{where}: 'space_overrides' must be a mapping")
     for key in space_overrides:
         if key not in SPACE_OVERRIDE_KEYS:
-            raise UserError(f"{where}: key 'space_overrides.{key}': a task may change only {', '.join(SPACE_OVERRIDE_KEYS)}")
+            raise UserError(
+                f"{where}: key 'space_overrides.{key}': a task may change only {', '.join(SPACE_OVERRIDE_KEYS)}"
+            )
     sections = {}
     for section, schema in SCHEMA.items():
         given = data.get(section) or {}
@@ -300,7 +315,9 @@ def _build(data: dict[str, Any], name: str, where: str) -> Task:
     if any(s <= 0 for s in data_section["std"]):
         raise UserError(f"{where}: key 'data.std': value {data_section['std']!r} must be positive")
     if data_section["dataset"] != "digits" and not data_section["root"]:
-        raise UserError(f"{where}: key 'data.root' is required for dataset {data_section['dataset']!r} (--set data.root=PATH)")
+        raise UserError(
+            f"{where}: key 'data.root' is required for dataset {data_section['dataset']!r} (--set data.root=PATH)"
+        )
     if data_section["dataset"] in ("cifar10", "cifar100"):
         expected = 10 if data_section["dataset"] == "cifar10" else 100
         if data_section["num_classes"] not in (None, expected):

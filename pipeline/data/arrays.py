@@ -40,7 +40,11 @@ def split_dataset(task: Task, role: str) -> tuple[SplitDataset, dict[str, Any]]:
     if role == "search":
         dataset = SplitDataset(pool, plan.search, transform, "search")
     elif role == "test":
-        dataset = SplitDataset(own_test, None, transform, "test") if own_test is not None else SplitDataset(pool, plan.test, transform, "test")
+        dataset = (
+            SplitDataset(own_test, None, transform, "test")
+            if own_test is not None
+            else SplitDataset(pool, plan.test, transform, "test")
+        )
     else:
         raise ValueError(f"role {role!r}")
     return dataset, plan.summary(len(own_test) if own_test is not None else None)
@@ -78,18 +82,31 @@ def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
 
 def channel_stats(normalization: dict[str, list[float]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean`` and ``std`` as (1, C, 1, 1) float32 tensors on ``device``, ready for ``normalize``."""
-    mean, std = (torch.tensor(normalization[k], dtype=torch.float32, device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
+    mean, std = (
+        torch.tensor(normalization[k], dtype=torch.float32, device=device).view(1, -1, 1, 1) for k in ("mean", "std")
+    )
     return mean, std
 
 
-def normalized_batches(images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int):
+def normalized_batches(
+    images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int
+):
     """(normalised images, labels) batches of a uint8 split, on the device of ``mean`` (a no-op move when the split
     already lives there)."""
     for i in range(0, images.shape[0], batch_size):
-        yield normalize(images[i : i + batch_size].to(mean.device), mean, std), labels[i : i + batch_size].to(mean.device)
+        yield (
+            normalize(images[i : i + batch_size].to(mean.device), mean, std),
+            labels[i : i + batch_size].to(mean.device),
+        )
 
 
-def score(model: torch.nn.Module, split: SplitArrays, normalization: dict[str, list[float]], device: torch.device, batch_size: int = 512) -> dict[str, float]:
+def score(
+    model: torch.nn.Module,
+    split: SplitArrays,
+    normalization: dict[str, list[float]],
+    device: torch.device,
+    batch_size: int = 512,
+) -> dict[str, float]:
     """top-1/top-5/loss of a standalone model on a split held as uint8 arrays."""
     mean, std = channel_stats(normalization, device)
     batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)

@@ -48,7 +48,11 @@ class SplitPlan:
             "search": {"size": int(len(self.search)), "fingerprint": _fingerprint(self.search)},
         }
         if self.test is not None:
-            out["test"] = {"size": int(len(self.test)), "fingerprint": _fingerprint(self.test), "source": "carved from training data"}
+            out["test"] = {
+                "size": int(len(self.test)),
+                "fingerprint": _fingerprint(self.test),
+                "source": "carved from training data",
+            }
         else:
             out["test"] = {"size": test_size, "source": "dataset's own test/val split"}
         return out

@@ -56,5 +56,7 @@ def read_config(path: str | Path, fmt: str, version: int, what: str, hint: str) 
     if not isinstance(config, dict) or config.get("format") != fmt:
         raise UserError(f"{where}: {CONFIG_FILE} is not an {fmt!r} config")
     if config.get("format_version") != version:
-        raise UserError(f"{where}: format_version {config.get('format_version')!r} is not supported (expected {version})")
+        raise UserError(
+            f"{where}: format_version {config.get('format_version')!r} is not supported (expected {version})"
+        )
     return config

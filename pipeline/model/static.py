@@ -118,7 +118,9 @@ class StaticViT(nn.Module):
                 drop_rate,
                 dpr,
             )
-            for heads, hidden, dpr in zip(arch.num_heads, arch.mlp_hidden_dims(), drop_path_rates(drop_path_rate, arch.depth))
+            for heads, hidden, dpr in zip(
+                arch.num_heads, arch.mlp_hidden_dims(), drop_path_rates(drop_path_rate, arch.depth)
+            )
         )
         self.norm = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
         self.head_drop = nn.Dropout(drop_rate)

@@ -42,7 +42,9 @@ def _check_normalization(norm: Any, in_chans: int, where: str) -> dict[str, list
     for key in ("mean", "std"):
         values = norm[key]
         if not isinstance(values, (list, tuple)) or len(values) != in_chans:
-            raise UserError(f"{where}: normalization {key!r} must list one number per input channel ({in_chans}), got {values!r}")
+            raise UserError(
+                f"{where}: normalization {key!r} must list one number per input channel ({in_chans}), got {values!r}"
+            )
     if any(s <= 0 for s in norm["std"]):
         raise UserError(f"{where}: normalization 'std' must be positive, got {norm['std']!r}")
     return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
@@ -89,7 +91,9 @@ def save_model(
 def read_config(path: str | Path) -> dict[str, Any]:
     """The validated ``config.json`` of a model directory."""
     where = f"model directory {str(path)!r}"
-    config = read_directory_config(path, FORMAT, FORMAT_VERSION, "model", "is this a model directory written by 'autoformer export'?")
+    config = read_directory_config(
+        path, FORMAT, FORMAT_VERSION, "model", "is this a model directory written by 'autoformer export'?"
+    )
     fixed = config.get("fixed")
     if not isinstance(fixed, dict) or set(fixed) != set(FIXED_KEYS):
         raise UserError(f"{where}: 'fixed' must have exactly the keys {', '.join(FIXED_KEYS)}")

@@ -166,7 +166,10 @@ class ClassicalLayer(nn.Module):
         super().__init__()
         self.attention = nn.ModuleDict({str(h): _NormedAttention(space, h) for h in space.num_heads})
         self.mlp = nn.ModuleDict(
-            {_ratio_key(r): _NormedMlp(space.max_embed_dim, mlp_hidden_dim(space.max_embed_dim, r)) for r in space.mlp_ratio}
+            {
+                _ratio_key(r): _NormedMlp(space.max_embed_dim, mlp_hidden_dim(space.max_embed_dim, r))
+                for r in space.mlp_ratio
+            }
         )
 
     def choose(self, num_heads: int, mlp_ratio: float) -> tuple[_NormedAttention, _NormedMlp]:
@@ -241,7 +244,9 @@ class Supernet(nn.Module):
         x = torch.cat([self.cls_token[..., :e].expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed[..., :e]
         x = F.dropout(x, drop, training=drop > 0)
         rates = drop_path_rates(self.drop_path_rate, arch.depth)
-        for layer, heads, ratio, hidden, rate in zip(self.blocks, arch.num_heads, arch.mlp_ratio, arch.mlp_hidden_dims(), rates):
+        for layer, heads, ratio, hidden, rate in zip(
+            self.blocks, arch.num_heads, arch.mlp_ratio, arch.mlp_hidden_dims(), rates
+        ):
             attention, mlp = layer.choose(heads, ratio)
             x = x + drop_path(attention(x, heads, attn_drop, drop), rate, self.training)
             x = x + drop_path(mlp(x, hidden, drop), rate, self.training)

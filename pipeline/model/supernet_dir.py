@@ -31,7 +31,9 @@ DROP_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
 HINT = "expected the 'supernet' directory that 'autoformer train' writes"
 
 
-def supernet_config(space: dict[str, Any], sharing: str, regularization: dict[str, float], **provenance: Any) -> dict[str, Any]:
+def supernet_config(
+    space: dict[str, Any], sharing: str, regularization: dict[str, float], **provenance: Any
+) -> dict[str, Any]:
     """The config.json content: what the weights mean (space, sharing, regularisation) plus provenance."""
     return {
         "format": FORMAT,
@@ -86,7 +88,9 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
         try:
             model.load_state_dict(load_file(str(weights_path(directory)), device=str(map_location)), strict=True)
         except RuntimeError as exc:
-            raise UserError(f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {exc}") from None
+            raise UserError(
+                f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {exc}"
+            ) from None
     return model.to(map_location).eval(), config
 
 

@@ -26,7 +26,9 @@ def to_timm(model: StaticViT) -> torch.nn.Module:
     if fixed["relative_position"]:
         reasons.append("it uses relative position")
     if reasons:
-        raise UserError(f"architecture {arch.key} cannot be expressed as a timm VisionTransformer: {'; '.join(reasons)}")
+        raise UserError(
+            f"architecture {arch.key} cannot be expressed as a timm VisionTransformer: {'; '.join(reasons)}"
+        )
     vit = VisionTransformer(
         img_size=fixed["image_size"],
         patch_size=fixed["patch_size"],

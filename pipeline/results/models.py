@@ -52,7 +52,9 @@ def export_ranked(
             "search_run": search_info,
         }
         name = model_dir_name(r["rank"], r["key"])
-        write = functools.partial(save_model, model.cpu(), normalization=normalization, metadata=metadata, overwrite=True)
+        write = functools.partial(
+            save_model, model.cpu(), normalization=normalization, metadata=metadata, overwrite=True
+        )
         target = write_directory_to(join(out_base, MODELS_DIR, name), write)
         out.append({**r, "test_top1": tested["top1"], "test_top5": tested["top5"], "model_dir": target})
     return out

@@ -12,7 +12,9 @@ from pipeline.shared.storage import write_bytes
 PLOT_FILE = "pareto.png"
 
 
-def pareto_png(records: list[dict[str, Any]], target: str, title: str, min_params: int | None, max_params: int | None) -> None:
+def pareto_png(
+    records: list[dict[str, Any]], target: str, title: str, min_params: int | None, max_params: int | None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on cluster heads or CI
@@ -39,7 +41,16 @@ def pareto_png(records: list[dict[str, Any]], target: str, title: str, min_param
     for bound, label in ((min_params, "min params"), (max_params, "max params")):
         if bound is not None:
             ax.axvline(bound / 1e6, color="0.3", linestyle="--", linewidth=1)
-            ax.text(bound / 1e6, ax.get_ylim()[1], f"{label} {bound / 1e6:.3g}M ", rotation=90, va="top", ha="right", fontsize=8, color="0.3")
+            ax.text(
+                bound / 1e6,
+                ax.get_ylim()[1],
+                f"{label} {bound / 1e6:.3g}M ",
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=8,
+                color="0.3",
+            )
     ax.set_xlabel("parameters (M)")
     ax.set_ylabel("search-split top-1 (%), inherited weights")
     ax.set_title(title, fontsize=10)

@@ -19,36 +19,40 @@ from pipeline.shared.storage import read_bytes, write_bytes
 CANDIDATES_FILE = "candidates.parquet"
 PARETO_FILE = "pareto.parquet"
 
-CANDIDATE_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("architecture", pa.string()),
-    ("embed_dim", pa.int32()),
-    ("depth", pa.int32()),
-    ("num_heads", pa.list_(pa.int32())),
-    ("mlp_ratio", pa.list_(pa.float64())),
-    ("params", pa.int64()),
-    ("macs", pa.int64()),
-    ("latency_ms", pa.float64()),
-    ("top1", pa.float64()),
-    ("top5", pa.float64()),
-    ("loss", pa.float64()),
-    ("status", pa.string()),
-    ("within_constraints", pa.bool_()),
-    ("generation", pa.int32()),
-    ("origin", pa.string()),
-    ("trial_id", pa.string()),
-    ("evaluator", pa.string()),
-    ("eval_s", pa.float64()),
-])
-PARETO_SCHEMA = pa.schema([
-    *CANDIDATE_SCHEMA,
-    ("on_params_front", pa.bool_()),
-    ("on_macs_front", pa.bool_()),
-    ("rank", pa.int32()),
-    ("test_top1", pa.float64()),
-    ("test_top5", pa.float64()),
-    ("model_dir", pa.string()),
-])
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("architecture", pa.string()),
+        ("embed_dim", pa.int32()),
+        ("depth", pa.int32()),
+        ("num_heads", pa.list_(pa.int32())),
+        ("mlp_ratio", pa.list_(pa.float64())),
+        ("params", pa.int64()),
+        ("macs", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("top1", pa.float64()),
+        ("top5", pa.float64()),
+        ("loss", pa.float64()),
+        ("status", pa.string()),
+        ("within_constraints", pa.bool_()),
+        ("generation", pa.int32()),
+        ("origin", pa.string()),
+        ("trial_id", pa.string()),
+        ("evaluator", pa.string()),
+        ("eval_s", pa.float64()),
+    ]
+)
+PARETO_SCHEMA = pa.schema(
+    [
+        *CANDIDATE_SCHEMA,
+        ("on_params_front", pa.bool_()),
+        ("on_macs_front", pa.bool_()),
+        ("rank", pa.int32()),
+        ("test_top1", pa.float64()),
+        ("test_top5", pa.float64()),
+        ("model_dir", pa.string()),
+    ]
+)
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
@@ -95,22 +99,26 @@ def pareto_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pareto_table(front: list[dict[str, Any]]) -> pa.Table:
     rows = []
     for r in front:
-        rows.append({
-            **_row(r),
-            "on_params_front": r["on_params_front"],
-            "on_macs_front": r["on_macs_front"],
-            "rank": r["rank"],
-            "test_top1": r.get("test_top1"),
-            "test_top5": r.get("test_top5"),
-            "model_dir": r.get("model_dir"),
-        })
+        rows.append(
+            {
+                **_row(r),
+                "on_params_front": r["on_params_front"],
+                "on_macs_front": r["on_macs_front"],
+                "rank": r["rank"],
+                "test_top1": r.get("test_top1"),
+                "test_top5": r.get("test_top5"),
+                "model_dir": r.get("model_dir"),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=PARETO_SCHEMA)
 
 
 def write_table(table: pa.Table, target: str, metadata: dict[str, Any] | None = None) -> None:
     """One deterministic Parquet file; ``metadata`` (search settings, constraints, supernet) goes in its footer."""
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"autoformer": json.dumps(metadata).encode()})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), b"autoformer": json.dumps(metadata).encode()}
+        )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_bytes(target, buffer.getvalue())

@@ -25,7 +25,12 @@ class Constraints:
     def __post_init__(self) -> None:
         for name in ("min_params", "max_params", "max_macs", "max_latency_ms"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value)):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not value > 0
+                or not math.isfinite(value)
+            ):
                 raise UserError(f"constraint {name}: {value!r} must be a positive number (or left unset)")
         if self.min_params is not None and self.max_params is not None and self.min_params > self.max_params:
             raise UserError(f"constraints: min_params {self.min_params:,} exceeds max_params {self.max_params:,}")
@@ -50,11 +55,17 @@ class Constraints:
         (p_lo, p_hi), (m_lo, m_hi) = ranges["params"], ranges["macs"]
         where = f"search space {space.name!r} (params {p_lo:,} .. {p_hi:,}, MACs {m_lo:,} .. {m_hi:,})"
         if self.max_params is not None and self.max_params < p_lo:
-            raise UserError(f"max_params {self.max_params:,} is below the smallest architecture of {where}; nothing to search")
+            raise UserError(
+                f"max_params {self.max_params:,} is below the smallest architecture of {where}; nothing to search"
+            )
         if self.min_params is not None and self.min_params > p_hi:
-            raise UserError(f"min_params {self.min_params:,} is above the largest architecture of {where}; nothing to search")
+            raise UserError(
+                f"min_params {self.min_params:,} is above the largest architecture of {where}; nothing to search"
+            )
         if self.max_macs is not None and self.max_macs < m_lo:
-            raise UserError(f"max_macs {self.max_macs:,} is below the smallest architecture of {where}; nothing to search")
+            raise UserError(
+                f"max_macs {self.max_macs:,} is below the smallest architecture of {where}; nothing to search"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -69,8 +69,18 @@ class Evaluator:
         self.load_s = time.perf_counter() - start
 
     def describe(self) -> dict[str, Any]:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-        return {"node": self.node, "pid": os.getpid(), "device": name, "load_s": self.load_s, "images": int(self.images.shape[0])}
+        name = (
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else f"cpu x{torch.get_num_threads()} threads"
+        )
+        return {
+            "node": self.node,
+            "pid": os.getpid(),
+            "device": name,
+            "load_s": self.load_s,
+            "images": int(self.images.shape[0]),
+        }
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

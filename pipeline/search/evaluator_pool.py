@@ -27,7 +27,9 @@ from pipeline.shared.progress import say
 
 @ray.remote(num_cpus=0)
 class Router:
-    def __init__(self, evaluator_options: dict[str, Any], evaluator_kwargs: dict[str, Any], refs: list, count: int) -> None:
+    def __init__(
+        self, evaluator_options: dict[str, Any], evaluator_kwargs: dict[str, Any], refs: list, count: int
+    ) -> None:
         # ``refs`` = [weights, images, labels] as ObjectRefs, inside a list so Ray hands them over unresolved.
         self.options, self.kwargs, self.refs = evaluator_options, evaluator_kwargs, refs
         self.actors = [self._start() for _ in range(count)]
@@ -108,5 +110,7 @@ def start_pool(
         raise
     say(f"[search] {count} evaluator(s) ready after {time.perf_counter() - start:.1f} s")
     for i, info in enumerate(infos):
-        say(f"[search]   evaluator {i}: {info['node']} pid {info['pid']}, {info['device']}, ready in {info['load_s']:.1f} s")
+        say(
+            f"[search]   evaluator {i}: {info['node']} pid {info['pid']}, {info['device']}, ready in {info['load_s']:.1f} s"
+        )
     return router, infos

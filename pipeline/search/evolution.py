@@ -59,12 +59,16 @@ class Settings:
             if getattr(self, name) < 0:
                 raise UserError(f"search.{name} {getattr(self, name)}: must not be negative")
         if self.mutations + self.crossovers > self.population:
-            raise UserError(f"search.mutations + search.crossovers ({self.mutations} + {self.crossovers}) exceed search.population {self.population}")
+            raise UserError(
+                f"search.mutations + search.crossovers ({self.mutations} + {self.crossovers}) exceed search.population {self.population}"
+            )
         for name in ("depth_prob", "gene_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"search.{name} {getattr(self, name)}: must be a probability in [0, 1]")
         if not self.pareto_costs or any(c not in SEARCH_PARETO_COSTS for c in self.pareto_costs):
-            raise UserError(f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(SEARCH_PARETO_COSTS)}")
+            raise UserError(
+                f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(SEARCH_PARETO_COSTS)}"
+            )
 
     @property
     def budget(self) -> int:
@@ -85,7 +89,9 @@ class Candidate:
         return self.arch.key
 
 
-def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, depth_prob: float, gene_prob: float) -> Architecture:
+def mutate(
+    arch: Architecture, space: SearchSpace, rng: random.Random, depth_prob: float, gene_prob: float
+) -> Architecture:
     """Depth re-drawn with ``depth_prob`` (new layers get random genes, removed layers come off the end), embed dim
     re-drawn with ``depth_prob``, then each layer's heads and MLP ratio each re-drawn with ``gene_prob``."""
     heads, ratios = list(arch.num_heads), list(arch.mlp_ratio)
@@ -161,7 +167,12 @@ class Strategy:
         """The next candidate to evaluate, or None while the current generation is still being evaluated
         (and once the search is over: see ``finished``)."""
         self.start()
-        if not self.queue and not self.pending and self.generation + 1 < self.settings.generations and not self._exhausted:
+        if (
+            not self.queue
+            and not self.pending
+            and self.generation + 1 < self.settings.generations
+            and not self._exhausted
+        ):
             self._new_generation()
         if not self.queue:
             return None
@@ -171,8 +182,11 @@ class Strategy:
 
     @property
     def finished(self) -> bool:
-        return self.generation >= 0 and not self.queue and not self.pending and (
-            self.generation + 1 >= self.settings.generations or self._exhausted
+        return (
+            self.generation >= 0
+            and not self.queue
+            and not self.pending
+            and (self.generation + 1 >= self.settings.generations or self._exhausted)
         )
 
     def complete(self, key: str, outcome: dict[str, Any]) -> CandidateRecord:
@@ -225,12 +239,19 @@ class Strategy:
         out: list[Candidate] = []
         parents = [Architecture.from_dict(r["arch"]) for r in self.ranking()[: s.parents]]
         if s.algorithm == "evolution" and self.generation > 0 and parents:
-            self._fill(s.mutations, lambda: mutate(self.rng.choice(parents), self.space, self.rng, s.depth_prob, s.gene_prob), "mutation", out)
+            self._fill(
+                s.mutations,
+                lambda: mutate(self.rng.choice(parents), self.space, self.rng, s.depth_prob, s.gene_prob),
+                "mutation",
+                out,
+            )
             self._fill(s.crossovers, lambda: self._cross(parents), "crossover", out)
         random_wanted = s.population - len(out)
         got = self._fill(random_wanted, lambda: sample_architecture(self.space, self.rng), "random", out)
         if len(out) < s.population:
-            self.shortfalls.append(f"generation {self.generation}: {len(out)} of {s.population} new feasible architectures found")
+            self.shortfalls.append(
+                f"generation {self.generation}: {len(out)} of {s.population} new feasible architectures found"
+            )
         if got == 0 and not out:
             self._exhausted = True
         self.queue = out

@@ -65,7 +65,9 @@ def run_experiment(
 ) -> list[CandidateRecord]:
     """Run (or restore) the Tune experiment ``storage/name`` to the end; the records of every candidate."""
     run_path = join(storage, name)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; the searcher prints per generation
+    os.environ.setdefault(
+        "RAY_AIR_NEW_OUTPUT", "0"
+    )  # with verbose=0: no Tune tables; the searcher prints per generation
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_trial, router_name=router_name, max_latency_ms=max_latency_ms),
@@ -136,6 +138,8 @@ def records_from_results(grid) -> list[CandidateRecord]:
         metrics.setdefault("status", "error")
         metrics.setdefault("trial_id", getattr(result, "path", "") and Path(result.path).name)
         arch = Architecture.from_dict(config["arch"])
-        records.append(candidate_record(arch, config["generation"], config["origin"], config["params"], config["macs"], metrics))
+        records.append(
+            candidate_record(arch, config["generation"], config["origin"], config["params"], config["macs"], metrics)
+        )
     records.sort(key=lambda r: (r["generation"], r["key"]))
     return records

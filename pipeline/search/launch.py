@@ -97,7 +97,9 @@ def run_search(
         concurrency = min(count, settings.strategy.population)
         trial_cpu = trial_cpus(0 if resources.gpu else count * resources.cpus, concurrency)
         start = time.perf_counter()
-        records = run_experiment(strategy, router_name, settings.constraints.max_latency_ms, concurrency, trial_cpu, storage, name, resume)
+        records = run_experiment(
+            strategy, router_name, settings.constraints.max_latency_ms, concurrency, trial_cpu, storage, name, resume
+        )
         tune_s = time.perf_counter() - start
         replaced = ray.get(router.replaced_count.remote())
     finally:

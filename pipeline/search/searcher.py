@@ -66,7 +66,11 @@ class EvolutionSearcher(Searcher):
         failed = sum(r["status"] == "error" for r in this)
         origins = ", ".join(f"{sum(r['origin'] == o for r in this)} {o}" for o in ("mutation", "crossover", "random"))
         extra = (f", {rejected} over the latency limit" if rejected else "") + (f", {failed} FAILED" if failed else "")
-        lead = f"best top-1 {best['top1']:.4f} ({best['params']:,} params)" if best else "no candidate within the constraints yet"
+        lead = (
+            f"best top-1 {best['top1']:.4f} ({best['params']:,} params)"
+            if best
+            else "no candidate within the constraints yet"
+        )
         if best and s.settings.objective == "pareto":
             lead += f"; front of {len(pareto_front(records, 'params'))}"
         elapsed = time.perf_counter() - self.generation_started

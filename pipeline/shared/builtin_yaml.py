@@ -48,7 +48,9 @@ def read_yaml_mapping(spec: str | Path, folder: str, what: str, expected: str) -
     else:
         names = builtin_names(folder)
         if spec not in names:
-            raise UserError(f"unknown {what} {spec!r}: use a built-in {what} ({', '.join(names)}) or a path to a .yaml file")
+            raise UserError(
+                f"unknown {what} {spec!r}: use a built-in {what} ({', '.join(names)}) or a path to a .yaml file"
+            )
         text, name, label = (builtin_dir(folder) / f"{spec}.yaml").read_text(encoding="utf-8"), spec, f"{what} {spec!r}"
     try:
         data = yaml.safe_load(text)

@@ -78,4 +78,3 @@ def write_directory_to(target: str, write: Callable[[Path], object]) -> str:
         write(local)
         copy_directory(str(local), target)
     return target
-

@@ -21,7 +21,9 @@ def step_only_active(optimizer: torch.optim.Optimizer) -> None:
             if p.grad is None:
                 continue
             inactive = p.grad == 0
-            state = {k: v.clone() for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape}
+            state = {
+                k: v.clone() for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape
+            }
             saved.append((p, inactive, p.detach().clone(), state))
     optimizer.step()
     for p, inactive, before, state in saved:

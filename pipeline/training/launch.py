@@ -30,7 +30,13 @@ from pipeline.training.checkpoint import newest_complete_checkpoint, read_state,
 from pipeline.training.worker import train_loop_per_worker
 
 # Task keys that may change between a run and its resumption (the rest must match the checkpoint).
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_failures"), ("data", "loader_workers"), ("data", "root"), ("data", "download")}
+RESUMABLE_CHANGES = {
+    ("train", "epochs"),
+    ("train", "max_failures"),
+    ("data", "loader_workers"),
+    ("data", "root"),
+    ("data", "download"),
+}
 
 
 @dataclasses.dataclass
@@ -61,7 +67,9 @@ def validate_data(task: Task) -> dict[str, Any]:
     pool, own_test = open_sources(task.data, check_images=True)
     classes = len(pool.classes)
     if task.data["num_classes"] not in (None, classes):
-        raise UserError(f"task {task.name!r}: data.num_classes is {task.data['num_classes']} but the dataset has {classes} classes")
+        raise UserError(
+            f"task {task.name!r}: data.num_classes is {task.data['num_classes']} but the dataset has {classes} classes"
+        )
     space = task.space(num_classes=classes)
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     if len(plan.train) < task.train["batch_size"]:
@@ -72,13 +80,18 @@ def validate_data(task: Task) -> dict[str, Any]:
 def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
     """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count)."""
     nodes = [
-        n["Resources"] for n in ray.nodes()
+        n["Resources"]
+        for n in ray.nodes()
         if n.get("Alive") and n["Resources"].get("CPU", 0) > 0 and (not gpu or n["Resources"].get("GPU", 0) >= 1)
     ]
     if not nodes:  # an autoscaling cluster with no worker node yet: ask for what a DataLoader needs
         return float(loader_workers + 1)
     per_node = min(n["CPU"] for n in nodes)
-    workers_per_node = math.ceil(workers / len(nodes)) if not gpu else min(math.ceil(workers / len(nodes)), int(min(n["GPU"] for n in nodes)))
+    workers_per_node = (
+        math.ceil(workers / len(nodes))
+        if not gpu
+        else min(math.ceil(workers / len(nodes)), int(min(n["GPU"] for n in nodes)))
+    )
     share = max(1, int(per_node // max(workers_per_node, 1)))
     return float(min(share, loader_workers + 1) if gpu else share)
 
@@ -108,7 +121,9 @@ def train_supernet(
         _check_same_task(newest[1]["task"], task, name)
 
     connect(gpu, "train")
-    cpus = cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
+    cpus = (
+        cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
+    )
     resources: dict[str, float] = {"CPU": cpus}
     if gpu:
         resources["GPU"] = 1

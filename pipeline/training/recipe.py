@@ -18,7 +18,9 @@ def scaled_lr(train: dict) -> float:
 def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
     """timm optimizer; no weight decay on biases, norms, tokens and position tables (``no_weight_decay``)."""
     kwargs = {"momentum": train["momentum"]} if train["optimizer"] == "sgd" else {}
-    return create_optimizer_v2(model, opt=train["optimizer"], lr=scaled_lr(train), weight_decay=train["weight_decay"], **kwargs)
+    return create_optimizer_v2(
+        model, opt=train["optimizer"], lr=scaled_lr(train), weight_decay=train["weight_decay"], **kwargs
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: dict, steps_per_epoch: int):

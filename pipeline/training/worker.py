@@ -123,7 +123,9 @@ def build_loaders(task: Task, where: Rank) -> Loaders:
     require_role(search_set, "search", "tracking subnets during training")
 
     workers = task.data["loader_workers"]
-    sampler = DistributedSampler(train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr["seed"], drop_last=True)
+    sampler = DistributedSampler(
+        train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr["seed"], drop_last=True
+    )
     loader = DataLoader(
         train_set,
         batch_size=tr["batch_size"] // where.world,
@@ -171,7 +173,9 @@ def _resume_checkpoint(newest_on_storage: dict[str, Any] | None) -> ray.train.Ch
     return checkpoint
 
 
-def resume_or_init(config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Rank) -> dict[str, Any]:
+def resume_or_init(
+    config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Rank
+) -> dict[str, Any]:
     """The run state: read from the checkpoint to continue from (counting a restart or a resume), or a new one."""
     checkpoint = _resume_checkpoint(config.get("newest_checkpoint"))
     if checkpoint is None:
@@ -196,11 +200,21 @@ def resume_or_init(config: dict[str, Any], task: Task, training: Training, loade
         state["attempt"] = config["attempt"]
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
     if where.rank == 0:
-        say(f"[train] continuing from epoch {state['epoch']} (restarts {state['restarts']}, resumes {state['resumes']})")
+        say(
+            f"[train] continuing from epoch {state['epoch']} (restarts {state['restarts']}, resumes {state['resumes']})"
+        )
     return state
 
 
-def train_one_epoch(net: torch.nn.Module, training: Training, loaders: Loaders, task: Task, epoch: int, state: dict[str, Any], where: Rank) -> dict[str, Any]:
+def train_one_epoch(
+    net: torch.nn.Module,
+    training: Training,
+    loaders: Loaders,
+    task: Task,
+    epoch: int,
+    state: dict[str, Any],
+    where: Rank,
+) -> dict[str, Any]:
     """One pass over the training split, one sampled subnet per step; returns the epoch's training metrics."""
     tr = task.train
     _seed_epoch(tr["seed"], epoch, where.rank)
@@ -232,7 +246,9 @@ def train_one_epoch(net: torch.nn.Module, training: Training, loaders: Loaders, 
         if tr["log_every_steps"] and where.rank == 0 and (step + 1) % tr["log_every_steps"] == 0:
             say(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
     _all_reduce(totals)
-    elapsed = _all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=where.device), dist.ReduceOp.MAX)
+    elapsed = _all_reduce(
+        torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=where.device), dist.ReduceOp.MAX
+    )
     train_time = float(elapsed.item())
     return {
         "epoch": epoch + 1,
@@ -243,11 +259,15 @@ def train_one_epoch(net: torch.nn.Module, training: Training, loaders: Loaders, 
     }
 
 
-def evaluate_tracked(model: Supernet, subnets: list[tuple[str, Architecture]], loaders: Loaders, where: Rank) -> dict[str, float]:
+def evaluate_tracked(
+    model: Supernet, subnets: list[tuple[str, Architecture]], loaders: Loaders, where: Rank
+) -> dict[str, float]:
     """Search-split top-1 of each tracked subnet (each rank scores its shard; the sums are all-reduced)."""
     model.eval()
     return {
-        f"search_top1/{name}": finish(_all_reduce(evaluate_sums(model, arch, loaders.search, where.device, where.autocast())))["top1"]
+        f"search_top1/{name}": finish(
+            _all_reduce(evaluate_sums(model, arch, loaders.search, where.device, where.autocast()))
+        )["top1"]
         for name, arch in subnets
     }
 
