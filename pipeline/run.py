@@ -47,8 +47,19 @@ def search_supernet(
     resume: bool = False,
 ) -> SearchRun:
     """Search ``supernet`` with the task's search settings, then export, test-score and write the results."""
-    resources = resources or EvaluatorResources()
     settings = SearchSettings.from_task(task)
+    return _search_and_report(task, supernet, settings, resources or EvaluatorResources(), storage, name, resume)
+
+
+def _search_and_report(
+    task: Task,
+    supernet: str,
+    settings: SearchSettings,
+    resources: EvaluatorResources,
+    storage: str | None,
+    name: str | None,
+    resume: bool,
+) -> SearchRun:
     start = time.perf_counter()
     outcome = run_search(task, supernet, settings, resources, storage=storage, name=name, resume=resume)
     search_s = time.perf_counter() - start
@@ -80,7 +91,7 @@ def run_pipeline(
     continues where the last call stopped.
     """
     resources = resources or EvaluatorResources()
-    SearchSettings.from_task(task)  # bad search settings fail before hours of training
+    settings = SearchSettings.from_task(task)  # bad search settings fail before hours of training
     storage = resolve_storage(storage)
     train_name, search_name = f"{task.name}-supernet", f"{task.name}-search"
     supernet = join(storage, train_name, EXPORT_DIR)
@@ -104,7 +115,7 @@ def run_pipeline(
     else:
         state = "resuming the interrupted search"
     say(f"[run] phase 2/3: {state} (phase 3/3, export, follows)")
-    searched = search_supernet(task, supernet, resources, storage=storage, name=search_name, resume=resume)
+    searched = _search_and_report(task, supernet, settings, resources, storage, search_name, resume)
     wall_s = time.perf_counter() - start
     say(f"[run] all phases done in {wall_s:.1f} s")
     return PipelineRun(supernet, searched, wall_s)

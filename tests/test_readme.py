@@ -22,3 +22,16 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_main_command_installs_and_runs_the_cli() -> None:
     main_command = _bash_blocks()[0].strip()
     assert "pip install -e ." in main_command and "autoformer " in main_command
+
+
+def test_layout_section_names_every_module() -> None:
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout") :]
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "pipeline").rglob("*.py"))
+        if p.name != "__init__.py" and p.name not in layout and p.stem not in layout
+    ]
+    folders = {p.parent.name for p in (ROOT / "pipeline").rglob("*.py")} - {"pipeline"}
+    missing += [f"pipeline/{f}/" for f in sorted(folders) if f"{f}/" not in layout]
+    assert not missing, f"README layout section does not mention {missing}"

@@ -95,10 +95,6 @@ class SearchSpace:
         return self.num_heads[-1]
 
     @property
-    def max_qkv_dim(self) -> int:
-        return self.num_heads[-1] * self.head_dim
-
-    @property
     def max_mlp_hidden_dim(self) -> int:
         return max(mlp_hidden_dim(self.max_embed_dim, r) for r in self.mlp_ratio)
 

@@ -45,7 +45,7 @@ class FolderSource:
     """An ImageFolder directory (``<root>/<class>/<image>``), decoded lazily by PIL."""
 
     def __init__(self, root: Path, mode: str) -> None:
-        from torchvision.datasets import ImageFolder
+        from torchvision.datasets import ImageFolder  # loaded only by the datasets that need it (start-up time)
 
         try:
             folder = ImageFolder(str(root), allow_empty=False)
@@ -82,7 +82,7 @@ class FolderSource:
 
 
 def _digits() -> ArraySource:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn loads only for the digits task (start-up time)
 
     digits = load_digits()
     images = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
@@ -90,7 +90,7 @@ def _digits() -> ArraySource:
 
 
 def _cifar(name: str, root: str, download: bool, train: bool) -> ArraySource:
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets import CIFAR10, CIFAR100  # loaded only by the datasets that need it (start-up time)
 
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:

@@ -4,6 +4,7 @@ keeps its checkpoint converters)."""
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
@@ -15,8 +16,6 @@ def to_timm(model: StaticViT) -> torch.nn.Module:
     Only for architectures a plain ViT can express: the same heads and MLP ratio in every layer, Q-K-V dim equal
     to the embedding dim, and no relative position.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     arch, fixed = model.arch, model.fixed
     reasons = []
     if not arch.is_homogeneous():

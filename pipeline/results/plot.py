@@ -15,7 +15,7 @@ PLOT_FILE = "pareto.png"
 def pareto_png(
     records: list[dict[str, Any]], target: str, title: str, min_params: int | None, max_params: int | None
 ) -> None:
-    import matplotlib
+    import matplotlib  # here, not at the top: the Agg backend must be chosen before pyplot is first imported
 
     matplotlib.use("Agg")  # files only: no display needed on cluster heads or CI
     import matplotlib.pyplot as plt

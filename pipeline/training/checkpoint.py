@@ -60,7 +60,7 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
     Complete means all three files are there and, on local storage, the weights file's header is intact.
     """
     fs, root = filesystem(storage)
-    run_dir = f"{root.rstrip('/')}/{name}"
+    run_dir = join(root, name)
     if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
         return None
     selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
