@@ -20,11 +20,15 @@ def test_import_pipeline_loads_neither_torch_nor_ray() -> None:
 def test_load_supernet_export_and_load_model(digits_supernet: Path, tmp_path: Path) -> None:
     supernet = pipeline.load_supernet(digits_supernet)
     assert isinstance(supernet, pipeline.model.Supernet) and not supernet.training
-    arch = pipeline.Architecture.from_dict({"embed_dim": 64, "depth": 3, "num_heads": [4, 4, 2], "mlp_ratio": [2, 2, 2]})
+    arch = pipeline.Architecture.from_dict(
+        {"embed_dim": 64, "depth": 3, "num_heads": [4, 4, 2], "mlp_ratio": [2, 2, 2]}
+    )
     images = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         logits = supernet(images, arch)
-    path = pipeline.export_model(supernet, arch, tmp_path / "m", pipeline.load_task("digits"), supernet_path=str(digits_supernet))
+    path = pipeline.export_model(
+        supernet, arch, tmp_path / "m", pipeline.load_task("digits"), supernet_path=str(digits_supernet)
+    )
     model = pipeline.load_model(path)
     assert model.arch == arch
     with torch.no_grad():
