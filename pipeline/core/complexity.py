@@ -48,19 +48,38 @@ def count_params(arch: Architecture, space: SearchSpace | dict[str, Any]) -> int
     return total
 
 
-def count_macs(arch: Architecture, space: SearchSpace | dict[str, Any]) -> int:
-    """Multiply-accumulates of one forward pass of one image (what papers print as "FLOPs")."""
+def relative_key_width(head_dim: int, grid_size: int) -> int:
+    """Columns the decomposed relative-position attention appends to each head's queries, keys and values: key row
+    and key column indicators and the class token (once per table), padded so that head dim + width is a
+    multiple of 8."""
+    width = 2 * grid_size + 2
+    return width + (-(head_dim + width) % 8)
+
+
+def count_macs(arch: Architecture, space: SearchSpace | dict[str, Any], paper: bool = False) -> int:
+    """Multiply-accumulates of one forward pass of one image (what papers print as "FLOPs").
+
+    With relative position this is what the model computes (the decomposed form: each head's attention runs over
+    ``head_dim + relative_key_width`` columns, plus the queries against the table rows and the attention mass
+    per table row against the tables). ``paper=True`` leaves the relative-position products out, as the paper's
+    figures do.
+    """
     f = _fixed(space)
     e, hd, p, c = arch.embed_dim, f["head_dim"], f["patch_size"], f["in_chans"]
-    patches = (f["image_size"] // p) ** 2
+    grid = f["image_size"] // p
+    patches = grid**2
     n = patches + 1
     total = patches * e * c * p * p  # patch embedding conv
-    # q@k^T and attn@v, plus (with relative position) q@table_k^T and attn@table_v: each heads x n x n x head_dim
-    attn_products = 4 if f["relative_position"] else 2
+    relative = f["relative_position"] and not paper
+    table_rows = 2 * f["max_relative_position"] + 2
     for heads, hidden in zip(arch.num_heads, arch.mlp_hidden_dims()):
         q = heads * hd
         total += n * e * 3 * q  # qkv
-        total += attn_products * heads * n * n * hd
+        if relative:
+            width = hd + relative_key_width(hd, grid)
+            total += heads * (2 * n * n * width + 2 * n * (2 * table_rows) * hd)  # attention; query, value terms
+        else:
+            total += 2 * heads * n * n * hd  # q@k^T and attn@v
         total += n * q * e  # proj
         total += 2 * n * e * hidden  # fc1, fc2
     total += e * f["num_classes"]  # head on the class token

@@ -56,9 +56,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), self.num_heads, self.head_dim)
-        rel_k = self.rel_pos_k() if self.rel_pos_k is not None else None
-        rel_v = self.rel_pos_v() if self.rel_pos_v is not None else None
-        out = attend(q, k, v, rel_k, rel_v, self.attn_drop if self.training else 0.0)
+        out = attend(q, k, v, self.rel_pos_k, self.rel_pos_v, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(merge_heads(out)))
 
 

@@ -75,9 +75,7 @@ class _AttentionWeights(nn.Module):
         e, q = x.shape[-1], num_heads * self.head_dim
         w, b = self.sliced_qkv(e, q)
         qh, kh, vh = split_heads(F.linear(x, w, b), num_heads, self.head_dim)
-        rel_k = self.rel_pos_k() if self.rel_pos_k is not None else None
-        rel_v = self.rel_pos_v() if self.rel_pos_v is not None else None
-        out = merge_heads(attend(qh, kh, vh, rel_k, rel_v, attn_drop))
+        out = merge_heads(attend(qh, kh, vh, self.rel_pos_k, self.rel_pos_v, attn_drop))
         return F.linear(out, self.proj.weight[:e, :q], self.proj.bias[:e])
 
     def static_state(self, e: int, num_heads: int) -> Tensors:
