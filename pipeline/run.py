@@ -97,7 +97,9 @@ def run_pipeline(
     supernet = join(storage, train_name, EXPORT_DIR)
     start = time.perf_counter()
     done = trained_supernet_config(supernet)
-    if done is not None and done.get("epochs") == task.train["epochs"]:
+    if done is not None and "source" in done:  # imported (e.g. a reference checkpoint): never trained over
+        say(f"[run] phase 1/3: using the imported supernet {supernet} ({done['source'].get('format')})")
+    elif done is not None and done.get("epochs") == task.train["epochs"]:
         say(f"[run] phase 1/3: supernet already trained ({done['epochs']} epochs): {supernet}")
     else:
         say(f"[run] phase 1/3: training the supernet ({task.train['epochs']} epochs)")

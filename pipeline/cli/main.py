@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipeline import __version__
-from pipeline.cli import model_commands, search_command, space_commands, train_command
+from pipeline.cli import import_command, model_commands, search_command, space_commands, train_command
 from pipeline.shared.errors import UserError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_parser(sub)
     search_command.add_parsers(sub)
     model_commands.add_parsers(sub)
+    import_command.add_parser(sub)
     return parser
 
 

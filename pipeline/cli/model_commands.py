@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.arch import Architecture
+from pipeline.core.published import load_published, published_names
 from pipeline.core.task import Task, load_task
 from pipeline.shared.errors import UserError
 from pipeline.shared.storage import is_uri, join
@@ -22,7 +23,9 @@ from pipeline.shared.storage import is_uri, join
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("which architecture")
-    g.add_argument("--arch", default=None, metavar="FILE", help="architecture JSON file")
+    g.add_argument(
+        "--arch", default=None, metavar="FILE", help="architecture JSON file, or a published one (autoformer-t/s/b)"
+    )
     g.add_argument(
         "--candidates", default=None, metavar="PATH", help="a search run directory or its candidates.parquet"
     )
@@ -70,6 +73,8 @@ def select_architecture(args: argparse.Namespace) -> tuple[Architecture, dict[st
     if (args.arch is None) == (args.candidates is None):
         raise UserError("give exactly one of --arch FILE or --candidates PATH (with --row N or --key KEY)")
     if args.arch is not None:
+        if not Path(args.arch).exists() and args.arch in published_names():
+            return load_published(args.arch).architecture, {}
         return Architecture.load(args.arch), {}
     if (args.row is None) == (args.key is None):
         raise UserError("--candidates needs exactly one of --row N or --key KEY")

@@ -9,7 +9,8 @@ import sys
 
 from pipeline.cli.format import si
 from pipeline.core.arch import Architecture, validate_in_space
-from pipeline.core.complexity import space_ranges, stats
+from pipeline.core.complexity import count_macs, count_params, space_ranges, stats
+from pipeline.core.published import load_published, published_names
 from pipeline.core.sampling import largest_architecture, sample_architecture, smallest_architecture
 from pipeline.core.space import SearchSpace, builtin_space_names, load_space
 from pipeline.shared.errors import UserError
@@ -35,6 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--check", action="store_true", help="also fail unless the architecture belongs to the space")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_arch_stats)
+    show_arch = arch_sub.add_parser("show", help="a published architecture (AutoFormer-T/S/B) with its exact counts")
+    show_arch.add_argument("name", metavar="NAME|FILE", help=f"{', '.join(published_names())} or a .yaml file")
+    show_arch.add_argument("--json", action="store_true", help="print JSON")
+    show_arch.set_defaults(func=cmd_arch_show)
     sample = arch_sub.add_parser("sample", help="print architectures of a space as JSON lines")
     sample.add_argument("--space", required=True, metavar="NAME|PATH")
     group = sample.add_mutually_exclusive_group()
@@ -124,6 +129,34 @@ def cmd_arch_stats(args: argparse.Namespace) -> int:
         print(f"{arch.key}")
         print(f"  params  {result['params']:,} ({si(result['params'])})")
         print(f"  MACs    {result['macs']:,} ({si(result['macs'])}) per {space.image_size}x{space.image_size} image")
+    return 0
+
+
+def cmd_arch_show(args: argparse.Namespace) -> int:
+    p = load_published(args.name)
+    info = {
+        "name": p.name,
+        "description": p.description,
+        "space": p.space.name,
+        "architecture": p.architecture.to_dict(),
+        "key": p.architecture.key,
+        "params": count_params(p.architecture, p.space),
+        "published_params": p.params,
+        "macs": count_macs(p.architecture, p.space),
+        "paper_macs": count_macs(p.architecture, p.space, paper=True),
+        "published_top1": p.top1,
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{p.name}: {p.description}")
+    print(f"  space         {p.space.name}")
+    print(f"  architecture  {p.architecture.to_json()}")
+    print(f"  params        {info['params']:,} (published {p.params:,})")
+    print(
+        f"  MACs          {info['macs']:,} computed, {info['paper_macs']:,} as the paper counts (no relative-position products)"
+    )
+    print(f"  top-1         {p.top1} (paper, ImageNet)")
     return 0
 
 

@@ -27,7 +27,15 @@ FIXED_KEYS = (
     "relative_position",
     "max_relative_position",
     "qkv_bias",
+    "pooling",
+    "layer_norm_eps",
+    "qkv_bias_layout",
 )
+# How the model computes rather than what the search chooses: the AutoFormer reference code differs from this
+# package's defaults in these three (mean pooling, eps 1e-5, its Q-K-V bias slicing); imported supernets set them.
+MODEL_OPTION_KEYS = ("pooling", "layer_norm_eps", "qkv_bias_layout")
+POOLINGS = ("cls", "mean")  # the class token, or the mean of the patch tokens after the final norm
+QKV_BIAS_LAYOUTS = ("blocks", "prefix")  # first q of each of Q, K, V; or the first 3q entries (the reference's)
 SCALAR_KEYS = ("description", *FIXED_KEYS)
 ALLOWED_KEYS = CHOICE_KEYS + SCALAR_KEYS
 REQUIRED_KEYS = ("embed_dim", "depth", "mlp_ratio", "head_dim", "patch_size", "image_size", "num_classes")
@@ -37,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "relative_position": False,
     "max_relative_position": 14,
     "qkv_bias": True,
+    "pooling": "cls",
+    "layer_norm_eps": 1e-6,  # timm's ViT value, so homogeneous subnets convert to timm with identical logits
+    "qkv_bias_layout": "blocks",
 }
 
 
@@ -62,6 +73,9 @@ class SearchSpace:
     relative_position: bool = False
     max_relative_position: int = 14
     qkv_bias: bool = True
+    pooling: str = "cls"
+    layer_norm_eps: float = 1e-6
+    qkv_bias_layout: str = "blocks"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -135,6 +149,11 @@ class SearchSpace:
         return {key: getattr(self, key) for key in FIXED_KEYS}
 
 
+def complete_fixed_parts(fixed: dict[str, Any]) -> dict[str, Any]:
+    """Fixed parts recorded before the model options existed get their defaults (today's behaviour)."""
+    return {**{k: DEFAULTS[k] for k in MODEL_OPTION_KEYS}, **fixed}
+
+
 # ---- loading ---------------------------------------------------------------------------------------------------
 
 
@@ -199,6 +218,9 @@ def _build(data: dict[str, Any], name: str, ctx: str) -> SearchSpace:
         relative_position=values["relative_position"],
         max_relative_position=_require_positive_int(values["max_relative_position"], ctx, "max_relative_position"),
         qkv_bias=values["qkv_bias"],
+        pooling=_require_choice(values["pooling"], POOLINGS, ctx, "pooling"),
+        layer_norm_eps=_require_positive_number(values["layer_norm_eps"], ctx, "layer_norm_eps"),
+        qkv_bias_layout=_require_choice(values["qkv_bias_layout"], QKV_BIAS_LAYOUTS, ctx, "qkv_bias_layout"),
         description=description,
     )
 
@@ -227,6 +249,18 @@ def _require_positive_int(value: Any, ctx: str, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"{ctx}: key {key!r}: value {value!r} must be a positive integer")
     return value
+
+
+def _require_choice(value: Any, allowed: tuple[str, ...], ctx: str, key: str) -> str:
+    if value not in allowed:
+        raise UserError(f"{ctx}: key {key!r}: value {value!r} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _require_positive_number(value: Any, ctx: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{ctx}: key {key!r}: value {value!r} must be a positive number")
+    return float(value)
 
 
 def _choice_list(value: Any, ctx: str, key: str) -> list[Any]:

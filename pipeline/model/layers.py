@@ -13,8 +13,6 @@ from torch import nn
 
 from pipeline.core.complexity import relative_key_width
 
-LAYER_NORM_EPS = 1e-6  # timm's ViT value, so homogeneous subnets convert to timm with identical logits
-
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Stochastic-depth rate per layer, rising linearly from 0 to ``rate`` over the *sampled* depth (DeiT/timm).
@@ -97,6 +95,12 @@ class RelativePosition2D(nn.Module):
         per_row = mass.new_zeros(b, h, n, 2 * self.table_v.shape[0] + 1)
         per_row = per_row.scatter_add(-1, self.table_row.expand(b, h, n, -1), mass)
         return per_row[..., :-1] @ self.tables().to(mass.dtype)
+
+
+def pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The image's feature from the normalised tokens: the class token (``cls``), or the mean of the patch tokens
+    (``mean``, the AutoFormer reference's ``--gp``)."""
+    return x[:, 0] if pooling == "cls" else x[:, 1:].mean(dim=1)
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

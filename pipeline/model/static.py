@@ -14,13 +14,14 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from pipeline.core.arch import Architecture
+from pipeline.core.space import complete_fixed_parts
 from pipeline.model.layers import (
-    LAYER_NORM_EPS,
     RelativePosition2D,
     attend,
     drop_path_rates,
     init_vit_weights,
     merge_heads,
+    pool,
     split_heads,
 )
 
@@ -74,12 +75,14 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, embed_dim: int, hidden_dim: int, attn: Attention, drop: float, drop_path: float) -> None:
+    def __init__(
+        self, embed_dim: int, hidden_dim: int, attn: Attention, drop: float, drop_path: float, eps: float
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(embed_dim, eps=eps)
         self.attn = attn
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=eps)
         self.mlp = Mlp(embed_dim, hidden_dim, drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -100,7 +103,8 @@ class StaticViT(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.arch, self.fixed = arch, dict(fixed)
+        fixed = complete_fixed_parts(fixed)
+        self.arch, self.fixed = arch, fixed
         e, hd, patch = arch.embed_dim, fixed["head_dim"], fixed["patch_size"]
         grid = fixed["image_size"] // patch
         relative = (fixed["max_relative_position"], grid) if fixed["relative_position"] else None
@@ -115,12 +119,13 @@ class StaticViT(nn.Module):
                 Attention(e, heads, hd, fixed["qkv_bias"], relative, attn_drop_rate, drop_rate),
                 drop_rate,
                 dpr,
+                fixed["layer_norm_eps"],
             )
             for heads, hidden, dpr in zip(
                 arch.num_heads, arch.mlp_hidden_dims(), drop_path_rates(drop_path_rate, arch.depth)
             )
         )
-        self.norm = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(e, eps=fixed["layer_norm_eps"])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(e, fixed["num_classes"])
         trunc_normal_(self.pos_embed, std=0.02)
@@ -151,4 +156,4 @@ class StaticViT(nn.Module):
         x = self.pos_drop(x)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.head_drop(self.norm(x)[:, 0]))
+        return self.head(self.head_drop(pool(self.norm(x), self.fixed["pooling"])))

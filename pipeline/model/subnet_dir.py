@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
-from pipeline.core.space import FIXED_KEYS
+from pipeline.core.space import FIXED_KEYS, complete_fixed_parts
 from pipeline.model.directory import read_config as read_directory_config
 from pipeline.model.directory import write_config, write_directory
 from pipeline.model.static import StaticViT
@@ -95,6 +95,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         path, FORMAT, FORMAT_VERSION, "model", "is this a model directory written by 'autoformer export'?"
     )
     fixed = config.get("fixed")
+    if isinstance(fixed, dict):
+        fixed = config["fixed"] = complete_fixed_parts(fixed)
     if not isinstance(fixed, dict) or set(fixed) != set(FIXED_KEYS):
         raise UserError(f"{where}: 'fixed' must have exactly the keys {', '.join(FIXED_KEYS)}")
     config["architecture"] = Architecture.from_dict(config.get("architecture"), source=f"{where}: architecture")

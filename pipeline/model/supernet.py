@@ -31,12 +31,12 @@ from pipeline.core.arch import Architecture, validate_in_space
 from pipeline.core.space import SearchSpace, mlp_hidden_dim
 from pipeline.core.task import SHARING_MODES
 from pipeline.model.layers import (
-    LAYER_NORM_EPS,
     RelativePosition2D,
     attend,
     drop_path_rates,
     init_vit_weights,
     merge_heads,
+    pool,
     split_heads,
 )
 from pipeline.model.static import StaticViT
@@ -48,16 +48,21 @@ Tensors = dict[str, torch.Tensor]
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, e: int) -> torch.Tensor:
-    return F.layer_norm(x, (e,), norm.weight[:e], norm.bias[:e], LAYER_NORM_EPS)
+    return F.layer_norm(x, (e,), norm.weight[:e], norm.bias[:e], norm.eps)
 
 
 class _AttentionWeights(nn.Module):
-    """Weights of the largest attention of a layer: fused Q-K-V laid out as [Q; K; V], each ``max_qkv`` rows."""
+    """Weights of the largest attention of a layer: fused Q-K-V laid out as [Q; K; V], each ``max_qkv`` rows.
+
+    The bias follows ``space.qkv_bias_layout``: ``blocks`` slices it like the weight (first q of each of Q, K, V);
+    ``prefix`` takes its first 3q entries as they stand, which is how the AutoFormer reference code slices its
+    bias (so its K and V biases depend on the sampled Q-K-V dim); imported reference supernets use it.
+    """
 
     def __init__(self, space: SearchSpace, max_heads: int) -> None:
         super().__init__()
         self.max_qkv = max_heads * space.head_dim
-        self.head_dim = space.head_dim
+        self.head_dim, self.bias_layout = space.head_dim, space.qkv_bias_layout
         e = space.max_embed_dim
         self.qkv = nn.Linear(e, 3 * self.max_qkv, bias=space.qkv_bias)
         self.proj = nn.Linear(self.max_qkv, e)
@@ -68,8 +73,11 @@ class _AttentionWeights(nn.Module):
     def sliced_qkv(self, e: int, q: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """First ``q`` rows of each of Q, K and V (and first ``e`` columns), fused again as ``[Q; K; V]``."""
         w = self.qkv.weight.view(3, self.max_qkv, -1)[:, :q, :e].reshape(3 * q, e)
-        b = self.qkv.bias.view(3, self.max_qkv)[:, :q].reshape(3 * q) if self.qkv.bias is not None else None
-        return w, b
+        if self.qkv.bias is None:
+            return w, None
+        if self.bias_layout == "prefix":
+            return w, self.qkv.bias[: 3 * q]
+        return w, self.qkv.bias.view(3, self.max_qkv)[:, :q].reshape(3 * q)
 
     def forward(self, x: torch.Tensor, num_heads: int, attn_drop: float) -> torch.Tensor:
         e, q = x.shape[-1], num_heads * self.head_dim
@@ -117,7 +125,7 @@ class _NormedAttention(nn.Module):
 
     def __init__(self, space: SearchSpace, max_heads: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(space.max_embed_dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(space.max_embed_dim, eps=space.layer_norm_eps)
         self.attn = _AttentionWeights(space, max_heads)
 
     def forward(self, x: torch.Tensor, num_heads: int, attn_drop: float, drop: float) -> torch.Tensor:
@@ -131,9 +139,9 @@ class _NormedAttention(nn.Module):
 
 
 class _NormedMlp(nn.Module):
-    def __init__(self, max_embed: int, max_hidden: int) -> None:
+    def __init__(self, max_embed: int, max_hidden: int, eps: float) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(max_embed, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(max_embed, eps=eps)
         self.mlp = _MlpWeights(max_embed, max_hidden)
 
     def forward(self, x: torch.Tensor, hidden: int, drop: float) -> torch.Tensor:
@@ -151,7 +159,7 @@ class EntangledLayer(nn.Module):
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         self.attention = _NormedAttention(space, space.max_num_heads)
-        self.mlp = _NormedMlp(space.max_embed_dim, space.max_mlp_hidden_dim)
+        self.mlp = _NormedMlp(space.max_embed_dim, space.max_mlp_hidden_dim, space.layer_norm_eps)
 
     def choose(self, num_heads: int, mlp_ratio: float) -> tuple[_NormedAttention, _NormedMlp]:
         return self.attention, self.mlp
@@ -165,7 +173,9 @@ class ClassicalLayer(nn.Module):
         self.attention = nn.ModuleDict({str(h): _NormedAttention(space, h) for h in space.num_heads})
         self.mlp = nn.ModuleDict(
             {
-                _ratio_key(r): _NormedMlp(space.max_embed_dim, mlp_hidden_dim(space.max_embed_dim, r))
+                _ratio_key(r): _NormedMlp(
+                    space.max_embed_dim, mlp_hidden_dim(space.max_embed_dim, r), space.layer_norm_eps
+                )
                 for r in space.mlp_ratio
             }
         )
@@ -201,7 +211,7 @@ class Supernet(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, space.num_tokens, e))
         layer = EntangledLayer if sharing == "entangled" else ClassicalLayer
         self.blocks = nn.ModuleList(layer(space) for _ in range(space.max_depth))
-        self.norm = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(e, eps=space.layer_norm_eps)
         self.head = nn.Linear(e, space.num_classes)
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
@@ -248,7 +258,7 @@ class Supernet(nn.Module):
             attention, mlp = layer.choose(heads, ratio)
             x = x + drop_path(attention(x, heads, attn_drop, drop), rate, self.training)
             x = x + drop_path(mlp(x, hidden, drop), rate, self.training)
-        x = _layer_norm(x, self.norm, e)[:, 0]
+        x = pool(_layer_norm(x, self.norm, e), self.space.pooling)
         x = F.dropout(x, drop, training=drop > 0)
         return F.linear(x, self.head.weight[:, :e], self.head.bias)
 

@@ -3,8 +3,11 @@ keeps its checkpoint converters)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
@@ -38,6 +41,11 @@ def to_timm(model: StaticViT) -> torch.nn.Module:
         num_heads=arch.num_heads[0],
         mlp_ratio=arch.mlp_ratio[0],
         qkv_bias=fixed["qkv_bias"],
+        # the final norm on every token, then the class token or the mean of the patch tokens (timm's "avg"
+        # pooling without its fc_norm, which would normalise after pooling instead)
+        global_pool="token" if fixed["pooling"] == "cls" else "avg",
+        fc_norm=False,
+        norm_layer=functools.partial(nn.LayerNorm, eps=fixed["layer_norm_eps"]),
     )
     vit.load_state_dict(model.state_dict(), strict=True)
     return vit.to(model.head.weight.device).train(model.training)

@@ -20,12 +20,17 @@ from safetensors.numpy import load_file
 from pipeline.core.records import CandidateRecord
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
-from pipeline.data.arrays import check_same_splits, load_split
+from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, weights_path
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
 from pipeline.search.experiment import run_experiment, search_exists, trial_cpus
-from pipeline.search.preflight import check_latency_feasible, check_run_name, check_task_matches
+from pipeline.search.preflight import (
+    check_latency_feasible,
+    check_run_name,
+    check_search_split,
+    check_task_matches,
+)
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import connect
 from pipeline.shared.storage import join, resolve_storage
@@ -76,7 +81,7 @@ def run_search(
         strategy.start()  # generation 0 now: constraints that no architecture meets fail here
         check_run_name(run_path, search_exists(run_path), resume)
         split = load_split(task, "search", batch_size=settings.batch_size)
-        check_same_splits(sconf.get("splits", {}), split.summary, where)
+        check_search_split(sconf, split.summary, where)
         weights = load_file(str(weights_path(supernet_dir)))
 
     connect(resources.gpu, "search")

@@ -12,21 +12,39 @@ from typing import Any
 import ray
 
 from pipeline.core.sampling import smallest_architecture
-from pipeline.core.space import SearchSpace
+from pipeline.core.space import MODEL_OPTION_KEYS, SearchSpace
 from pipeline.core.task import Task
+from pipeline.data.arrays import check_same_splits
+from pipeline.model.cream import IMAGENET_TRAIN
 from pipeline.shared.errors import UserError
+from pipeline.shared.progress import say
 
 
 def check_task_matches(task: Task, supernet_config: dict[str, Any], where: str) -> SearchSpace:
     """The supernet's space, after checking the task describes the same images and space."""
     space = SearchSpace.from_dict(supernet_config["space"], source=where)
     task_space = task.space(num_classes=space.num_classes)
-    if task_space.to_dict() != space.to_dict():
+    # how the model computes (pooling, eps, bias layout) is the supernet's own; the rest must be the task's
+    shape = lambda s: {k: v for k, v in s.to_dict().items() if k not in MODEL_OPTION_KEYS}  # noqa: E731
+    if shape(task_space) != shape(space):
         raise UserError(
             f"{where}: task {task.name!r} gives search space {task_space.name!r} at {task_space.image_size} px with {task_space.num_classes} classes, "
             f"but the supernet was trained on {space.name!r} at {space.image_size} px with {space.num_classes} classes; use the training task"
         )
     return space
+
+
+def check_search_split(supernet_config: dict[str, Any], summary: dict[str, Any], where: str) -> None:
+    """The search split must be the one held out of supernet training; a supernet trained on every image of its
+    dataset (an imported reference supernet) has no held-out split, which is said once instead."""
+    if supernet_config.get("training_data") == IMAGENET_TRAIN:
+        say(
+            f"[search] note: {where} was trained on every ImageNet-1k training image (an imported reference "
+            f"supernet), so the search split carved from ImageNet train was seen in training, as in the reference "
+            f"code's own search; scores on it are optimistic, rankings are what the search uses"
+        )
+        return
+    check_same_splits(supernet_config.get("splits", {}), summary, where)
 
 
 def check_run_name(run_path: str, exists: bool, resume: bool) -> None:
