@@ -36,9 +36,11 @@ def export_model(
     supernet_path: str = "",
     search_row: dict[str, Any] | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> Path:
     """Write ``arch`` with its weights inherited from ``supernet`` as a standalone model directory at ``out``,
-    with the task's normalisation and where it came from (the supernet, and the search row if any)."""
+    with the task's normalisation and where it came from (the supernet, and the search row if any); with
+    ``onnx``, also ``model.onnx``."""
     metadata = {
         "source": "autoformer export (inherited supernet weights, no retraining)",
         "supernet": supernet_path,
@@ -49,5 +51,5 @@ def export_model(
     }
     normalization = {"mean": task.data["mean"], "std": task.data["std"]}
     return subnet_dir.save_model(
-        supernet.extract(arch), out, normalization=normalization, metadata=metadata, overwrite=overwrite
+        supernet.extract(arch), out, normalization=normalization, metadata=metadata, overwrite=overwrite, onnx=onnx
     )

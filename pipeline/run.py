@@ -8,11 +8,15 @@ goes to stdout as it happens; the returned values carry what a caller prints or 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator
 
+from pipeline.core.latency_model import LatencyModel
 from pipeline.core.task import Task
+from pipeline.latency.build import BuildSettings, open_profiler
 from pipeline.model.supernet_dir import EXPORT_DIR, trained_supernet_config
 from pipeline.results.report import SearchReport, write_report
 from pipeline.search.experiment import saved_strategy, search_exists
@@ -71,12 +75,27 @@ def _search_and_report(
         f"evaluation compute {compute:.1f} s on {len(outcome.evaluators)} evaluator(s){replaced})"
     )
     start = time.perf_counter()
-    report = write_report(
-        outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, gpu=resources.gpu
-    )
+    with exported_latency(settings, outcome) as measure:
+        report = write_report(
+            outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, resources.gpu, measure
+        )
     export_s = time.perf_counter() - start
     say(f"[export] done in {export_s:.1f} s")
     return SearchRun(outcome, report, search_s, export_s)
+
+
+@contextlib.contextmanager
+def exported_latency(settings: SearchSettings, outcome: SearchOutcome) -> Iterator[Callable | None]:
+    """With a latency model, a function that measures an exported model on the model's device (its profiler
+    placed there once for all exports); without one, None (the evaluators measured every candidate)."""
+    if settings.latency_model is None:
+        yield None
+        return
+    model = LatencyModel.load(settings.latency_model)
+    profile = BuildSettings(model.device["name"], model.runtime, model.batch, model.threads)
+    say(f"[export] measuring the exported models on {profile.device} ({model.runtime}, batch {model.batch})")
+    with open_profiler(outcome.space, profile) as call:
+        yield lambda static: call("model_ms", static)
 
 
 def run_pipeline(

@@ -1,6 +1,6 @@
 """The package's layering, read from the imports with ``ast`` (every import, also those inside functions).
 
-shared -> core -> model | data -> training | search -> results -> run | api -> cli: a module imports only
+shared -> core -> model | data -> training | search | latency -> results -> run | api -> cli: a module imports only
 from its own layer or the layers below; siblings (model/data, training/search) never import each other; core
 imports no torch; core, model and data import no Ray, not even through the modules they import; and there are
 no import cycles.
@@ -21,6 +21,7 @@ RANK = {
     "data": 2,
     "training": 3,
     "search": 3,
+    "latency": 3,
     "results": 4,
     "run": 5,
     "api": 5,

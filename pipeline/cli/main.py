@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from pipeline import __version__
-from pipeline.cli import import_command, model_commands, search_command, space_commands, train_command
+from pipeline.cli import (
+    import_command,
+    latency_command,
+    model_commands,
+    search_command,
+    space_commands,
+    train_command,
+)
 from pipeline.shared.errors import UserError
 
 
@@ -22,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_command.add_parsers(sub)
     model_commands.add_parsers(sub)
     import_command.add_parser(sub)
+    latency_command.add_parser(sub)
     return parser
 
 

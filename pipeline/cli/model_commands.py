@@ -46,9 +46,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export", help="write one architecture with its inherited weights as a standalone model directory"
     )
-    e.add_argument("--supernet", required=True, help="supernet directory (path or URI)")
-    e.add_argument("--out", required=True, help="model directory to create")
+    e.add_argument("--supernet", default=None, help="supernet directory (path or URI)")
+    e.add_argument("--model", default=None, metavar="DIR", help="add ONNX to this existing model directory instead")
+    e.add_argument("--out", default=None, help="model directory to create (with --supernet)")
     e.add_argument("--force", action="store_true", help="replace an existing model directory")
+    e.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="onnx: also write model.onnx (dynamic batch) beside the weights",
+    )
     _add_selection(e)
     e.set_defaults(func=cmd_export)
 
@@ -115,12 +122,23 @@ def _supernet(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.api import export_model  # CLI start-up: torch loads only when needed
+    # CLI start-up: torch loads only when needed
+    from pipeline.api import export_model
+    from pipeline.model.subnet_dir import add_onnx
 
+    if (args.supernet is None) == (args.model is None):
+        raise UserError("give --supernet PATH (with an architecture and --out) or --model DIR (with --format onnx)")
+    if args.model is not None:
+        if args.format != "onnx":
+            raise UserError("--model DIR adds an ONNX graph to an existing model directory: pass --format onnx")
+        print(f"wrote {add_onnx(args.model)}")
+        return 0
+    if args.out is None:
+        raise UserError("--supernet needs --out DIR (the model directory to create)")
     supernet, config, arch, row = _supernet(args)
     task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
     path = export_model(
-        supernet, arch, args.out, task, supernet_path=args.supernet, search_row=row, overwrite=args.force
+        supernet, arch, args.out, task, args.supernet, row, overwrite=args.force, onnx=args.format == "onnx"
     )
     print(f"exported {arch.key} to {path}")
     return 0

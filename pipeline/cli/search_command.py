@@ -23,6 +23,7 @@ SEARCH_FLAGS = {
     "population": "population",
     "generations": "generations",
     "seed": "seed",
+    "latency_model": "latency_model",
 }
 
 
@@ -51,6 +52,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--population", default=None, metavar="N")
     g.add_argument("--generations", default=None, metavar="N")
     g.add_argument("--seed", default=None, metavar="N", help="search seed (default search.seed)")
+    g.add_argument(
+        "--latency-model",
+        default=None,
+        metavar="FILE",
+        help="predict latency with this model ('autoformer latency build') instead of timing every candidate; "
+        "the exported models are then measured on its device",
+    )
     g.add_argument(
         "--evaluators", type=int, default=None, help="evaluator actors (default: one per GPU with --gpu, else CPUs - 1)"
     )

@@ -27,7 +27,10 @@ class CandidateRecord(TypedDict):
     top1: float  # search split, inherited weights (NaN unless status is "ok")
     top5: float
     loss: float
-    latency_ms: float  # median per batch on the evaluator
+    latency_ms: (
+        float  # median per batch: measured on the evaluator (or, with a latency model, on the target for exports)
+    )
+    latency_ms_pred: float  # the latency model's prediction (NaN without one)
     eval_s: float  # the evaluator's wall time for this candidate
     evaluator: str  # node:pid of the evaluator that scored it
     trial_id: str
@@ -49,7 +52,13 @@ def failed_outcome(trial_id: str = "") -> dict[str, Any]:
 
 
 def candidate_record(
-    arch: Architecture, generation: int, origin: str, params: int, macs: int, outcome: dict[str, Any]
+    arch: Architecture,
+    generation: int,
+    origin: str,
+    params: int,
+    macs: int,
+    outcome: dict[str, Any],
+    latency_ms_pred: float = math.nan,
 ) -> CandidateRecord:
     """The one place a record is made: the candidate's identity and counts plus what its evaluation measured."""
     full = {**failed_outcome(), **{k: outcome[k] for k in OUTCOME_KEYS if k in outcome}}
@@ -60,8 +69,16 @@ def candidate_record(
         origin=origin,
         params=params,
         macs=macs,
+        latency_ms_pred=latency_ms_pred,
         **full,
     )
+
+
+def cost_of(record: dict[str, Any], cost: str) -> float:
+    """A Pareto cost of a record; ``latency_ms`` is the latency model's prediction when the search had one."""
+    if cost == "latency_ms" and not math.isnan(record.get("latency_ms_pred", math.nan)):
+        return record["latency_ms_pred"]
+    return record[cost]
 
 
 def by_top1(record: dict[str, Any]) -> tuple:

@@ -170,6 +170,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "batch_size": (512, _int(1)),
         "latency_batch": (64, _int(1)),
         "latency_repeats": (5, _int(1)),
+        # a file from 'autoformer latency build': predicted latency for max_latency_ms and the latency Pareto cost
+        "latency_model": (None, _opt(_str())),
         "seed": (0, _int(0)),
     },
 }

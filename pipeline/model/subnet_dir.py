@@ -19,12 +19,14 @@ from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.space import FIXED_KEYS, complete_fixed_parts
 from pipeline.model.directory import read_config as read_directory_config
 from pipeline.model.directory import write_config, write_directory
+from pipeline.model.onnx_export import onnx_bytes
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
 
 FORMAT = "autoformer-subnet"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -56,8 +58,10 @@ def save_model(
     normalization: dict[str, list[float]] | None = None,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> Path:
-    """Write ``model`` as a standalone model directory at ``path`` (atomically)."""
+    """Write ``model`` as a standalone model directory at ``path`` (atomically); with ``onnx``, ``model.onnx``
+    (dynamic batch) beside the weights."""
     path = Path(path)
     fixed = model.fixed
     norm = _check_normalization(
@@ -81,8 +85,12 @@ def save_model(
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
+    graph = onnx_graph(model) if onnx else None  # exported first: a failure leaves nothing half-written
+
     def fill(directory: Path) -> None:
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        if graph is not None:
+            (directory / ONNX_FILE).write_bytes(graph)
         write_config(directory, config)
 
     return write_directory(path, fill)
@@ -116,3 +124,20 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except RuntimeError as exc:
         raise UserError(f"model directory {str(path)!r}: {WEIGHTS_FILE} does not match config.json: {exc}") from None
     return model.eval(), config
+
+
+def onnx_graph(model: StaticViT) -> bytes:
+    """The model as ONNX: input ``images`` (N, C, H, W) float32, output ``logits``, dynamic batch."""
+    f = model.fixed
+    example = torch.zeros(1, f["in_chans"], f["image_size"], f["image_size"])
+    return onnx_bytes(model.cpu().eval(), example)
+
+
+def add_onnx(path: str | Path) -> Path:
+    """Write ``model.onnx`` into an existing model directory (atomically: a temporary name, then a rename)."""
+    model, _ = load_model(path)
+    target = Path(path) / ONNX_FILE
+    tmp = target.with_name(f".{ONNX_FILE}.tmp")
+    tmp.write_bytes(onnx_graph(model))
+    tmp.replace(target)
+    return target

@@ -4,7 +4,10 @@ and pareto.png, and print the front as a table."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from pipeline.core.records import CandidateRecord, best_record
 from pipeline.core.task import Task
@@ -40,9 +43,11 @@ def write_report(
     task: Task,
     supernet: str,
     gpu: bool = False,
+    measure: Callable[[torch.nn.Module], float] | None = None,
 ) -> SearchReport:
     """Write the result files of a finished search under ``run_path``; ``metadata`` (the search's settings,
-    constraints, space and supernet, as recorded) goes into the Parquet footers and the models' metadata."""
+    constraints, space and supernet, as recorded) goes into the Parquet footers and the models' metadata.
+    ``measure`` times an exported model on the target device (searches that predicted latency)."""
     settings, constraints = metadata["settings"], metadata["constraints"]
     write_table(candidates_table(records), join(run_path, CANDIDATES_FILE), metadata)
     front = pareto_records(records)
@@ -56,7 +61,9 @@ def write_report(
     say(f"[export] exporting {len(chosen)} model(s) and scoring each once on the test split ({device.type})")
     test = load_split(task, "test", batch_size=task.search["batch_size"])
     model, _ = load_supernet(supernet)
-    exported = {r["key"]: r for r in export_ranked(chosen, model, supernet, task, test, run_path, device, metadata)}
+    exported = {
+        r["key"]: r for r in export_ranked(chosen, model, supernet, task, test, run_path, device, metadata, measure)
+    }
     front = [exported.get(r["key"], r) for r in front]
     if best is not None and best["key"] in exported:
         best = exported[best["key"]]

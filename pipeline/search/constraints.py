@@ -35,14 +35,17 @@ class Constraints:
         if self.min_params is not None and self.max_params is not None and self.min_params > self.max_params:
             raise UserError(f"constraints: min_params {self.min_params:,} exceeds max_params {self.max_params:,}")
 
-    def violation(self, params: int, macs: int) -> str | None:
-        """Why a candidate with these counts is outside the constraints (None when it is inside)."""
+    def violation(self, params: int, macs: int, latency_ms: float | None = None) -> str | None:
+        """Why a candidate with these counts is outside the constraints (None when it is inside). ``latency_ms`` is a
+        latency model's prediction when the search has one (measured latency is checked by the evaluators)."""
         if self.min_params is not None and params < self.min_params:
             return f"params {params:,} < min_params {self.min_params:,}"
         if self.max_params is not None and params > self.max_params:
             return f"params {params:,} > max_params {self.max_params:,}"
         if self.max_macs is not None and macs > self.max_macs:
             return f"MACs {macs:,} > max_macs {self.max_macs:,}"
+        if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:
+            return f"predicted latency {latency_ms:.3g} ms > max_latency_ms {self.max_latency_ms:g}"
         return None
 
     def check_feasible(self, space: SearchSpace) -> None:

@@ -47,6 +47,7 @@ class Evaluator:
         latency_repeats: int,
         device: str = "cpu",
         threads: int | None = None,
+        time_latency: bool = True,
     ) -> None:
         start = time.perf_counter()
         if threads:
@@ -60,6 +61,7 @@ class Evaluator:
         self.labels = _tensor(labels).to(self.device)
         self.mean, self.std = channel_stats(normalization, self.device)
         self.batch_size, self.latency_repeats = batch_size, latency_repeats
+        self.time_latency = time_latency  # off when the search predicts latency with a latency model
         # The latency batch is the same for every candidate: the first latency_batch images (repeated if fewer).
         index = torch.arange(latency_batch, device=self.device) % self.images.shape[0]
         self.latency_images = normalize(self.images[index], self.mean, self.std)
@@ -107,7 +109,7 @@ class Evaluator:
             exit_now(f"[search] fault injection: evaluator pid {os.getpid()} exits at its candidate {self.calls}")
         start = time.perf_counter()
         static = self.model.extract(Architecture.from_dict(arch)).to(self.device).eval()
-        latency = self.latency_ms(static)
+        latency = self.latency_ms(static) if self.time_latency else float("nan")
         out: dict[str, Any] = {"latency_ms": latency, "evaluator": f"{self.node}:{os.getpid()}"}
         if max_latency_ms is not None and latency > max_latency_ms:
             out.update(status="over_latency", top1=float("nan"), top5=float("nan"), loss=float("nan"))

@@ -14,6 +14,7 @@ implementation spins forever when constraints are tight), and the last generatio
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.pareto import nsga_order
-from pipeline.core.records import CandidateRecord, by_top1, candidate_record
+from pipeline.core.records import CandidateRecord, by_top1, candidate_record, cost_of
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, SEARCH_PARETO_COSTS
@@ -83,6 +84,7 @@ class Candidate:
     origin: str
     params: int
     macs: int
+    latency_ms_pred: float = math.nan  # from the search's latency model, if it has one
 
     @property
     def key(self) -> str:
@@ -134,15 +136,24 @@ def ranked(records: list[dict[str, Any]], settings: Settings) -> list[dict[str, 
     scored = sorted((r for r in records if r.get("status") == "ok"), key=lambda r: r["key"])
     if settings.objective == "constrained":
         return sorted(scored, key=by_top1)
-    points = [(-r["top1"], *(r[c] for c in settings.pareto_costs)) for r in scored]
+    points = [(-r["top1"], *(cost_of(r, c) for c in settings.pareto_costs)) for r in scored]
     return [scored[i] for i in nsga_order(points)]
 
 
 class Strategy:
     """Evolution (or the random baseline) over one space under one set of constraints."""
 
-    def __init__(self, space: SearchSpace, constraints: Constraints, settings: Settings) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        constraints: Constraints,
+        settings: Settings,
+        predict_latency: Callable[[Architecture], float] | None = None,
+    ) -> None:
+        """``predict_latency`` (a latency model's ``predict``) replaces timing: it is checked against
+        ``max_latency_ms`` before anything is evaluated, and is the ``latency_ms`` Pareto cost."""
         self.space, self.constraints, self.settings = space, constraints, settings
+        self.predict_latency = predict_latency
         self.rng = random.Random(settings.seed)
         self.generation = -1
         self.queue: list[Candidate] = []
@@ -192,7 +203,7 @@ class Strategy:
     def complete(self, key: str, outcome: dict[str, Any]) -> CandidateRecord:
         """Record the evaluation of a handed-out candidate; returns the full record."""
         c = self.pending.pop(key)
-        record = candidate_record(c.arch, c.generation, c.origin, c.params, c.macs, outcome)
+        record = candidate_record(c.arch, c.generation, c.origin, c.params, c.macs, outcome, c.latency_ms_pred)
         self.results[key] = record
         return record
 
@@ -215,10 +226,11 @@ class Strategy:
         if arch.key in self.seen:
             return None
         params, macs = count_params(arch, self.space), count_macs(arch, self.space)
-        if self.constraints.violation(params, macs) is not None:
+        latency = self.predict_latency(arch) if self.predict_latency is not None else None
+        if self.constraints.violation(params, macs, latency) is not None:
             return None
         self.seen.add(arch.key)
-        return Candidate(arch, self.generation, origin, params, macs)
+        return Candidate(arch, self.generation, origin, params, macs, math.nan if latency is None else latency)
 
     def _fill(self, wanted: int, make: Callable[[], Architecture | None], origin: str, out: list[Candidate]) -> int:
         """Append up to ``wanted`` new candidates from ``make`` within a bounded number of tries; returns how many."""

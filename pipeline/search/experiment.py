@@ -8,6 +8,7 @@ evaluator measured. Tune keeps every trial's result and the searcher's state on 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from pathlib import Path
@@ -139,7 +140,15 @@ def records_from_results(grid) -> list[CandidateRecord]:
         metrics.setdefault("trial_id", getattr(result, "path", "") and Path(result.path).name)
         arch = Architecture.from_dict(config["arch"])
         records.append(
-            candidate_record(arch, config["generation"], config["origin"], config["params"], config["macs"], metrics)
+            candidate_record(
+                arch,
+                config["generation"],
+                config["origin"],
+                config["params"],
+                config["macs"],
+                metrics,
+                config.get("latency_ms_pred", math.nan),
+            )
         )
     records.sort(key=lambda r: (r["generation"], r["key"]))
     return records

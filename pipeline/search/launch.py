@@ -17,7 +17,9 @@ from typing import Any
 import ray
 from safetensors.numpy import load_file
 
+from pipeline.core.latency_model import LatencyModel
 from pipeline.core.records import CandidateRecord
+from pipeline.core.sampling import smallest_architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.data.arrays import load_split
@@ -33,6 +35,7 @@ from pipeline.search.preflight import (
 )
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import connect
+from pipeline.shared.errors import UserError
 from pipeline.shared.storage import join, resolve_storage
 
 
@@ -57,7 +60,26 @@ class SearchOutcome:
             "supernet_epochs": self.supernet_config.get("epochs"),
             "evaluators": self.evaluators,
             "replaced_evaluators": self.replaced_evaluators,
+            "latency_model": self.settings.latency_model,
         }
+
+
+def load_latency_model(settings: SearchSettings, space: SearchSpace) -> LatencyModel | None:
+    """The search's latency model, checked against the space and batch; a latency limit it excludes everything
+    under fails here."""
+    if settings.latency_model is None:
+        return None
+    where = f"latency model {settings.latency_model!r}"
+    model = LatencyModel.load(settings.latency_model)
+    model.check_matches(space, settings.latency_batch, where)
+    limit = settings.constraints.max_latency_ms
+    smallest = smallest_architecture(space)
+    if limit is not None and model.predict(smallest) > limit:
+        raise UserError(
+            f"max_latency_ms {limit:g}: {where} predicts {model.predict(smallest):.3g} ms for the smallest architecture "
+            f"of search space {space.name!r}; nothing to search"
+        )
+    return model
 
 
 def run_search(
@@ -77,7 +99,9 @@ def run_search(
         where = f"supernet {supernet!r}"
         space = check_task_matches(task, sconf, where)
         settings.constraints.check_feasible(space)
-        strategy = Strategy(space, settings.constraints, settings.strategy)
+        latency_model = load_latency_model(settings, space)
+        predict = latency_model.predict if latency_model is not None else None
+        strategy = Strategy(space, settings.constraints, settings.strategy, predict)
         strategy.start()  # generation 0 now: constraints that no architecture meets fail here
         check_run_name(run_path, search_exists(run_path), resume)
         split = load_split(task, "search", batch_size=settings.batch_size)
@@ -92,19 +116,19 @@ def run_search(
         "batch_size": settings.batch_size,
         "latency_batch": settings.latency_batch,
         "latency_repeats": settings.latency_repeats,
+        "time_latency": latency_model is None,
     }
     router_name = f"autoformer-router-{name}"
     router, infos = start_pool(router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs)
     del weights
     try:
-        if settings.constraints.max_latency_ms is not None:
+        if settings.constraints.max_latency_ms is not None and latency_model is None:
             check_latency_feasible(router, space, settings.constraints.max_latency_ms)
         concurrency = min(count, settings.strategy.population)
         trial_cpu = trial_cpus(0 if resources.gpu else count * resources.cpus, concurrency)
         start = time.perf_counter()
-        records = run_experiment(
-            strategy, router_name, settings.constraints.max_latency_ms, concurrency, trial_cpu, storage, name, resume
-        )
+        measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
+        records = run_experiment(strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume)
         tune_s = time.perf_counter() - start
         replaced = ray.get(router.replaced_count.remote())
     finally:

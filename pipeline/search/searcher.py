@@ -28,6 +28,7 @@ def trial_config(candidate: Candidate) -> dict[str, Any]:
         "origin": candidate.origin,
         "params": candidate.params,
         "macs": candidate.macs,
+        "latency_ms_pred": candidate.latency_ms_pred,
     }
 
 

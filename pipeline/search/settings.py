@@ -23,6 +23,7 @@ class SearchSettings:
     batch_size: int  # images per forward pass when scoring
     latency_batch: int  # images per timed forward pass
     latency_repeats: int  # timed passes per candidate (the median counts)
+    latency_model: str | None = None  # a latency model file: predicted latency, no timing per candidate
 
     @classmethod
     def from_task(cls, task: Task) -> SearchSettings:
@@ -49,7 +50,7 @@ class SearchSettings:
             seed=s["seed"],
         )
         constraints = Constraints(s["min_params"], s["max_params"], s["max_macs"], s["max_latency_ms"])
-        return cls(strategy, constraints, s["batch_size"], s["latency_batch"], s["latency_repeats"])
+        return cls(strategy, constraints, s["batch_size"], s["latency_batch"], s["latency_repeats"], s["latency_model"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""Timing on the device the profiler runs on: single blocks, the fixed parts, whole architectures.
+
+Plain Python (the build places it with ``ray.remote`` on the target node, or runs it in-process for
+``--device local``). Modules are built from the standalone model's own pieces with random weights (timing does
+not depend on their values), put in eval mode, and timed under ``torch.inference_mode`` (torch eager) or as an
+ONNX Runtime CPU session of their exported graph: after warm-up passes, repeated until both a minimum count
+and a minimum time are reached, and the median is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.core.arch import Architecture
+from pipeline.core.space import SearchSpace, mlp_hidden_dim
+from pipeline.model.onnx_export import onnx_bytes, onnx_session, require_onnxruntime
+from pipeline.model.static import Attention, Block, StaticViT
+
+WARMUP = 3
+MIN_REPEATS = 10
+MIN_SECONDS = 0.2
+MAX_REPEATS = 500
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Profiler:
+    def __init__(self, space: dict[str, Any], runtime: str, batch: int, threads: int) -> None:
+        self.space = SearchSpace.from_dict(space, source="latency profiler")
+        self.runtime, self.batch, self.threads = runtime, batch, threads
+        torch.set_num_threads(threads)
+        if runtime == "onnxruntime":
+            require_onnxruntime()
+        self.device = torch.device("cuda" if runtime == "torch" and torch.cuda.is_available() else "cpu")
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "cpu": cpu_model(),
+            "threads": self.threads,
+            "torch": torch.__version__,
+            "runtime": self.runtime,
+        }
+        if self.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        if self.runtime == "onnxruntime":
+            info["onnxruntime"] = require_onnxruntime().__version__
+        return info
+
+    # ---- what is timed ---------------------------------------------------------------------------------------
+    def block_ms(self, embed_dim: int, num_heads: int, mlp_ratio: float) -> float:
+        s = self.space
+        relative = (s.max_relative_position, s.grid_size) if s.relative_position else None
+        attention = Attention(embed_dim, num_heads, s.head_dim, s.qkv_bias, relative, 0.0, 0.0)
+        block = Block(embed_dim, mlp_hidden_dim(embed_dim, mlp_ratio), attention, 0.0, 0.0, s.layer_norm_eps)
+        return self._time(block, torch.randn(self.batch, s.num_tokens, embed_dim))
+
+    def fixed_ms(self, embed_dim: int) -> float:
+        """Patch embedding, tokens, final norm, pooling and head: a model of one embedding dim without blocks."""
+        s = self.space
+        model = StaticViT(Architecture(embed_dim, 1, (s.num_heads[0],), (s.mlp_ratio[0],)), s.fixed_parts())
+        model.blocks = nn.ModuleList()
+        return self._time(model, self._images())
+
+    def arch_ms(self, arch: dict[str, Any]) -> float:
+        """A whole architecture end to end (what the table is validated against)."""
+        return self._time(StaticViT(Architecture.from_dict(arch), self.space.fixed_parts()), self._images())
+
+    def model_ms(self, model: nn.Module) -> float:
+        """A given model (e.g. an exported one), end to end."""
+        return self._time(model, self._images())
+
+    # ---- timing ----------------------------------------------------------------------------------------------
+    def _images(self) -> torch.Tensor:
+        s = self.space
+        return torch.randn(self.batch, s.in_chans, s.image_size, s.image_size)
+
+    def _time(self, module: nn.Module, example: torch.Tensor) -> float:
+        module = module.eval()
+        if self.runtime == "onnxruntime":
+            session = onnx_session(onnx_bytes(module, example, ("x", "y")), self.threads)
+            feed = {"x": example.numpy().astype(np.float32)}
+            return _median_ms(lambda: session.run(None, feed))
+        module, example = module.to(self.device), example.to(self.device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(example)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        return _median_ms(run)
+
+
+def _median_ms(run: Callable[[], Any]) -> float:
+    for _ in range(WARMUP):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS or time.perf_counter() - start < MIN_SECONDS):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
