@@ -18,3 +18,4 @@ def test_cluster_yaml_is_valid_for_ray_up() -> None:
     workers = config["available_node_types"]["gpu_worker"]
     assert workers["resources"]["GPU"] == 1 and isinstance(workers["resources"]["CPU"], int)
     assert any("pip install -e ~/autoformer" in c for c in config["setup_commands"])
+    assert config["available_node_types"]["cpu_server"]["resources"]["cpu_server"] == 1  # a latency target
