@@ -36,7 +36,7 @@ def _model(space, batch: int = 8, kind: str = "table") -> LatencyModel:
         block_key(e, h, r): e / 100 + h + r for e in space.embed_dim for h in space.num_heads for r in space.mlp_ratio
     }
     fixed = {str(e): e / 1000 for e in space.embed_dim}
-    return LatencyModel(space.to_dict(), {"name": "local"}, "torch", batch, 1, blocks, fixed, kind, (1.0, 2.0))
+    return LatencyModel(space.to_dict(), {"name": "local"}, "torch", batch, 1, blocks, fixed, kind, (1.0, 2.0, 0.5))
 
 
 def test_latency_model_predicts_round_trips_and_checks_what_it_was_built_for(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_latency_model_predicts_round_trips_and_checks_what_it_was_built_for(tmp
     )
     assert model.predict(arch) == pytest.approx(expected)
     corrected = _model(space, kind="regressor")
-    assert corrected.predict(arch) == pytest.approx(1.0 + 2.0 * expected)
+    assert corrected.predict(arch) == pytest.approx(1.0 + 2.0 * expected + 0.5 * arch.depth)
     model.save(tmp_path / "m.json")
     assert LatencyModel.load(tmp_path / "m.json") == model
     model.check_matches(space, 8, "m")

@@ -4,8 +4,9 @@ This module owns the file format (JSON) and the prediction; measuring lives in `
 A model is a lookup table of block latencies, one entry per (embedding dim, heads, MLP ratio) the space allows,
 plus the fixed parts per embedding dim (patch embedding, tokens, final norm, pooling, head). The table's
 prediction is the fixed part plus the sum of the blocks. Where that misses the end-to-end timings by more than
-a threshold, a linear correction fitted on measured architectures is stored beside it (``kind: regressor``),
-and the prediction goes through it.
+a threshold, a linear correction fitted on measured architectures is stored beside it (``kind: regressor``):
+ms = a + b x table sum + c x depth (the depth term takes the per-layer cost that timing blocks one by one
+misses or double-counts), and the prediction goes through it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class LatencyModel:
     blocks: dict[str, float]  # block_key -> median ms
     fixed: dict[str, float]  # str(embed_dim) -> median ms
     kind: str = "table"
-    correction: tuple[float, float] = (0.0, 1.0)  # regressor: ms = a + b * table sum
+    correction: tuple[float, float, float] = (0.0, 1.0, 0.0)  # regressor: ms = a + b * table sum + c * depth
     validation: dict[str, Any] = dataclasses.field(default_factory=dict)  # mape, kendall_tau, count (held out)
 
     def table_ms(self, arch: Architecture) -> float:
@@ -60,8 +61,8 @@ class LatencyModel:
         table = self.table_ms(arch)
         if self.kind == "table":
             return table
-        a, b = self.correction
-        return a + b * table
+        a, b, c = self.correction
+        return a + b * table + c * arch.depth
 
     def check_matches(self, space: SearchSpace, batch: int, where: str) -> None:
         """One line naming what differs when this model was built for another space, image size or batch."""
@@ -117,13 +118,14 @@ class LatencyModel:
                 blocks={str(k): float(v) for k, v in data["blocks"].items()},
                 fixed={str(k): float(v) for k, v in data["fixed"].items()},
                 kind=str(data["kind"]),
-                correction=(float(data["correction"][0]), float(data["correction"][1])),
+                correction=tuple(float(x) for x in data["correction"]),
                 validation=dict(data.get("validation") or {}),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(f"{where} is damaged: {type(exc).__name__} {exc}") from None
         bad = [v for v in (*model.blocks.values(), *model.fixed.values()) if not math.isfinite(v) or v < 0]
-        if model.kind not in KINDS or model.runtime not in RUNTIMES or bad or not model.blocks or not model.fixed:
+        shape_ok = len(model.correction) == 3 and model.blocks and model.fixed
+        if model.kind not in KINDS or model.runtime not in RUNTIMES or bad or not shape_ok:
             raise UserError(f"{where} is damaged: kind, runtime or table entries are not valid")
         SearchSpace.from_dict(model.space, source=where)
         return model

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import ray
 
 from pipeline.core.agreement import kendall_tau, mape
@@ -130,14 +131,14 @@ def build_latency_model(supernet: str, settings: BuildSettings) -> LatencyModel:
 def _with_correction(
     model: LatencyModel, space: SearchSpace, settings: BuildSettings, call, seen: set[str]
 ) -> LatencyModel:
-    """A least-squares line from the table's sum to measured latency, fitted on architectures apart from the
-    held-out ones; the caller keeps it only if it predicts the held-out ones better than the table."""
+    """Least squares of measured latency on (1, table sum, depth), fitted on architectures apart from the held-out
+    ones; the caller keeps it only if it predicts the held-out ones better than the table."""
     fit = distinct_architectures(space, settings.validate, settings.seed + 1, seen)
-    xs, ys = [model.table_ms(a) for a in fit], [call("arch_ms", a.to_dict()) for a in fit]
-    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 1.0
-    corrected = dataclasses.replace(model, kind="regressor", correction=(my - b * mx, b))
+    features = np.array([[1.0, model.table_ms(a), float(a.depth)] for a in fit])
+    measured = np.array([call("arch_ms", a.to_dict()) for a in fit])
+    coef = np.linalg.lstsq(features, measured, rcond=None)[0]
+    n = len(fit)
+    corrected = dataclasses.replace(model, kind="regressor", correction=tuple(float(c) for c in coef))
     say(
         f"[latency] the table misses by more than {100 * MAPE_THRESHOLD:.0f} %: fitted a correction on {n} more architectures"
     )
