@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.format import add_set_option
 from pipeline.core.arch import Architecture
 from pipeline.core.published import load_published, published_names
 from pipeline.core.task import Task, load_task
@@ -32,14 +33,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     g.add_argument("--row", type=int, default=None, help="row of candidates.parquet (0-based)")
     g.add_argument("--key", default=None, help="architecture key in candidates.parquet, e.g. e64-d3-h4,4,2-r2,2,2")
     p.add_argument("--task", default=None, help="task to take data and normalisation from (default: the one recorded)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a task value (repeatable)",
-    )
+    add_set_option(p, "data.root=/data")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipeline.cli.format import si
+from pipeline.cli.format import add_set_option, si
 from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, builtin_task_names, load_task
 
 # flag -> key of the task's search section
@@ -65,14 +65,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-evaluator", type=float, default=1.0)
     g.add_argument("--gpu", action="store_true", help="one GPU per evaluator (and per training worker in 'run')")
     g.add_argument("--storage", default=None, help="a local directory (default ./runs) or an s3://, gs:// URI")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a task value, e.g. search.parents=5 or data.root=/data (repeatable)",
-    )
+    add_set_option(g, "search.parents=5 or data.root=/data")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

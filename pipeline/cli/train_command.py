@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from pipeline.cli.format import add_set_option
 from pipeline.core.task import builtin_task_names, load_task
 
 
@@ -26,14 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a task value, e.g. train.epochs=50 (repeatable)",
-    )
+    add_set_option(p, "train.epochs=50")
     p.set_defaults(func=cmd_train)
 
 
