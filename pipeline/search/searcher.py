@@ -8,6 +8,7 @@ state included), which is what lets ``Tuner.restore`` continue an interrupted se
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from typing import Any
@@ -20,16 +21,20 @@ from pipeline.shared.progress import say
 
 
 def trial_config(candidate: Candidate) -> dict[str, Any]:
-    """What a trial is given: the candidate with its counts, so its record is built without counting again."""
-    return {
+    """What a trial is given: the candidate with its counts, so its record is built without counting again. The
+    predicted latency goes in only when there is one: Tune logs configs as hyperparameters, and a NaN there
+    prints a warning per trial."""
+    config = {
         "arch": candidate.arch.to_dict(),
         "key": candidate.key,
         "generation": candidate.generation,
         "origin": candidate.origin,
         "params": candidate.params,
         "macs": candidate.macs,
-        "latency_ms_pred": candidate.latency_ms_pred,
     }
+    if not math.isnan(candidate.latency_ms_pred):
+        config["latency_ms_pred"] = candidate.latency_ms_pred
+    return config
 
 
 class EvolutionSearcher(Searcher):
