@@ -92,6 +92,30 @@ def test_mutation_probabilities_zero_and_one() -> None:
         assert child.depth == parent.depth and child.embed_dim == parent.embed_dim
 
 
+@pytest.mark.parametrize(("mode", "expected"), [("per_layer", 0.4), ("per_gene", 1 - 0.6**2)])
+def test_mutation_mode_sets_how_often_a_layer_changes(mode: str, expected: float) -> None:
+    """The paper's P_m is per block (a layer changes with 0.4); the reference code's per-gene loop gives 0.64.
+    A re-drawn gene can land on its old value, so the observed rate is the draw rate times the chance of a change."""
+    space = load_space("autoformer-tiny")
+    rng = random.Random(4)
+    parent = Architecture(192, 13, (3,) * 13, (3.5,) * 13)
+    layers = changed = 0
+    for _ in range(3000):
+        child = mutate(parent, space, rng, depth_prob=0.0, gene_prob=0.4, mode=mode)
+        layers += parent.depth
+        changed += sum(
+            (h, r) != (ph, pr)
+            for h, r, ph, pr in zip(child.num_heads, child.mlp_ratio, parent.num_heads, parent.mlp_ratio)
+        )
+    p_same_heads, p_same_ratio = 1 / len(space.num_heads), 1 / len(space.mlp_ratio)
+    if mode == "per_layer":
+        rate = 0.4 * (1 - p_same_heads * p_same_ratio)
+    else:
+        rate = 1 - (1 - 0.4 * (1 - p_same_heads)) * (1 - 0.4 * (1 - p_same_ratio))
+    assert changed / layers == pytest.approx(rate, abs=0.01)
+    assert rate <= expected
+
+
 def test_mutation_truncates_from_the_end() -> None:
     space = load_space("autoformer-tiny")
     parent = Architecture(192, 14, (4,) * 7 + (3,) * 7, (4.0,) * 14)

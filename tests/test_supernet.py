@@ -19,7 +19,7 @@ def _images(space, batch: int = 4) -> torch.Tensor:
     return torch.randn(batch, space.in_chans, space.image_size, space.image_size)
 
 
-@pytest.mark.parametrize("sharing", ["entangled", "classical"])
+@pytest.mark.parametrize("sharing", ["entangled", "classical", "classical_strict"])
 @pytest.mark.parametrize("name", ALL_SPACES)
 def test_extracted_model_matches_supernet(name: str, sharing: str) -> None:
     space = space_for_model_tests(name)
@@ -138,6 +138,28 @@ def test_classical_supernet_has_independent_blocks_per_choice() -> None:
     assert net(images, arch).shape == (4, 10)
 
 
+def test_strict_classical_supernet_has_one_block_per_pair() -> None:
+    """Each (heads, MLP ratio) pair is its own block: another pair's attention or MLP leaves this subnet alone,
+    even one that shares the heads (the plain classical mode would share that attention)."""
+    space = load_space("digits")
+    net = Supernet(space, sharing="classical_strict").eval()
+    layer = net.blocks[0]
+    assert len(layer.attention) == len(layer.mlp) == len(space.num_heads) * len(space.mlp_ratio)
+    images = _images(space)
+    arch = Architecture(64, 2, [3, 3], [2.0, 2.0])
+    with torch.no_grad():
+        out = net(images, arch)
+        layer.attention["h3_r3"].attn.qkv.weight.add_(1.0)  # same heads, another ratio: another block
+        layer.mlp["h2_r2"].mlp.fc1.weight.add_(1.0)  # same ratio, other heads: another block
+        assert torch.equal(out, net(images, arch))
+        layer.attention["h3_r2"].attn.qkv.weight.add_(1.0)
+        assert not torch.equal(out, net(images, arch))
+        extracted = net.extract(arch).eval()
+        assert torch.allclose(extracted(images), net(images, arch), atol=1e-5)
+    classical = sum(p.numel() for p in Supernet(space, sharing="classical").parameters())
+    assert sum(p.numel() for p in net.parameters()) > 2 * classical
+
+
 def test_architectures_that_do_not_fit_are_refused() -> None:
     space = load_space("digits")
     too_wide = Architecture(80, 2, [2, 2], [2.0, 2.0])
@@ -147,5 +169,7 @@ def test_architectures_that_do_not_fit_are_refused() -> None:
     assert Supernet(space)(_images(space), off_grid).shape == (4, 10)
     with pytest.raises(UserError, match="mlp_ratio 2.5"):
         Supernet(space, sharing="classical")(_images(space), off_grid)
+    with pytest.raises(UserError, match="mlp_ratio 2.5"):
+        Supernet(space, sharing="classical_strict")(_images(space), off_grid)
     with pytest.raises(UserError, match="sharing mode 'spos'"):
         Supernet(space, sharing="spos")  # type: ignore[arg-type]

@@ -55,7 +55,10 @@ def test_overrides_are_parsed_and_round_trip() -> None:
         (["train.epochs"], "expected key=value"),
         (["train.epochs=0"], "'train.epochs': value 0 is not allowed; expected an integer >= 1"),
         (["train.epochs=ten"], "'train.epochs': value 'ten'"),
-        (["model.sharing=spos"], "'model.sharing': value 'spos' is not allowed; expected one of entangled, classical"),
+        (
+            ["model.sharing=spos"],
+            "'model.sharing': value 'spos' is not allowed; expected one of entangled, classical, classical_strict",
+        ),
         (["train.scale=[0.9, 0.1]"], "'train.scale'"),
         (["data.mean=[0.1, 0.2]"], "'data.mean'.*one entry per channel"),
         (["data.image_size=9"], "does not fit space 'digits'.*patch_size 2 does not divide image_size 9"),

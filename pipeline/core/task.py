@@ -25,10 +25,11 @@ from pipeline.shared.errors import UserError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 # Choices that the task schema validates and the code that acts on them imports from here (one definition each).
-SHARING_MODES = ("entangled", "classical")
+SHARING_MODES = ("entangled", "classical", "classical_strict")
 SEARCH_ALGORITHMS = ("evolution", "random")
 SEARCH_OBJECTIVES = ("constrained", "pareto")
 SEARCH_PARETO_COSTS = ("params", "macs", "latency_ms")
+MUTATION_MODES = ("per_layer", "per_gene")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 SPACE_OVERRIDE_KEYS = ("patch_size", "max_relative_position", "relative_position", "qkv_bias")
@@ -162,6 +163,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "crossovers": (25, _int(0)),
         "depth_prob": (0.2, _num(0.0, 1.0)),
         "gene_prob": (0.4, _num(0.0, 1.0)),
+        # per_layer: the paper's P_m per block (a layer's heads and MLP ratio re-drawn together); per_gene: the
+        # reference code's loop (heads and ratio re-drawn separately; it sets depth_prob 0.4 and gene_prob 0.2)
+        "mutation": ("per_layer", _choice(MUTATION_MODES)),
         "pareto_costs": (["params"], _names(SEARCH_PARETO_COSTS)),
         "min_params": (None, _opt(_int(1))),
         "max_params": (None, _opt(_int(1))),

@@ -1,6 +1,6 @@
 """Supernets: one ViT whose weights serve every architecture of a search space.
 
-Two ways of sharing, behind one interface (``forward(images, arch)``, ``extract(arch)``):
+Three ways of sharing, behind one interface (``forward(images, arch)``, ``extract(arch)``):
 
 * ``entangled`` (AutoFormer's weight entanglement). Each layer holds only its largest block. A subnet uses the
   first-k slices: patch-embedding output channels, class token and position embedding, every LayerNorm, Q, K
@@ -13,6 +13,12 @@ Two ways of sharing, behind one interface (``forward(images, arch)``, ``extract(
   choice of MLP ratio its own MLP (with its own LayerNorm). What stays shared: the embedding-dimension axis,
   which is one global choice with no per-layer operator, so the patch embedding, tokens, final norm and head,
   and the input/output side of every per-choice block, are sliced first-k as in the entangled supernet.
+  Attention and MLP choices stay independent of each other: each attention trains under every MLP choice.
+
+* ``classical_strict`` (the paper's SPOS baseline taken literally): in each layer every (heads, MLP ratio) pair
+  is one independent block (two LayerNorms, attention, MLP), so a block trains only when exactly its pair is
+  drawn (1/9 of the steps in a 3 x 3 space, against 1/3 for ``classical``). The embedding-dimension axis is
+  shared as in ``classical``: it has no per-layer operator to duplicate.
 
 The architecture is always an argument; nothing here keeps a "current subnet". Counting (``complexity``)
 never touches the model.
@@ -42,7 +48,7 @@ from pipeline.model.layers import (
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
 
-Sharing = Literal["entangled", "classical"]
+Sharing = Literal["entangled", "classical", "classical_strict"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -184,6 +190,30 @@ class ClassicalLayer(nn.Module):
         return self.attention[str(num_heads)], self.mlp[_ratio_key(mlp_ratio)]
 
 
+class StrictClassicalLayer(nn.Module):
+    """One layer with an independent block (attention and MLP) per (heads, MLP ratio) pair (SPOS, strictly)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.attention = nn.ModuleDict()
+        self.mlp = nn.ModuleDict()
+        for h in space.num_heads:
+            for r in space.mlp_ratio:
+                key = _pair_key(h, r)
+                self.attention[key] = _NormedAttention(space, h)
+                self.mlp[key] = _NormedMlp(
+                    space.max_embed_dim, mlp_hidden_dim(space.max_embed_dim, r), space.layer_norm_eps
+                )
+
+    def choose(self, num_heads: int, mlp_ratio: float) -> tuple[_NormedAttention, _NormedMlp]:
+        key = _pair_key(num_heads, mlp_ratio)
+        return self.attention[key], self.mlp[key]
+
+
+def _pair_key(num_heads: int, ratio: float) -> str:
+    return f"h{num_heads}_r{_ratio_key(ratio)}"
+
+
 def _ratio_key(ratio: float) -> str:
     return f"{ratio:g}".replace(".", "_")  # ModuleDict keys may not contain dots
 
@@ -209,7 +239,9 @@ class Supernet(nn.Module):
         self.patch_embed.proj = nn.Conv2d(space.in_chans, e, kernel_size=space.patch_size, stride=space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
         self.pos_embed = nn.Parameter(torch.zeros(1, space.num_tokens, e))
-        layer = EntangledLayer if sharing == "entangled" else ClassicalLayer
+        layer = {"entangled": EntangledLayer, "classical": ClassicalLayer, "classical_strict": StrictClassicalLayer}[
+            sharing
+        ]
         self.blocks = nn.ModuleList(layer(space) for _ in range(space.max_depth))
         self.norm = nn.LayerNorm(e, eps=space.layer_norm_eps)
         self.head = nn.Linear(e, space.num_classes)
@@ -225,10 +257,10 @@ class Supernet(nn.Module):
         """Raise ``UserError`` unless this supernet holds weights for ``arch``.
 
         The entangled supernet runs any architecture that fits inside its largest block (so published models
-        whose genes step outside the space can still inherit weights); the classical one only the space's own
+        whose genes step outside the space can still inherit weights); the classical ones only the space's own
         choices, since other choices have no weights.
         """
-        if self.sharing == "classical":
+        if self.sharing != "entangled":
             validate_in_space(arch, self.space)
             return
         s, ctx = self.space, f"architecture {arch.key} does not fit supernet of space {self.space.name!r}"

@@ -25,7 +25,7 @@ from pipeline.core.pareto import nsga_order
 from pipeline.core.records import CandidateRecord, by_top1, candidate_record, cost_of
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import SearchSpace
-from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, SEARCH_PARETO_COSTS
+from pipeline.core.task import MUTATION_MODES, SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, SEARCH_PARETO_COSTS
 from pipeline.search.constraints import Constraints
 from pipeline.shared.errors import UserError
 
@@ -44,6 +44,7 @@ class Settings:
     crossovers: int = 25
     depth_prob: float = 0.2
     gene_prob: float = 0.4
+    mutation: str = "per_layer"
     pareto_costs: tuple[str, ...] = ("params",)
     seed: int = 0
 
@@ -66,6 +67,8 @@ class Settings:
         for name in ("depth_prob", "gene_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"search.{name} {getattr(self, name)}: must be a probability in [0, 1]")
+        if self.mutation not in MUTATION_MODES:
+            raise UserError(f"search.mutation {self.mutation!r}: allowed are {', '.join(MUTATION_MODES)}")
         if not self.pareto_costs or any(c not in SEARCH_PARETO_COSTS for c in self.pareto_costs):
             raise UserError(
                 f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(SEARCH_PARETO_COSTS)}"
@@ -92,10 +95,21 @@ class Candidate:
 
 
 def mutate(
-    arch: Architecture, space: SearchSpace, rng: random.Random, depth_prob: float, gene_prob: float
+    arch: Architecture,
+    space: SearchSpace,
+    rng: random.Random,
+    depth_prob: float,
+    gene_prob: float,
+    mode: str = "per_layer",
 ) -> Architecture:
-    """Depth re-drawn with ``depth_prob`` (new layers get random genes, removed layers come off the end), embed dim
-    re-drawn with ``depth_prob``, then each layer's heads and MLP ratio each re-drawn with ``gene_prob``."""
+    """A mutant of ``arch``: depth re-drawn with ``depth_prob`` (new layers get random genes, removed layers come
+    off the end), embed dim re-drawn with ``depth_prob``, then the layers' blocks.
+
+    ``per_layer`` (the paper's §3.3: "mutates each block with a probability of P_m"): each layer is re-drawn with
+    ``gene_prob``, heads and MLP ratio together, so a layer changes with probability ``gene_prob``. ``per_gene``
+    (the reference code's loop): each layer's heads and its MLP ratio are re-drawn separately with ``gene_prob``
+    each, so a layer changes with probability 1 - (1 - gene_prob)^2 (0.64 at 0.4).
+    """
     heads, ratios = list(arch.num_heads), list(arch.mlp_ratio)
     depth, embed = arch.depth, arch.embed_dim
     if rng.random() < depth_prob:
@@ -107,6 +121,10 @@ def mutate(
     if rng.random() < depth_prob:
         embed = rng.choice(space.embed_dim)
     for i in range(depth):
+        if mode == "per_layer":
+            if rng.random() < gene_prob:
+                heads[i], ratios[i] = rng.choice(space.num_heads), rng.choice(space.mlp_ratio)
+            continue
         if rng.random() < gene_prob:
             heads[i] = rng.choice(space.num_heads)
         if rng.random() < gene_prob:
@@ -253,7 +271,7 @@ class Strategy:
         if s.algorithm == "evolution" and self.generation > 0 and parents:
             self._fill(
                 s.mutations,
-                lambda: mutate(self.rng.choice(parents), self.space, self.rng, s.depth_prob, s.gene_prob),
+                lambda: mutate(self.rng.choice(parents), self.space, self.rng, s.depth_prob, s.gene_prob, s.mutation),
                 "mutation",
                 out,
             )

@@ -46,6 +46,7 @@ class SearchSettings:
             crossovers=min(s["crossovers"], population - mutations),
             depth_prob=s["depth_prob"],
             gene_prob=s["gene_prob"],
+            mutation=s["mutation"],
             pareto_costs=tuple(s["pareto_costs"]),
             seed=s["seed"],
         )
