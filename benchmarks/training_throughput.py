@@ -29,7 +29,7 @@ from pipeline.core.task import load_task
 from pipeline.model.supernet import Supernet
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_optimizer
-from pipeline.training.worker import step_architecture
+from pipeline.training.subject import step_architecture
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler, scaled_lr
-from pipeline.training.worker import step_architecture, tracked_subnets
+from pipeline.training.subject import step_architecture, tracked_subnets
 
 
 def test_step_architecture_is_shared_by_ranks_and_reruns() -> None:

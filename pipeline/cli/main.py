@@ -10,6 +10,7 @@ from pipeline.cli import (
     import_command,
     latency_command,
     model_commands,
+    retrain_commands,
     search_command,
     space_commands,
     train_command,
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_parser(sub)
     search_command.add_parsers(sub)
     model_commands.add_parsers(sub)
+    retrain_commands.add_parsers(sub)
     import_command.add_parser(sub)
     latency_command.add_parser(sub)
     return parser

@@ -11,29 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
-from typing import Any
 
-from pipeline.cli.format import add_set_option
-from pipeline.core.arch import Architecture
-from pipeline.core.published import load_published, published_names
-from pipeline.core.task import Task, load_task
+from pipeline.cli.options import add_selection, recorded_task, select_architecture
 from pipeline.shared.errors import UserError
-from pipeline.shared.storage import is_uri, join
-
-
-def _add_selection(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("which architecture")
-    g.add_argument(
-        "--arch", default=None, metavar="FILE", help="architecture JSON file, or a published one (autoformer-t/s/b)"
-    )
-    g.add_argument(
-        "--candidates", default=None, metavar="PATH", help="a search run directory or its candidates.parquet"
-    )
-    g.add_argument("--row", type=int, default=None, help="row of candidates.parquet (0-based)")
-    g.add_argument("--key", default=None, help="architecture key in candidates.parquet, e.g. e64-d3-h4,4,2-r2,2,2")
-    p.add_argument("--task", default=None, help="task to take data and normalisation from (default: the one recorded)")
-    add_set_option(p, "data.root=/data")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="safetensors",
         help="onnx: also write model.onnx (dynamic batch) beside the weights",
     )
-    _add_selection(e)
+    add_selection(e)
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser(
@@ -65,46 +45,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--split", choices=("test", "search"), default="test")
     v.add_argument("--gpu", action="store_true", help="evaluate on the GPU")
     v.add_argument("--json", action="store_true", help="print the scores as JSON")
-    _add_selection(v)
+    add_selection(v)
     v.set_defaults(func=cmd_evaluate)
-
-
-def select_architecture(args: argparse.Namespace) -> tuple[Architecture, dict[str, Any]]:
-    """The chosen architecture and, when it came from a search, its row (search scores, generation, ...)."""
-    if (args.arch is None) == (args.candidates is None):
-        raise UserError("give exactly one of --arch FILE or --candidates PATH (with --row N or --key KEY)")
-    if args.arch is not None:
-        if not Path(args.arch).exists() and args.arch in published_names():
-            return load_published(args.arch).architecture, {}
-        return Architecture.load(args.arch), {}
-    if (args.row is None) == (args.key is None):
-        raise UserError("--candidates needs exactly one of --row N or --key KEY")
-    from pipeline.results.tables import CANDIDATES_FILE, read_table  # CLI start-up: pyarrow loads only when needed
-
-    source = args.candidates
-    if not source.endswith(".parquet"):
-        source = join(source, CANDIDATES_FILE)
-    if not is_uri(source) and not Path(source).is_file():
-        raise UserError(f"--candidates: {source!r} does not exist")
-    rows = read_table(source).to_pylist()
-    if args.row is not None:
-        if not 0 <= args.row < len(rows):
-            raise UserError(f"--row {args.row}: {source} has rows 0..{len(rows) - 1}")
-        row = rows[args.row]
-    else:
-        matches = [r for r in rows if r["key"] == args.key]
-        if not matches:
-            raise UserError(f"--key {args.key!r} is not in {source}")
-        row = matches[0]
-    return Architecture.from_json(row["architecture"], source=f"{source} row {row['key']}"), row
-
-
-def _task(args: argparse.Namespace, recorded: dict[str, Any] | None, where: str) -> Task:
-    if args.task is not None:
-        return load_task(args.task, args.overrides)
-    if not recorded:
-        raise UserError(f"{where} records no task; pass --task")
-    return Task.from_dict(recorded).with_overrides(args.overrides)
 
 
 def _supernet(args: argparse.Namespace):
@@ -130,7 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UserError("--supernet needs --out DIR (the model directory to create)")
     supernet, config, arch, row = _supernet(args)
-    task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
+    task = recorded_task(args, config.get("task"), f"supernet {args.supernet!r}")
     path = export_model(
         supernet, arch, args.out, task, args.supernet, row, overwrite=args.force, onnx=args.format == "onnx"
     )
@@ -150,12 +92,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from pipeline.model.subnet_dir import load_model
 
         model, config = load_model(args.model)
-        task = _task(args, (config.get("metadata") or {}).get("task"), f"model directory {args.model!r}")
+        task = recorded_task(args, (config.get("metadata") or {}).get("task"), f"model directory {args.model!r}")
         normalization = config["normalization"]
     else:
         supernet, config, arch, _ = _supernet(args)
         model = supernet.extract(arch)
-        task = _task(args, config.get("task"), f"supernet {args.supernet!r}")
+        task = recorded_task(args, config.get("task"), f"supernet {args.supernet!r}")
         normalization = {"mean": task.data["mean"], "std": task.data["std"]}
     if task.data["image_size"] != model.fixed["image_size"] or task.data["in_chans"] != model.fixed["in_chans"]:
         raise UserError(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from pipeline.cli.format import add_set_option
+from pipeline.cli.options import add_run_options, training_failed
 from pipeline.core.task import builtin_task_names, load_task
 
 
@@ -18,15 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(same --storage and --name) resumes from the last checkpoint.",
     )
     p.add_argument("task", metavar="TASK", help=f"built-in task ({', '.join(builtin_task_names())}) or a .yaml file")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks), default 1")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
-    p.add_argument(
-        "--storage", default=None, help="run storage: a local directory (default ./runs) or s3://, gs:// URI"
-    )
-    p.add_argument("--name", default=None, help="run name (default TASK-supernet)")
-    p.add_argument(
-        "--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)"
-    )
+    add_run_options(p, "TASK-supernet")
     add_set_option(p, "train.epochs=50")
     p.set_defaults(func=cmd_train)
 
@@ -49,13 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cpus_per_worker=args.cpus_per_worker,
         )
     except TrainingFailedError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"autoformer: error: training failed after train.max_failures={task.train['max_failures']} restarts "
-            f"({first}); the workers' errors are above. Re-running the same command resumes from the last checkpoint.",
-            file=sys.stderr,
-        )
-        return 1
+        return training_failed(exc, task.train["max_failures"])
     m = outcome.metrics
     print(f"[train] done in {time.perf_counter() - start:.1f} s; run {outcome.run_path}")
     print(

@@ -137,6 +137,21 @@ def validate_in_space(arch: Architecture, space: SearchSpace) -> None:
             raise UserError(f"{ctx}: layer {i} mlp_ratio {r:g} is not one of {list(space.mlp_ratio)}")
 
 
+def validate_fits(arch: Architecture, space: SearchSpace) -> None:
+    """Raise ``UserError`` unless ``arch`` fits inside the space's largest block (every gene at most the space's
+    maximum): what a weight-entangled supernet of ``space`` holds weights for, choices it never trained included."""
+    s, ctx = space, f"architecture {arch.key} does not fit supernet of space {space.name!r}"
+    if arch.embed_dim > s.max_embed_dim:
+        raise UserError(f"{ctx}: embed_dim {arch.embed_dim} > {s.max_embed_dim}")
+    if arch.depth > s.max_depth:
+        raise UserError(f"{ctx}: depth {arch.depth} > {s.max_depth}")
+    for i, (h, hidden) in enumerate(zip(arch.num_heads, arch.mlp_hidden_dims())):
+        if h > s.max_num_heads:
+            raise UserError(f"{ctx}: layer {i} num_heads {h} > {s.max_num_heads}")
+        if hidden > s.max_mlp_hidden_dim:
+            raise UserError(f"{ctx}: layer {i} MLP width {hidden} > {s.max_mlp_hidden_dim}")
+
+
 def in_space(arch: Architecture, space: SearchSpace) -> bool:
     try:
         validate_in_space(arch, space)

@@ -179,6 +179,20 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "seed": (0, _int(0)),
     },
 }
+# The recipes of 'autoformer retrain' (a found architecture trained from scratch, the paper's Table 4 "retrain")
+# and 'autoformer finetune' (from inherited weights, or transfer to another dataset): the train keys that apply to
+# one model, each null by default, meaning the train section's value. Finetuning defaults as the paper: 40 epochs
+# at train.lr x lr_scale (0.1), one warm-up epoch.
+SUPERNET_ONLY_KEYS = ("freeze_inactive", "eval_subnets")
+RECIPE_PHASES = ("train", "retrain", "finetune")
+_INHERITED = {k: (None, _opt(check)) for k, (_, check) in SCHEMA["train"].items() if k not in SUPERNET_ONLY_KEYS}
+SCHEMA["retrain"] = dict(_INHERITED)
+SCHEMA["finetune"] = {
+    **_INHERITED,
+    "epochs": (40, _int(1)),
+    "warmup_epochs": (1, _int(0)),
+    "lr_scale": (0.1, _num(1e-6, 10.0)),
+}
 TOP_LEVEL = ("description", "space", "space_overrides", *SCHEMA)
 
 
@@ -195,6 +209,8 @@ class Task:
     model: dict[str, Any]
     train: dict[str, Any]
     search: dict[str, Any]
+    retrain: dict[str, Any]
+    finetune: dict[str, Any]
 
     def space(self, num_classes: int | None = None) -> SearchSpace:
         """The task's search space, reshaped for its images (and for ``num_classes`` when found from the data)."""
@@ -221,7 +237,28 @@ class Task:
             "model": dict(self.model),
             "train": dict(self.train),
             "search": dict(self.search),
+            "retrain": dict(self.retrain),
+            "finetune": dict(self.finetune),
         }
+
+    def recipe(self, phase: str) -> dict[str, Any]:
+        """The complete training recipe of ``phase`` (train, retrain or finetune): the train section with the
+        phase's own values laid over it (a finetune without its own lr runs at train.lr x finetune.lr_scale)."""
+        if phase not in RECIPE_PHASES:
+            raise ValueError(f"recipe phase {phase!r} is not one of {RECIPE_PHASES}")
+        recipe = dict(self.train)
+        if phase == "train":
+            return recipe
+        own = {k: v for k, v in getattr(self, phase).items() if v is not None and k != "lr_scale"}
+        if phase == "finetune" and self.finetune["lr"] is None:
+            own["lr"] = self.train["lr"] * self.finetune["lr_scale"]
+        recipe.update(own)
+        return recipe
+
+    def for_phase(self, phase: str) -> Task:
+        """This task with its train section replaced by ``phase``'s recipe: what a retrain or finetune run trains
+        with (the training loop reads only ``train``), and what its checkpoints and model record."""
+        return dataclasses.replace(self, train=self.recipe(phase))
 
     def with_overrides(self, overrides: list[str]) -> Task:
         """This task with ``section.key=value`` overrides applied (e.g. a recorded task, re-pointed at local data)."""

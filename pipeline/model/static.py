@@ -132,6 +132,10 @@ class StaticViT(nn.Module):
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_vit_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory leaves out of weight decay: tokens and position tables (as DeiT)."""
+        return {"cls_token", "pos_embed"} | {name for name, _ in self.named_parameters() if ".rel_pos_" in name}
+
     @classmethod
     def from_state_dict(
         cls, arch: Architecture, fixed: dict[str, Any], state: dict[str, torch.Tensor], **rates: float

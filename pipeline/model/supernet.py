@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 from torch import nn
 
-from pipeline.core.arch import Architecture, validate_in_space
+from pipeline.core.arch import Architecture, validate_fits, validate_in_space
 from pipeline.core.space import SearchSpace, mlp_hidden_dim
 from pipeline.core.task import SHARING_MODES
 from pipeline.model.layers import (
@@ -263,16 +263,7 @@ class Supernet(nn.Module):
         if self.sharing != "entangled":
             validate_in_space(arch, self.space)
             return
-        s, ctx = self.space, f"architecture {arch.key} does not fit supernet of space {self.space.name!r}"
-        if arch.embed_dim > s.max_embed_dim:
-            raise UserError(f"{ctx}: embed_dim {arch.embed_dim} > {s.max_embed_dim}")
-        if arch.depth > s.max_depth:
-            raise UserError(f"{ctx}: depth {arch.depth} > {s.max_depth}")
-        for i, (h, hidden) in enumerate(zip(arch.num_heads, arch.mlp_hidden_dims())):
-            if h > s.max_num_heads:
-                raise UserError(f"{ctx}: layer {i} num_heads {h} > {s.max_num_heads}")
-            if hidden > s.max_mlp_hidden_dim:
-                raise UserError(f"{ctx}: layer {i} MLP width {hidden} > {s.max_mlp_hidden_dim}")
+        validate_fits(arch, self.space)
 
     def forward(self, images: torch.Tensor, arch: Architecture) -> torch.Tensor:
         self.check_architecture(arch)

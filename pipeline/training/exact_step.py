@@ -34,3 +34,14 @@ def step_only_active(optimizer: torch.optim.Optimizer) -> None:
         for key, value in current.items():
             if key not in state and torch.is_tensor(value) and value.shape == p.shape:
                 value.masked_fill_(inactive, 0)  # state created by this first step: nothing accumulated outside
+
+
+@torch.no_grad()
+def zero_fill_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter without a gradient a zero one, as the reference code's ``zero_grad()`` (set to zero,
+    not None) did: the optimizer then steps every weight, so momentum and decoupled weight decay move entries
+    the step's subnet never touched, layers beyond its depth included (``train.freeze_inactive: false``)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)

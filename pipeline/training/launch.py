@@ -18,6 +18,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipeline.core.arch import Architecture
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
@@ -25,7 +26,7 @@ from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_super
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import join, resolve_storage, write_directory_to
+from pipeline.shared.storage import is_uri, join, resolve_storage, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.worker import train_loop_per_worker
 
@@ -46,6 +47,21 @@ class TrainOutcome:
     metrics: dict[str, Any]
     restarts: int
     resumes: int
+
+
+def check_same_run(state: dict[str, Any], task: Task, subject: dict[str, Any], name: str) -> None:
+    """A run name already used is resumed only with the same task (up to resumable changes) and the same subject
+    (supernet, or the same architecture); anything else is refused before a file is written."""
+    previous_kind = state.get("subject", "supernet")
+    if previous_kind != subject["kind"]:
+        raise UserError(f"run {name!r} already exists and trains a {previous_kind}; choose a new run with --name")
+    recorded = state.get("subject_architecture")
+    if subject["kind"] == "model" and recorded is not None and recorded != subject["architecture"]:
+        raise UserError(
+            f"run {name!r} already exists for another architecture ({Architecture.from_dict(recorded).key}); "
+            f"choose a new run with --name"
+        )
+    _check_same_task(state["task"], task, name)
 
 
 def _check_same_task(previous: dict[str, Any], task: Task, name: str) -> None:
@@ -96,14 +112,8 @@ def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
     return float(min(share, loader_workers + 1) if gpu else share)
 
 
-def train_supernet(
-    task: Task,
-    workers: int = 1,
-    gpu: bool = False,
-    storage: str | None = None,
-    name: str | None = None,
-    cpus_per_worker: float | None = None,
-) -> TrainOutcome:
+def check_run_shape(task: Task, workers: int, cpus_per_worker: float | None) -> None:
+    """Worker count, batch split and CPU request, checked before anything starts."""
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
     if task.train["batch_size"] % workers:
@@ -113,14 +123,34 @@ def train_supernet(
         raise UserError(f"Mixup/CutMix need an even batch per worker; train.batch_size / workers = {per_worker}")
     if cpus_per_worker is not None and cpus_per_worker <= 0:
         raise UserError(f"--cpus-per-worker {cpus_per_worker}: must be positive")
-    checked = validate_data(task)
-    storage = resolve_storage(storage)
-    name = name or f"{task.name}-supernet"
-    newest = newest_complete_checkpoint(storage, name)
-    if newest is not None:
-        _check_same_task(newest[1]["task"], task, name)
 
-    connect(gpu, "train")
+
+def local_data_root(task: Task) -> Task:
+    """The task with a relative local ``data.root`` made absolute: workers do not run in the driver's directory."""
+    root = task.data["root"]
+    if not root or is_uri(root) or Path(root).is_absolute():
+        return task
+    return task.with_overrides([f"data.root={Path(root).resolve()}"])
+
+
+def fit_run(
+    task: Task,
+    subject: dict[str, Any],
+    *,
+    workers: int,
+    gpu: bool,
+    storage: str,
+    name: str,
+    cpus_per_worker: float | None,
+    newest: tuple[str, dict[str, Any]] | None,
+    phase: str,
+) -> ray.train.Result:
+    """Start (or resume) the Ray Train run ``storage/name`` training ``subject`` with ``task``'s train recipe.
+
+    Every phase that trains (supernet, retrain, finetune) goes through here: same DDP, checkpoints, resume by
+    re-running, FailureConfig and per-epoch progress.
+    """
+    connect(gpu, phase)
     cpus = (
         cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
     )
@@ -131,6 +161,8 @@ def train_supernet(
         train_loop_per_worker,
         train_loop_config={
             "task": task.to_dict(),
+            "subject": subject,
+            "phase": phase,
             "attempt": uuid.uuid4().hex,
             "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
             "threads": max(1, int(cpus)),
@@ -144,14 +176,45 @@ def train_supernet(
             logging_config=LoggingConfig(log_level="WARNING"),  # our own per-epoch lines are the progress
         ),
     )
-    say(
-        f"[train] task {task.name}: space {checked['space'].name}, {checked['splits']['train']['size']} train / "
-        f"{checked['splits']['search']['size']} search images, {task.train['epochs']} epochs, {workers} worker(s) "
-        f"x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}"
-    )
+    say(f"[{phase}] {workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}")
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {name!r} finished without a checkpoint")
+    return result
+
+
+def train_supernet(
+    task: Task,
+    workers: int = 1,
+    gpu: bool = False,
+    storage: str | None = None,
+    name: str | None = None,
+    cpus_per_worker: float | None = None,
+) -> TrainOutcome:
+    check_run_shape(task, workers, cpus_per_worker)
+    task = local_data_root(task)
+    checked = validate_data(task)
+    storage = resolve_storage(storage)
+    name = name or f"{task.name}-supernet"
+    newest = newest_complete_checkpoint(storage, name)
+    if newest is not None:
+        check_same_run(newest[1], task, {"kind": "supernet"}, name)
+    say(
+        f"[train] task {task.name}: space {checked['space'].name}, sharing {task.model['sharing']}, "
+        f"{checked['splits']['train']['size']} train / {checked['splits']['search']['size']} search images, "
+        f"{task.train['epochs']} epochs"
+    )
+    result = fit_run(
+        task,
+        {"kind": "supernet"},
+        workers=workers,
+        gpu=gpu,
+        storage=storage,
+        name=name,
+        cpus_per_worker=cpus_per_worker,
+        newest=newest,
+        phase="train",
+    )
     with result.checkpoint.as_directory() as d:
         state = read_state(Path(d))
         export_path = export_supernet(Path(d), state, storage, name)

@@ -1,6 +1,7 @@
-"""The training loop each Ray Train worker runs (one DDP rank), as named steps.
+"""The training loop of every run, as named steps: a Ray Train worker (one DDP rank of ``train``, ``retrain`` or
+``finetune``) or a Ray Tune trial (a fidelity report's stand-alone model) runs it through its ``Session``.
 
-Every step samples one architecture uniformly with a seed derived from (seed, epoch, step), so all ranks run
+A supernet step samples one architecture uniformly with a seed derived from (seed, epoch, step), so all ranks run
 the same subnet without any communication, and a resumed run draws exactly the draws it would have drawn.
 Per-epoch RNG seeding (data order, augmentation, Mixup, DropPath) makes a resumed run continue the same
 random stream. Rank 0 writes checkpoints; every rank calls ``ray.train.report`` (a barrier) at the same
@@ -22,42 +23,24 @@ from typing import Any
 
 import numpy as np
 import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from pipeline.core.arch import Architecture
-from pipeline.core.sampling import (
-    largest_architecture,
-    sample_architecture,
-    sample_architectures,
-    smallest_architecture,
-)
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform, train_transform
-from pipeline.model.supernet import Supernet
-from pipeline.model.supernet_dir import build_supernet, supernet_config
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
 from pipeline.training.checkpoint import read_checkpoint, read_state, write_checkpoint
-from pipeline.training.exact_step import step_only_active
+from pipeline.training.exact_step import step_only_active, zero_fill_gradients
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
-
-
-@dataclasses.dataclass
-class Rank:
-    """Where this worker sits: its DDP rank, the world size and its device."""
-
-    rank: int
-    world: int
-    device: torch.device
-    autocast: Callable
+from pipeline.training.session import Session, train_session
+from pipeline.training.subject import MODEL, Subject, logits, model_subject, supernet_subject
 
 
 @dataclasses.dataclass
@@ -71,24 +54,12 @@ class Loaders:
 
 @dataclasses.dataclass
 class Training:
-    model: Supernet
+    subject: Subject
     optimizer: torch.optim.Optimizer
     scheduler: Any
     mixup: Mixup | None
     loss_fn: torch.nn.Module
-
-
-def step_architecture(space: SearchSpace, seed: int, epoch: int, step: int) -> Architecture:
-    """The subnet of one training step: the same on every rank and on every re-run."""
-    return sample_architecture(space, random.Random(f"{seed}:{epoch}:{step}"))
-
-
-def tracked_subnets(space: SearchSpace, seed: int, count: int) -> list[tuple[str, Architecture]]:
-    """The fixed subnets whose search-split accuracy is reported every epoch (comparable across epochs)."""
-    fixed = sample_architectures(space, count, seed=seed + 7919)
-    return [("smallest", smallest_architecture(space)), ("largest", largest_architecture(space))] + [
-        (f"subnet{i}", arch) for i, arch in enumerate(fixed)
-    ]
+    autocast: Callable
 
 
 def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
@@ -112,7 +83,7 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
-def build_loaders(task: Task, where: Rank) -> Loaders:
+def build_loaders(task: Task, where: Session) -> Loaders:
     """The training loader (DDP-sharded, augmented) and this rank's shard of the search split."""
     tr = task.train
     pool, own_test = open_sources(task.data)
@@ -120,7 +91,7 @@ def build_loaders(task: Task, where: Rank) -> Loaders:
     space = task.space(num_classes=len(pool.classes))
     train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
     search_set = SplitDataset(pool, plan.search, eval_transform(task.data), "search")
-    require_role(search_set, "search", "tracking subnets during training")
+    require_role(search_set, "search", "tracking scores during training")
 
     workers = task.data["loader_workers"]
     sampler = DistributedSampler(
@@ -135,33 +106,51 @@ def build_loaders(task: Task, where: Rank) -> Loaders:
         pin_memory=where.device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    search = DataLoader(
-        Subset(search_set, list(range(where.rank, len(search_set), where.world))),
-        batch_size=tr["eval_batch_size"],
-        num_workers=workers,
-    )
     splits = plan.summary(len(own_test) if own_test is not None else None)
-    return Loaders(space, ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False), sampler, search, splits)
+    return Loaders(space, where.prepare_loader(loader), sampler, _shard(search_set, tr, workers, where), splits)
 
 
-def build_training(task: Task, space: SearchSpace, device: torch.device, steps_per_epoch: int) -> Training:
-    """The supernet (seeded init) and the recipe's optimizer, schedule, Mixup/CutMix and loss."""
-    torch.manual_seed(task.train["seed"])
-    model = build_supernet(supernet_config(space.to_dict(), task.model["sharing"], task.model)).to(device)
-    optimizer = build_optimizer(model, task.train)
+def _shard(dataset: SplitDataset, train: dict[str, Any], workers: int, where: Session) -> DataLoader:
+    """This rank's share of an evaluation split (the ranks' sums add up to the whole split)."""
+    indices = list(range(where.rank, len(dataset), where.world))
+    return DataLoader(Subset(dataset, indices), batch_size=train["eval_batch_size"], num_workers=workers)
+
+
+def test_loader(task: Task, where: Session) -> DataLoader:
+    """This rank's shard of the test split: scored once, after the last epoch of a stand-alone model."""
+    pool, own_test = open_sources(task.data)
+    transform = eval_transform(task.data)
+    if own_test is not None:
+        dataset = SplitDataset(own_test, None, transform, "test")
+    else:
+        plan = plan_from_settings(pool.labels, task.splits, has_own_test=False)
+        dataset = SplitDataset(pool, plan.test, transform, "test")
+    return _shard(dataset, task.train, task.data["loader_workers"], where)
+
+
+def build_subject(config: dict[str, Any], task: Task, space: SearchSpace) -> Subject:
+    spec = config.get("subject") or {"kind": "supernet"}
+    return model_subject(task, space, spec) if spec["kind"] == MODEL else supernet_subject(task, space)
+
+
+def build_training(task: Task, subject: Subject, where: Session, steps_per_epoch: int) -> Training:
+    """The recipe around the subject: optimizer, schedule, Mixup/CutMix and loss (timm), and autocast."""
+    subject.model.to(where.device)
+    optimizer = build_optimizer(subject.model, task.train)
     scheduler = build_scheduler(optimizer, task.train, steps_per_epoch)
-    mixup = build_mixup(task.train, space.num_classes)
-    return Training(model, optimizer, scheduler, mixup, build_loss(task.train, mixup))
+    mixup = build_mixup(task.train, subject.space.num_classes)
+    autocast = autocast_factory(where.device, task.train["precision"])
+    return Training(subject, optimizer, scheduler, mixup, build_loss(task.train, mixup), autocast)
 
 
-def _resume_checkpoint(newest_on_storage: dict[str, Any] | None) -> ray.train.Checkpoint | None:
-    """Ray's checkpoint for this run, or the newer complete one the driver found on storage.
+def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None) -> Any:
+    """The session's checkpoint for this run, or the newer complete one the driver found on storage.
 
     After an interrupted driver, Ray's run snapshot can lag behind the checkpoints already written; resuming
     from the newest complete one loses no finished epochs. After a worker failure within the same run, Ray's
     own checkpoint is the newer and wins.
     """
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = where.checkpoint()
     if newest_on_storage is None:
         return checkpoint
     ray_epoch = -1
@@ -174,10 +163,10 @@ def _resume_checkpoint(newest_on_storage: dict[str, Any] | None) -> ray.train.Ch
 
 
 def resume_or_init(
-    config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Rank
+    config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Session
 ) -> dict[str, Any]:
     """The run state: read from the checkpoint to continue from (counting a restart or a resume), or a new one."""
-    checkpoint = _resume_checkpoint(config.get("newest_checkpoint"))
+    checkpoint = _resume_checkpoint(where, config.get("newest_checkpoint"))
     if checkpoint is None:
         return {
             "epoch": 0,
@@ -190,20 +179,40 @@ def resume_or_init(
             "task": task.to_dict(),
             "space": loaders.space.to_dict(),
             "workers": where.world,
+            "subject": training.subject.kind,
+            "subject_architecture": (config.get("subject") or {}).get("architecture"),
+            "phase": config.get("phase", "train"),
         }
     with checkpoint.as_directory() as d:
-        state = read_checkpoint(Path(d), training.model, training.optimizer, training.scheduler, where.device)
+        state = read_checkpoint(Path(d), training.subject.model, training.optimizer, training.scheduler, where.device)
     if state["attempt"] == config["attempt"]:
         state["restarts"] += 1  # same fit() call: Ray restarted the workers after a failure
     else:
         state["resumes"] += 1  # a new fit() call on the same run: the command was run again
         state["attempt"] = config["attempt"]
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
-    if where.rank == 0:
+    if where.rank == 0 and config.get("verbose", True):
         say(
-            f"[train] continuing from epoch {state['epoch']} (restarts {state['restarts']}, resumes {state['resumes']})"
+            f"[{config.get('phase', 'train')}] continuing from epoch {state['epoch']} (restarts {state['restarts']}, "
+            f"resumes {state['resumes']})"
         )
     return state
+
+
+def optimizer_step(training: Training, train: dict[str, Any]) -> None:
+    """One step after the backward pass. A supernet step changes only what the step's subnet used
+    (``train.freeze_inactive``), or, like the reference code, every weight: unused entries get a zero gradient,
+    so AdamW's momentum and weight decay move them too, layers beyond the sampled depth included."""
+    params = training.subject.model.parameters()
+    if train["clip_grad"]:
+        torch.nn.utils.clip_grad_norm_(params, train["clip_grad"])
+    if training.subject.kind == MODEL:
+        training.optimizer.step()
+    elif train["freeze_inactive"]:
+        step_only_active(training.optimizer)
+    else:
+        zero_fill_gradients(training.optimizer)
+        training.optimizer.step()
 
 
 def train_one_epoch(
@@ -213,9 +222,10 @@ def train_one_epoch(
     task: Task,
     epoch: int,
     state: dict[str, Any],
-    where: Rank,
+    where: Session,
+    phase: str,
 ) -> dict[str, Any]:
-    """One pass over the training split, one sampled subnet per step; returns the epoch's training metrics."""
+    """One pass over the training split (one sampled subnet per step for a supernet); the epoch's metrics."""
     tr = task.train
     _seed_epoch(tr["seed"], epoch, where.rank)
     loaders.sampler.set_epoch(epoch)
@@ -224,27 +234,22 @@ def train_one_epoch(
     totals = torch.zeros(2, dtype=torch.float64, device=where.device)
     steps = len(loaders.train)
     for step, (images, labels) in enumerate(loaders.train):
-        arch = step_architecture(loaders.space, tr["seed"], epoch, step)
+        arch = training.subject.step_architecture(epoch, step)
         images, labels = images.to(where.device, non_blocking=True), labels.to(where.device, non_blocking=True)
         targets = labels
         if training.mixup is not None:
             images, targets = training.mixup(images, labels)
-        with where.autocast():
-            loss = training.loss_fn(net(images, arch), targets)
+        with training.autocast():
+            loss = training.loss_fn(logits(net, images, arch), targets)
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tr["clip_grad"]:
-            torch.nn.utils.clip_grad_norm_(training.model.parameters(), tr["clip_grad"])
-        if tr["freeze_inactive"]:
-            step_only_active(training.optimizer)
-        else:
-            training.optimizer.step()
+        optimizer_step(training, tr)
         state["global_step"] += 1
         training.scheduler.step_update(state["global_step"])
         totals[0] += loss.detach().double() * images.shape[0]
         totals[1] += images.shape[0]
         if tr["log_every_steps"] and where.rank == 0 and (step + 1) % tr["log_every_steps"] == 0:
-            say(f"[train] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
+            say(f"[{phase}] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
     _all_reduce(totals)
     elapsed = _all_reduce(
         torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=where.device), dist.ReduceOp.MAX
@@ -259,67 +264,97 @@ def train_one_epoch(
     }
 
 
-def evaluate_tracked(
-    model: Supernet, subnets: list[tuple[str, Architecture]], loaders: Loaders, where: Rank
-) -> dict[str, float]:
-    """Search-split top-1 of each tracked subnet (each rank scores its shard; the sums are all-reduced)."""
+def split_scores(training: Training, arch: Any, batches: DataLoader, where: Session) -> dict[str, float]:
+    """Top-1, top-5, loss and image count of one architecture (or the model) on a split, summed over ranks."""
+    model = training.subject.model
     model.eval()
+    sums = _all_reduce(
+        evaluate_sums(lambda x, a: logits(model, x, a), arch, batches, where.device, training.autocast())
+    )
+    return {**finish(sums), "count": int(sums[3].item())}
+
+
+def evaluate_tracked(training: Training, loaders: Loaders, where: Session) -> dict[str, float]:
+    """Search-split top-1 of each tracked subnet, or of the model (each rank scores its shard)."""
     return {
-        f"search_top1/{name}": finish(
-            _all_reduce(evaluate_sums(model, arch, loaders.search, where.device, where.autocast()))
-        )["top1"]
-        for name, arch in subnets
+        f"search_top1/{name}": split_scores(training, arch, loaders.search, where)["top1"]
+        for name, arch in training.subject.tracked
     }
 
 
-def print_epoch(metrics: dict[str, Any], epochs: int, subnets: list[tuple[str, Architecture]]) -> None:
-    sampled = [metrics[f"search_top1/{n}"] for n, _ in subnets[2:]]
-    spread = f"  subnets {statistics.mean(sampled):.3f}" if sampled else ""
-    say(
-        f"[train] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  "
-        f"{metrics['images_per_s']:.0f} img/s  search top-1: smallest {metrics['search_top1/smallest']:.3f}  "
-        f"largest {metrics['search_top1/largest']:.3f}{spread}"
+def print_epoch(metrics: dict[str, Any], epochs: int, subject: Subject, phase: str) -> None:
+    head = (
+        f"[{phase}] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  "
+        f"{metrics['images_per_s']:.0f} img/s  search top-1: "
     )
+    if subject.kind == MODEL:
+        say(head + f"{metrics['search_top1/model']:.3f}")
+        return
+    sampled = [metrics[f"search_top1/{n}"] for n, _ in subject.tracked[2:]]
+    spread = f"  subnets {statistics.mean(sampled):.3f}" if sampled else ""
+    say(head + f"smallest {metrics['search_top1/smallest']:.3f}  largest {metrics['search_top1/largest']:.3f}{spread}")
 
 
-def save_checkpoint(training: Training, state: dict[str, Any], metrics: dict[str, Any], where: Rank) -> None:
+def final_scores(training: Training, task: Task, loaders: Loaders, where: Session) -> dict[str, Any]:
+    """A stand-alone model's scores after its last epoch: the search split, and the test split (scored here once;
+    nothing decides on it)."""
+    search = split_scores(training, None, loaders.search, where)
+    test = split_scores(training, None, test_loader(task, where), where)
+    return {"search": search, "test": test}
+
+
+def save_checkpoint(training: Training, state: dict[str, Any], metrics: dict[str, Any], where: Session) -> None:
     """Rank 0 writes the checkpoint; every rank reports (a barrier), so all call this at the same epochs."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
         if where.rank == 0:
-            write_checkpoint(Path(tmp), training.model, training.optimizer, training.scheduler, state)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+            write_checkpoint(Path(tmp), training.subject.model, training.optimizer, training.scheduler, state)
+        where.report(metrics, tmp if where.rank == 0 else None)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    _quiet_ray_train_logs()
+def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
+    """The loop every run shares (supernet training, retrain, finetune, a fidelity trial); the final state.
+
+    ``config``: the task (its train section is the recipe to run), the subject (supernet, or one model with
+    its architecture, fixed parts and optional initial weights), the attempt id that tells a restart from a
+    resume, the newest complete checkpoint the driver found, CPU threads, the phase name for progress lines,
+    and ``extra_metrics`` added to every report (a fidelity trial's inherited scores).
+    """
     task = Task.from_dict(config["task"])
     tr = task.train
-    ctx = ray.train.get_context()
+    phase = config.get("phase", "train")
     torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
-    where = Rank(ctx.get_world_rank(), ctx.get_world_size(), device, autocast_factory(device, tr["precision"]))
-
     loaders = build_loaders(task, where)
-    training = build_training(task, loaders.space, device, len(loaders.train))
+    subject = build_subject(config, task, loaders.space)
+    training = build_training(task, subject, where, len(loaders.train))
     state = resume_or_init(config, task, training, loaders, where)
-    net = ray.train.torch.prepare_model(training.model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    subnets = tracked_subnets(loaders.space, tr["seed"], tr["eval_subnets"])
+    net = where.prepare_model(subject.model, subject.unused_parameters)
     fail_at = fault_parameter("train_exit_at_epoch")
+    extra = config.get("extra_metrics") or {}
+    verbose = config.get("verbose", True)
 
     for epoch in range(state["epoch"], tr["epochs"]):
         if epoch == fail_at and where.rank == where.world - 1 and claim_fault():
-            exit_now(f"[train] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
-        metrics = train_one_epoch(net, training, loaders, task, epoch, state, where)
-        metrics.update(evaluate_tracked(training.model, subnets, loaders, where))
+            exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
+        metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
+        metrics.update(evaluate_tracked(training, loaders, where))
         state["epoch"] = epoch + 1
         state["history"].append(metrics)
-        metrics.update(restarts=state["restarts"], resumes=state["resumes"])
-        if where.rank == 0:
-            print_epoch(metrics, tr["epochs"], subnets)
-        if epoch + 1 == tr["epochs"] or (epoch + 1) % tr["checkpoint_every"] == 0:
+        metrics.update(restarts=state["restarts"], resumes=state["resumes"], **extra)
+        if where.rank == 0 and verbose:
+            print_epoch(metrics, tr["epochs"], subject, phase)
+        last = epoch + 1 == tr["epochs"]
+        if last and subject.kind == MODEL:
+            state["final"] = final_scores(training, task, loaders, where)
+            metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
+        if last or (epoch + 1) % tr["checkpoint_every"] == 0:
             save_checkpoint(training, state, metrics, where)
         # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
         # one-slot queue, so a report every (short) epoch would stall training. The console line and the
         # run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
+    return state
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train entry: one DDP rank."""
+    _quiet_ray_train_logs()
+    run_training(config, train_session())
