@@ -13,18 +13,29 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+from pipeline.core.arch import Architecture, validate_fits, validate_in_space
 from pipeline.core.latency_model import LatencyModel
+from pipeline.core.space import SearchSpace
+from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
+from pipeline.data.arrays import check_same_splits
+from pipeline.fidelity.experiment import run_fidelity
+from pipeline.fidelity.summary import describe, summarize
 from pipeline.latency.build import BuildSettings, open_profiler
-from pipeline.model.supernet_dir import EXPORT_DIR, trained_supernet_config
+from pipeline.model.supernet_dir import EXPORT_DIR, local_supernet, read_supernet_config, trained_supernet_config
+from pipeline.results.fidelity import fidelity_rows, write_fidelity
 from pipeline.results.report import SearchReport, write_report
+from pipeline.results.tables import PARETO_FILE, read_table
 from pipeline.search.experiment import saved_strategy, search_exists
 from pipeline.search.launch import SearchOutcome, run_search
 from pipeline.search.settings import EvaluatorResources, SearchSettings
+from pipeline.shared.cluster import connect
+from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import join, resolve_storage
-from pipeline.training.launch import train_supernet
+from pipeline.shared.storage import is_uri, join, resolve_storage
+from pipeline.training.launch import local_data_root, train_supernet, validate_data
 
 
 @dataclasses.dataclass
@@ -140,3 +151,71 @@ def run_pipeline(
     wall_s = time.perf_counter() - start
     say(f"[run] all phases done in {wall_s:.1f} s")
     return PipelineRun(supernet, searched, wall_s)
+
+
+@dataclasses.dataclass
+class FidelityRun:
+    run_path: str
+    rows: list[dict]
+    summary: dict
+    wall_s: float
+
+
+def fidelity_report(
+    supernet: str,
+    archs: int = 16,
+    candidates: str | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+    cpus_per_trial: float = 1.0,
+    gpu: bool = False,
+    seed: int = 0,
+) -> FidelityRun:
+    """Inherited against stand-alone top-1 for ``archs`` architectures spread over the supernet's size range
+    (plus the Pareto front of a search's ``candidates`` run), as a resumable Tune experiment; writes
+    ``fidelity.parquet``, ``fidelity.json`` and ``fidelity.png`` into the run."""
+    start = time.perf_counter()
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial}: must be positive")
+    with local_supernet(supernet) as directory:
+        config = read_supernet_config(directory)
+    if not config.get("task"):
+        raise UserError(f"supernet {supernet!r} records no task: it was not written by 'autoformer train'")
+    task = local_data_root(Task.from_dict(config["task"]).with_overrides(overrides or []))
+    space = SearchSpace.from_dict(config["space"], source=f"supernet {supernet!r}")
+    fits = validate_fits if config["sharing"] == "entangled" else validate_in_space
+    picked = [(a, "stratum") for a in spread_by_params(space, archs, seed)]
+    if candidates is not None:
+        for arch in _front_architectures(candidates):
+            fits(arch, space)
+            if arch.key not in {a.key for a, _ in picked}:
+                picked.append((arch, "front"))
+    checked = validate_data(task.for_phase("retrain"))
+    if config.get("splits"):
+        check_same_splits(config["splits"], checked["splits"], f"fidelity of supernet {supernet!r}")
+    storage = resolve_storage(storage)
+    name = name or f"{task.name}-fidelity"
+    run_path = join(storage, name)
+    recipe = task.recipe("retrain")
+    say(
+        f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
+        f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained {recipe['epochs']} "
+        f"epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; run {run_path}"
+    )
+    connect(gpu, "fidelity")
+    results = run_fidelity(supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu)
+    rows = fidelity_rows(results)
+    summary = summarize(rows, seed=seed)
+    summary.update(supernet=supernet, retrain_epochs=recipe["epochs"], seed=seed)
+    write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
+    return FidelityRun(run_path, rows, summary, time.perf_counter() - start)
+
+
+def _front_architectures(candidates: str) -> list[Architecture]:
+    """The architectures of a search run's Pareto front (its ``pareto.parquet``, on the params front)."""
+    source = candidates if candidates.endswith(".parquet") else join(candidates, PARETO_FILE)
+    if not is_uri(source) and not Path(source).is_file():
+        raise UserError(f"--candidates: {source!r} does not exist (a search run directory, or its {PARETO_FILE})")
+    rows = [r for r in read_table(source).to_pylist() if r.get("on_params_front")]
+    return [Architecture.from_json(r["architecture"], source=f"{source} row {r['key']}") for r in rows]

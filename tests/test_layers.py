@@ -22,6 +22,7 @@ RANK = {
     "training": 3,
     "search": 3,
     "latency": 3,
+    "fidelity": 3.5,  # a phase built on training (it trains stand-alone models in its trials)
     "results": 4,
     "run": 5,
     "api": 5,

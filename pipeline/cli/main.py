@@ -7,6 +7,7 @@ import sys
 
 from pipeline import __version__
 from pipeline.cli import (
+    fidelity_command,
     import_command,
     latency_command,
     model_commands,
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_command.add_parsers(sub)
     model_commands.add_parsers(sub)
     retrain_commands.add_parsers(sub)
+    fidelity_command.add_parser(sub)
     import_command.add_parser(sub)
     latency_command.add_parser(sub)
     return parser

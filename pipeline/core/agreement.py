@@ -1,13 +1,17 @@
-"""How well one list of numbers agrees with another: rank correlation and relative error.
+"""How well one list of numbers agrees with another, and how sure a score is.
 
-Used to judge predictors against measurements (latency models against timings; later, inherited accuracy
-against stand-alone accuracy). Pure Python: the lists are a few hundred long at most.
+Used to judge predictors against measurements (latency models against timings; inherited accuracy against
+stand-alone accuracy in the fidelity report) and to put intervals on accuracies measured on a finite split.
+Pure Python: the lists are a few hundred long at most.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
+
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -37,3 +41,96 @@ def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
     if len(predicted) != len(actual) or not actual:
         raise ValueError("mape needs two non-empty lists of equal length")
     return sum(abs(p - t) / abs(t) for p, t in zip(predicted, actual)) / len(actual)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties given their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks (ties averaged); NaN for a constant list."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman_rho needs lists of equal length, got {len(a)} and {len(b)}")
+    ra, rb = _ranks(a), _ranks(b)
+    n = len(ra)
+    if n < 2:
+        return math.nan
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va and vb else math.nan
+
+
+def bootstrap_interval(
+    statistic: Callable[[Sequence[float], Sequence[float]], float],
+    a: Sequence[float],
+    b: Sequence[float],
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(a, b)`` over pairs drawn with replacement (seeded);
+    resamples where the statistic is undefined (NaN) are left out."""
+    rng = random.Random(seed)
+    n = len(a)
+    values = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        value = statistic([a[i] for i in idx], [b[i] for i in idx])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    values.sort()
+    tail = (1 - level) / 2
+    pick = lambda q: values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]  # noqa: E731
+    return pick(tail), pick(1 - tail)
+
+
+def top_k_overlap(a: Sequence[float], b: Sequence[float], k: int) -> float:
+    """The share of the ``k`` best by ``a`` that are also among the ``k`` best by ``b`` (1.0: the same set)."""
+    k = min(k, len(a))
+    best = lambda xs: set(sorted(range(len(xs)), key=lambda i: -xs[i])[:k])  # noqa: E731
+    return len(best(a) & best(b)) / k if k else math.nan
+
+
+def wilson_interval(correct: float, count: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy of ``correct`` hits out of ``count`` images: valid near 0 and 1
+    and for small splits, where the normal approximation is not."""
+    if count <= 0:
+        return math.nan, math.nan
+    p = correct / count
+    denominator = 1 + z * z / count
+    centre = (p + z * z / (2 * count)) / denominator
+    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(
+    a_correct: Sequence[bool], b_correct: Sequence[bool], z: float = Z95
+) -> tuple[float, float, float]:
+    """Accuracy of a minus accuracy of b scored on the same images, with its 95 % interval.
+
+    Pairing removes the images both get right or both get wrong from the noise: the variance comes from the
+    images where they disagree only, so two candidates can be told apart with far fewer images than their
+    separate intervals suggest.
+    """
+    n = len(a_correct)
+    if n != len(b_correct) or n == 0:
+        raise ValueError("paired_difference needs two equally long, non-empty lists of hits")
+    diffs = [int(x) - int(y) for x, y in zip(a_correct, b_correct)]
+    mean = sum(diffs) / n
+    variance = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    half = z * math.sqrt(variance / n)
+    return mean, mean - half, mean + half

@@ -68,11 +68,13 @@ def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
     return t
 
 
-def _quiet_ray_train_logs() -> None:
-    """Ray Train logs every report at INFO (some of its loggers are named by file path, not module); our epoch
-    lines are the progress."""
+def quiet_ray_logs() -> None:
+    """Ray Train and Tune log every report and checkpoint at INFO (some loggers are named by file path, not
+    module); our epoch lines are the progress."""
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("ray.train") or f"{os.sep}ray{os.sep}train{os.sep}" in name:
+        if name.startswith(("ray.train", "ray.tune")) or any(
+            f"{os.sep}ray{os.sep}{part}{os.sep}" in name for part in ("train", "tune")
+        ):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -191,7 +193,7 @@ def resume_or_init(
         state["resumes"] += 1  # a new fit() call on the same run: the command was run again
         state["attempt"] = config["attempt"]
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
-    if where.rank == 0 and config.get("verbose", True):
+    if where.rank == 0:
         say(
             f"[{config.get('phase', 'train')}] continuing from epoch {state['epoch']} (restarts {state['restarts']}, "
             f"resumes {state['resumes']})"
@@ -330,7 +332,6 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
     net = where.prepare_model(subject.model, subject.unused_parameters)
     fail_at = fault_parameter("train_exit_at_epoch")
     extra = config.get("extra_metrics") or {}
-    verbose = config.get("verbose", True)
 
     for epoch in range(state["epoch"], tr["epochs"]):
         if epoch == fail_at and where.rank == where.world - 1 and claim_fault():
@@ -340,7 +341,7 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
         state["epoch"] = epoch + 1
         state["history"].append(metrics)
         metrics.update(restarts=state["restarts"], resumes=state["resumes"], **extra)
-        if where.rank == 0 and verbose:
+        if where.rank == 0:
             print_epoch(metrics, tr["epochs"], subject, phase)
         last = epoch + 1 == tr["epochs"]
         if last and subject.kind == MODEL:
@@ -356,5 +357,5 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train entry: one DDP rank."""
-    _quiet_ray_train_logs()
+    quiet_ray_logs()
     run_training(config, train_session())

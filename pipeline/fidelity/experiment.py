@@ -1,0 +1,156 @@
+"""The fidelity experiment: does the supernet rank architectures the way stand-alone training does?
+
+Each architecture is one Ray Tune trial: it scores the architecture with weights inherited from the supernet
+(search and test split), then trains it from scratch as a stand-alone model with the task's ``retrain``
+recipe (the same loop as ``autoformer retrain``, in the trial's process) and scores that on both splits.
+Trials run side by side as the cluster allows; their checkpoints make the experiment resumable: running the
+same command again restores it and continues the unfinished trials where they stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from typing import Any
+
+import torch
+from ray import tune
+
+from pipeline.core.arch import Architecture
+from pipeline.core.complexity import count_macs, count_params
+from pipeline.core.task import Task
+from pipeline.data.arrays import load_split, score
+from pipeline.model.supernet_dir import load_supernet
+from pipeline.shared.errors import UserError
+from pipeline.shared.progress import say
+from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
+from pipeline.training.session import tune_session
+from pipeline.training.worker import quiet_ray_logs, run_training
+
+PLAN_FILE = "fidelity-plan.json"  # what the experiment was started with: re-runs must match it
+
+
+def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bool) -> dict[str, float]:
+    """Search and test top-1 of ``arch`` with its weights inherited from the supernet (no training)."""
+    device = tune_session(gpu).device
+    supernet, _ = load_supernet(supernet_path, map_location=device)
+    model = supernet.extract(arch).to(device)
+    normalization = {"mean": task.data["mean"], "std": task.data["std"]}
+    out = {}
+    for role in ("search", "test"):
+        split = load_split(task, role, batch_size=task.search["batch_size"])
+        scores = score(model, split, normalization, device, task.search["batch_size"])
+        out[f"inherited_{role}_top1"] = scores["top1"]
+        out[f"{role}_images"] = len(split.labels)
+    return out
+
+
+def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, Any], gpu: bool, threads: int) -> None:
+    """One architecture: inherited scores, then stand-alone training to the end (resuming a checkpoint)."""
+    quiet_ray_logs()
+    candidate = config["candidate"]
+    run_task = Task.from_dict(task)
+    arch = Architecture.from_dict(candidate["arch"])
+    torch.set_num_threads(threads)
+    extra = {"params": candidate["params"], "macs": candidate["macs"], "key": arch.key}
+    extra.update(inherited_scores(supernet_path, arch, run_task, gpu))
+    run_training(
+        {
+            "task": run_task.to_dict(),
+            "subject": {"kind": "model", "architecture": arch.to_dict(), "fixed": candidate["fixed"], "init": None},
+            "phase": f"fidelity {arch.key}",
+            "attempt": uuid.uuid4().hex,
+            "newest_checkpoint": None,
+            "threads": threads,
+            "extra_metrics": extra,
+        },
+        tune_session(gpu),
+    )
+
+
+def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
+    """True when ``run_path`` holds an experiment started with this plan (resume it); False when there is none.
+    A run name already used for another plan is refused, naming what differs."""
+    target = join(run_path, PLAN_FILE)
+    try:
+        recorded = json.loads(read_bytes(target).decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return False
+    for key in plan:
+        if recorded.get(key) != plan[key]:
+            raise UserError(
+                f"run {run_path!r} already exists with another {key.replace('_', ' ')}; re-run with the same settings "
+                f"to resume it, or choose a new run with --name"
+            )
+    return True
+
+
+def run_fidelity(
+    supernet_path: str,
+    task: Task,
+    archs: list[tuple[Architecture, str]],
+    fixed: dict[str, Any],
+    storage: str,
+    name: str,
+    cpus_per_trial: float,
+    gpu: bool,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from)."""
+    run_path = join(storage, name)
+    run_task = task.for_phase("retrain")
+    plan = {
+        "supernet": supernet_path,
+        "architectures": [a.key for a, _ in archs],
+        "recipe": run_task.train,
+        "splits": task.splits,
+    }
+    resume = check_plan(run_path, plan) and tune.Tuner.can_restore(run_path)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    resources = {"CPU": cpus_per_trial, **({"GPU": 1} if gpu else {})}
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            fidelity_trial,
+            supernet_path=supernet_path,
+            task=run_task.to_dict(),
+            gpu=gpu,
+            threads=max(1, int(cpus_per_trial)),
+        ),
+        resources,
+    )
+    if resume:
+        say(f"[fidelity] resuming {run_path}")
+        tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        configs = [
+            {
+                "arch": a.to_dict(),
+                "picked": picked,
+                "params": count_params(a, fixed),
+                "macs": count_macs(a, fixed),
+                "fixed": fixed,
+            }
+            for a, picked in archs
+        ]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"candidate": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda t: f"arch_{t.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+        )
+        if not is_uri(storage):
+            os.makedirs(run_path, exist_ok=True)
+        write_bytes(join(run_path, PLAN_FILE), (json.dumps(plan, indent=2) + "\n").encode("utf-8"))
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        config = (result.config or {}).get("candidate")
+        metrics = dict(result.metrics or {})
+        if config is None:
+            continue
+        arch = Architecture.from_dict(config["arch"])
+        done = result.error is None and "test_top1" in metrics
+        rows.append({"arch": arch, "picked": config["picked"], "metrics": metrics, "done": done})
+    return rows

@@ -1,0 +1,46 @@
+"""What the fidelity report concludes from its rows: rank agreement between inherited and stand-alone top-1
+(Kendall tau, Spearman rho, each with a bootstrap 95 % interval over architectures), top-k overlap, and the
+mean gap inherited minus stand-alone. Decisions use the search split; the test split is reported beside it."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from pipeline.core.agreement import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap
+
+
+def summarize(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Rows carry ``inherited_search_top1``, ``standalone_search_top1`` and the test equivalents."""
+    done = [r for r in rows if not math.isnan(r.get("standalone_search_top1", math.nan))]
+    inherited = [r["inherited_search_top1"] for r in done]
+    alone = [r["standalone_search_top1"] for r in done]
+    k = max(1, len(done) // 4)
+    out: dict[str, Any] = {"architectures": len(done), "planned": len(rows), "top_k": k}
+    if len(done) < 3:
+        return {**out, "kendall_tau": math.nan, "spearman_rho": math.nan}
+    out["kendall_tau"] = kendall_tau(inherited, alone)
+    out["kendall_tau_95"] = list(bootstrap_interval(kendall_tau, inherited, alone, seed=seed))
+    out["spearman_rho"] = spearman_rho(inherited, alone)
+    out["spearman_rho_95"] = list(bootstrap_interval(spearman_rho, inherited, alone, seed=seed))
+    out["top_k_overlap"] = top_k_overlap(inherited, alone, k)
+    out["mean_gap_search"] = statistics.fmean(i - a for i, a in zip(inherited, alone))
+    out["mean_gap_test"] = statistics.fmean(r["inherited_test_top1"] - r["standalone_test_top1"] for r in done)
+    out["kendall_tau_test"] = kendall_tau(
+        [r["inherited_test_top1"] for r in done], [r["standalone_test_top1"] for r in done]
+    )
+    return out
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One line for the console and the plot's title."""
+    if math.isnan(summary["kendall_tau"]):
+        return f"{summary['architectures']} of {summary['planned']} architectures finished: too few for a correlation"
+    lo, hi = summary["kendall_tau_95"]
+    rlo, rhi = summary["spearman_rho_95"]
+    return (
+        f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman rho {summary['spearman_rho']:.2f} "
+        f"[{rlo:.2f}, {rhi:.2f}] over {summary['architectures']} architectures; top-{summary['top_k']} overlap "
+        f"{summary['top_k_overlap']:.0%}; inherited - stand-alone {100 * summary['mean_gap_search']:+.1f} pt (search)"
+    )

@@ -1,0 +1,129 @@
+"""``fidelity.parquet``, ``fidelity.json`` and ``fidelity.png``: the supernet-fidelity report. This module owns
+those files.
+
+One row per architecture: genes, parameters, MACs, where it was picked from (a size stratum or a search's
+front), inherited top-1 and stand-alone top-1 on the search and test splits, each with its 95 % Wilson
+interval, and the epochs of the stand-alone training. The JSON holds the summary (rank correlations with
+bootstrap intervals, top-k overlap, mean gap); the picture plots inherited against stand-alone top-1.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.agreement import wilson_interval
+from pipeline.shared.storage import join, write_bytes
+
+FIDELITY_FILE = "fidelity.parquet"
+SUMMARY_FILE = "fidelity.json"
+PLOT_FILE = "fidelity.png"
+SCORES = ("inherited_search_top1", "standalone_search_top1", "inherited_test_top1", "standalone_test_top1")
+
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("architecture", pa.string()),
+        ("embed_dim", pa.int32()),
+        ("depth", pa.int32()),
+        ("num_heads", pa.list_(pa.int32())),
+        ("mlp_ratio", pa.list_(pa.float64())),
+        ("picked", pa.string()),
+        ("params", pa.int64()),
+        ("macs", pa.int64()),
+        *[(name, pa.float64()) for score in SCORES for name in (score, f"{score}_low", f"{score}_high")],
+        ("search_images", pa.int64()),
+        ("test_images", pa.int64()),
+        ("epochs", pa.int32()),
+        ("status", pa.string()),
+    ]
+)
+
+
+def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows from the experiment's per-trial results (unfinished trials keep NaN stand-alone scores)."""
+    rows = []
+    for result in results:
+        arch, m = result["arch"], result["metrics"]
+        row: dict[str, Any] = {
+            "key": arch.key,
+            "architecture": json.dumps(arch.to_dict()),
+            "embed_dim": arch.embed_dim,
+            "depth": arch.depth,
+            "num_heads": list(arch.num_heads),
+            "mlp_ratio": list(arch.mlp_ratio),
+            "picked": result["picked"],
+            "params": int(m.get("params", 0)),
+            "macs": int(m.get("macs", 0)),
+            "inherited_search_top1": m.get("inherited_search_top1", math.nan),
+            "inherited_test_top1": m.get("inherited_test_top1", math.nan),
+            "standalone_search_top1": m["search_top1"] if result["done"] else math.nan,
+            "standalone_test_top1": m["test_top1"] if result["done"] else math.nan,
+            "search_images": int(m.get("search_images", 0)),
+            "test_images": int(m.get("test_images", 0)),
+            "epochs": int(m.get("epoch", 0)),
+            "status": "done" if result["done"] else "unfinished",
+        }
+        for score in SCORES:
+            images = row["search_images"] if "search" in score else row["test_images"]
+            value = row[score]
+            low, high = wilson_interval(round(value * images), images) if not math.isnan(value) else (math.nan,) * 2
+            row[f"{score}_low"], row[f"{score}_high"] = low, high
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["params"], r["key"]))
+
+
+def write_fidelity(run_path: str, rows: list[dict[str, Any]], summary: dict[str, Any], title: str) -> None:
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    write_bytes(join(run_path, FIDELITY_FILE), sink.getvalue())
+    write_bytes(join(run_path, SUMMARY_FILE), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_bytes(join(run_path, PLOT_FILE), fidelity_png(rows, title))
+
+
+def fidelity_png(rows: list[dict[str, Any]], title: str) -> bytes:
+    """Inherited (x) against stand-alone (y) search top-1 with 95 % intervals, the y = x line, tau in the title."""
+    import matplotlib  # here, not at the top: the Agg backend must be chosen before pyplot is first imported
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "done"]
+    fig, ax = plt.subplots(figsize=(6.5, 6), dpi=120)
+    if done:
+        x = [100 * r["inherited_search_top1"] for r in done]
+        y = [100 * r["standalone_search_top1"] for r in done]
+        xerr = [
+            [100 * (r["inherited_search_top1"] - r["inherited_search_top1_low"]) for r in done],
+            [100 * (r["inherited_search_top1_high"] - r["inherited_search_top1"]) for r in done],
+        ]
+        yerr = [
+            [100 * (r["standalone_search_top1"] - r["standalone_search_top1_low"]) for r in done],
+            [100 * (r["standalone_search_top1_high"] - r["standalone_search_top1"]) for r in done],
+        ]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.75", elinewidth=0.8, zorder=1)
+        points = ax.scatter(x, y, c=[r["params"] / 1e6 for r in done], cmap="viridis", s=30, zorder=2)
+        fig.colorbar(points, ax=ax, label="parameters (M)")
+        front = [(xi, yi) for r, xi, yi in zip(done, x, y) if r["picked"] == "front"]
+        if front:
+            ax.scatter(*zip(*front), facecolors="none", edgecolors="crimson", s=90, zorder=3, label="search front")
+        lo, hi = min(x + y) - 1, max(x + y) + 1
+        ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=1, label="y = x")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.legend(loc="upper left")
+    ax.set_xlabel("inherited top-1 on the search split (%)")
+    ax.set_ylabel("stand-alone top-1 on the search split (%)")
+    ax.set_title(title, fontsize=8, wrap=True)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
