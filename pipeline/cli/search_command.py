@@ -114,14 +114,20 @@ def _resources(args: argparse.Namespace):
 
 
 def front_table(front: list[dict]) -> str:
-    """The front as aligned text, smallest first: rank by top-1, size, latency, search and test top-1."""
-    header = f"{'rank':>4}  {'params':>7}  {'MACs':>7}  {'latency':>9}  {'search':>6}  {'test':>6}  architecture"
+    """The front as aligned text, smallest first: rank by top-1, size, latency, search top-1 with its 95 %
+    interval, and test top-1."""
+    header = (
+        f"{'rank':>4}  {'params':>7}  {'MACs':>7}  {'latency':>9}  {'search':>6} {'(95% interval)':>14}  "
+        f"{'test':>6}  architecture"
+    )
     lines = [header, "-" * len(header)]
     for r in sorted(front, key=lambda r: (r["params"], -r["top1"])):
         test = r.get("test_top1")
         test_text = f"{test:6.3f}" if test is not None and not math.isnan(test) else f"{'-':>6}"
+        interval = f"[{r['top1_low']:.3f}, {r['top1_high']:.3f}]" if not math.isnan(r["top1_low"]) else "-"
         lines.append(
-            f"{r['rank']:>4}  {si(r['params']):>7}  {si(r['macs']):>7}  {r['latency_ms']:7.2f}ms  {r['top1']:6.3f}  {test_text}  {r['key']}"
+            f"{r['rank']:>4}  {si(r['params']):>7}  {si(r['macs']):>7}  {r['latency_ms']:7.2f}ms  {r['top1']:6.3f} "
+            f"{interval:>14}  {test_text}  {r['key']}"
         )
     return "\n".join(lines)
 
@@ -133,7 +139,19 @@ def print_report(searched) -> None:
         b = report.best
         limits = ", ".join(f"{k} {v:,}" for k, v in constraints.to_dict().items() if v is not None) or "no constraints"
         test = f", test top-1 {b['test_top1']:.4f}" if b.get("test_top1") is not None else ""
-        print(f"best within {limits}: {b['key']} ({b['params']:,} params): search top-1 {b['top1']:.4f}{test}")
+        print(
+            f"best within {limits}: {b['key']} ({b['params']:,} params): search top-1 {b['top1']:.4f} "
+            f"[{b['top1_low']:.4f}, {b['top1_high']:.4f}] on {b['images']:,} images{test}"
+        )
+        if report.tied:
+            names = ", ".join(f"{r['key']} ({si(r['params'])}, {r['top1']:.3f})" for r in report.tied[:5])
+            more = f" and {len(report.tied) - 5} more" if len(report.tied) > 5 else ""
+            print(
+                f"statistically tied with it (paired 95% interval of the difference contains 0): {len(report.tied)} "
+                f"candidate(s), smallest first: {names}{more}; candidates.parquet marks them (tied_with_best)"
+            )
+        else:
+            print("no other candidate is statistically tied with it (paired 95% intervals on the same images)")
     else:
         print("no candidate satisfied the constraints")
     for f in report.files:

@@ -117,20 +117,17 @@ def wilson_interval(correct: float, count: int, z: float = Z95) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_difference(
-    a_correct: Sequence[bool], b_correct: Sequence[bool], z: float = Z95
-) -> tuple[float, float, float]:
-    """Accuracy of a minus accuracy of b scored on the same images, with its 95 % interval.
+def paired_difference(only_a: int, only_b: int, count: int, z: float = Z95) -> tuple[float, float, float]:
+    """Accuracy of a minus accuracy of b, scored on the same ``count`` images, with its 95 % interval, from the
+    number of images only a got right (``only_a``) and only b got right (``only_b``).
 
     Pairing removes the images both get right or both get wrong from the noise: the variance comes from the
     images where they disagree only, so two candidates can be told apart with far fewer images than their
     separate intervals suggest.
     """
-    n = len(a_correct)
-    if n != len(b_correct) or n == 0:
-        raise ValueError("paired_difference needs two equally long, non-empty lists of hits")
-    diffs = [int(x) - int(y) for x, y in zip(a_correct, b_correct)]
-    mean = sum(diffs) / n
-    variance = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
-    half = z * math.sqrt(variance / n)
+    if count <= 1:
+        return math.nan, math.nan, math.nan
+    mean = (only_a - only_b) / count
+    variance = ((only_a + only_b) / count - mean * mean) * count / (count - 1)
+    half = z * math.sqrt(max(variance, 0.0) / count)
     return mean, mean - half, mean + half

@@ -10,10 +10,24 @@ from __future__ import annotations
 import math
 from typing import Any, TypedDict
 
+from pipeline.core.agreement import paired_difference
 from pipeline.core.arch import Architecture
 from pipeline.core.pareto import front_of
 
-OUTCOME_KEYS = ("status", "top1", "top5", "loss", "latency_ms", "eval_s", "evaluator", "trial_id")
+OUTCOME_KEYS = (
+    "status",
+    "top1",
+    "top1_low",
+    "top1_high",
+    "images",
+    "hits",
+    "top5",
+    "loss",
+    "latency_ms",
+    "eval_s",
+    "evaluator",
+    "trial_id",
+)
 
 
 class CandidateRecord(TypedDict):
@@ -25,6 +39,10 @@ class CandidateRecord(TypedDict):
     macs: int
     status: str  # ok, over_latency (not scored) or error
     top1: float  # search split, inherited weights (NaN unless status is "ok")
+    top1_low: float  # its 95 % Wilson interval on the search split's images
+    top1_high: float
+    images: int  # search images scored (0 when not scored)
+    hits: str  # which search images were right at top-1: packed bits (numpy.packbits order) as hex ("" if none)
     top5: float
     loss: float
     latency_ms: (
@@ -42,6 +60,10 @@ def failed_outcome(trial_id: str = "") -> dict[str, Any]:
     return {
         "status": "error",
         "top1": nan,
+        "top1_low": nan,
+        "top1_high": nan,
+        "images": 0,
+        "hits": "",
         "top5": nan,
         "loss": nan,
         "latency_ms": nan,
@@ -96,3 +118,25 @@ def pareto_front(records: list[dict[str, Any]], cost: str) -> list[dict[str, Any
     scored = [r for r in records if r.get("status") == "ok"]
     front = [scored[i] for i in front_of([(-r["top1"], r[cost]) for r in scored])]
     return sorted(front, key=lambda r: (r[cost], -r["top1"], r["key"]))
+
+
+def hits_mask(record: dict[str, Any]) -> int:
+    """A record's per-image top-1 hits as one integer bit mask (0 when it has none)."""
+    return int.from_bytes(bytes.fromhex(record.get("hits") or ""), "big")
+
+
+def tied_with(best: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scored candidates statistically tied with ``best``: the 95 % interval of their paired top-1 difference
+    (same search images) contains zero. Candidates without per-image hits are left out."""
+    if not best.get("hits"):
+        return []
+    mask, count = hits_mask(best), best["images"]
+    tied = []
+    for r in records:
+        if r.get("status") != "ok" or r["key"] == best["key"] or not r.get("hits") or r["images"] != count:
+            continue
+        other = hits_mask(r)
+        _, low, high = paired_difference((other & ~mask).bit_count(), (mask & ~other).bit_count(), count)
+        if low <= 0 <= high:
+            tied.append(r)
+    return sorted(tied, key=lambda r: (r["params"], -r["top1"], r["key"]))

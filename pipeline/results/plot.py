@@ -1,4 +1,5 @@
-"""``pareto.png``: search top-1 against parameters, every candidate coloured by generation, the front drawn."""
+"""``pareto.png``: search top-1 against parameters, every candidate coloured by generation, the front drawn with
+the 95 % interval of each of its scores."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def pareto_png(
         xs, ys = [r["params"] / 1e6 for r in front], [100 * r["top1"] for r in front]
         ax.step(xs, ys, where="post", color="crimson", linewidth=1.5, label=f"Pareto front ({len(front)})")
         ax.scatter(xs, ys, color="crimson", s=26, zorder=3)
+        if all(not math.isnan(r.get("top1_low", math.nan)) for r in front):
+            spans = [
+                [100 * (r["top1"] - r["top1_low"]) for r in front],
+                [100 * (r["top1_high"] - r["top1"]) for r in front],
+            ]
+            ax.errorbar(xs, ys, yerr=spans, fmt="none", ecolor="crimson", alpha=0.5, capsize=2, label="95% interval")
     for bound, label in ((min_params, "min params"), (max_params, "max params")):
         if bound is not None:
             ax.axvline(bound / 1e6, color="0.3", linestyle="--", linewidth=1)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pipeline.core.records import CandidateRecord, best_record
+from pipeline.core.records import CandidateRecord, best_record, tied_with
 from pipeline.core.task import Task
 from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import load_supernet
@@ -33,6 +33,7 @@ class SearchReport:
     run_path: str
     front: list[dict[str, Any]]  # pareto.parquet rows (exported ones carry test scores and model_dir)
     best: dict[str, Any] | None  # highest search top-1 within the constraints
+    tied: list[dict[str, Any]]  # candidates statistically tied with the best (paired, same images), smallest first
     files: list[str]
 
 
@@ -49,6 +50,9 @@ def write_report(
     constraints, space and supernet, as recorded) goes into the Parquet footers and the models' metadata.
     ``measure`` times an exported model on the target device (searches that predicted latency)."""
     settings, constraints = metadata["settings"], metadata["constraints"]
+    best = best_record(records)
+    tied = {r["key"] for r in tied_with(best, records)} if best is not None else set()
+    records = [{**r, "tied_with_best": r["key"] in tied} for r in records]
     write_table(candidates_table(records), join(run_path, CANDIDATES_FILE), metadata)
     front = pareto_records(records)
     best = best_record(records)
@@ -70,4 +74,7 @@ def write_report(
     write_table(pareto_table(front), join(run_path, PARETO_FILE), metadata)
     title = f"{task.name}: {settings['algorithm']} ({settings['objective']}), {len(records)} candidates, space {metadata['space']}"
     pareto_png(records, join(run_path, PLOT_FILE), title, constraints["min_params"], constraints["max_params"])
-    return SearchReport(run_path, front, best, [join(run_path, f) for f in (CANDIDATES_FILE, PARETO_FILE, PLOT_FILE)])
+    ties = sorted((r for r in records if r["tied_with_best"]), key=lambda r: (r["params"], -r["top1"], r["key"]))
+    return SearchReport(
+        run_path, front, best, ties, [join(run_path, f) for f in (CANDIDATES_FILE, PARETO_FILE, PLOT_FILE)]
+    )

@@ -2,6 +2,9 @@
 
 Genes are columns (embed dim, depth, per-layer heads and MLP ratios as lists) beside the architecture's JSON,
 so the tables can be filtered in pandas without parsing, and any row can be fed back to ``autoformer export``.
+Every search score carries its 95 % interval (``top1_low``/``top1_high``) and the per-image hits behind it
+(``hits``: ``numpy.unpackbits`` gives one bit per search image), so any two candidates can be compared paired;
+``tied_with_best`` marks those whose paired difference with the best is not significant.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ CANDIDATE_SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
         ("latency_ms_pred", pa.float64()),
         ("top1", pa.float64()),
+        ("top1_low", pa.float64()),
+        ("top1_high", pa.float64()),
+        ("search_images", pa.int64()),
+        ("hits", pa.binary()),
+        ("tied_with_best", pa.bool_()),
         ("top5", pa.float64()),
         ("loss", pa.float64()),
         ("status", pa.string()),
@@ -70,6 +78,11 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": record["latency_ms"],
         "latency_ms_pred": record.get("latency_ms_pred", float("nan")),
         "top1": record["top1"],
+        "top1_low": record.get("top1_low", float("nan")),
+        "top1_high": record.get("top1_high", float("nan")),
+        "search_images": record.get("images", 0),
+        "hits": bytes.fromhex(record.get("hits") or ""),
+        "tied_with_best": bool(record.get("tied_with_best", False)),
         "top5": record["top5"],
         "loss": record["loss"],
         "status": record["status"],

@@ -27,14 +27,31 @@ def autocast_factory(device: torch.device, precision: str = "auto") -> Callable[
 
 
 @torch.no_grad()
+def evaluate_hits(
+    model: Callable[[torch.Tensor, Any], torch.Tensor],
+    arch: Any,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``evaluate_sums`` plus whether each image was right at top-1 (a bool tensor in the batches' order): what
+    paired comparisons between candidates scored on the same images need."""
+    hits = []
+    sums = evaluate_sums(model, arch, batches, device, autocast, hits)
+    return sums, torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+@torch.no_grad()
 def evaluate_sums(
     model: Callable[[torch.Tensor, Any], torch.Tensor],
     arch: Any,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
+    hits: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``[correct@1, correct@5, summed loss, count]`` as a float64 tensor on ``device``.
+    """``[correct@1, correct@5, summed loss, count]`` as a float64 tensor on ``device``; each batch's top-1 hits
+    are appended to ``hits`` when given.
 
     ``model(images, arch)`` gives the logits: a supernet with its architecture, or any model wrapped so.
     """
@@ -46,9 +63,11 @@ def evaluate_sums(
         logits = logits.float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
-        hits = top == labels[:, None]
-        sums[0] += hits[:, 0].sum()
-        sums[1] += hits.any(dim=-1).sum()
+        correct = top == labels[:, None]
+        if hits is not None:
+            hits.append(correct[:, 0].cpu())
+        sums[0] += correct[:, 0].sum()
+        sums[1] += correct.any(dim=-1).sum()
         sums[2] += F.cross_entropy(logits, labels, reduction="sum")
         sums[3] += labels.numel()
     return sums
