@@ -21,7 +21,7 @@ from pipeline.core.space import SearchSpace
 from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
 from pipeline.data.arrays import check_same_splits
-from pipeline.fidelity.experiment import run_fidelity
+from pipeline.fidelity.experiment import check_plan, fidelity_plan, run_fidelity
 from pipeline.fidelity.summary import describe, summarize
 from pipeline.latency.build import BuildSettings, open_profiler
 from pipeline.model.supernet_dir import EXPORT_DIR, local_supernet, read_supernet_config, trained_supernet_config
@@ -203,6 +203,7 @@ def fidelity_report(
         f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained {recipe['epochs']} "
         f"epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; run {run_path}"
     )
+    check_plan(run_path, fidelity_plan(supernet, task, picked))  # a taken run name is refused before Ray starts
     connect(gpu, "fidelity")
     results = run_fidelity(supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu)
     rows = fidelity_rows(results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline import __version__
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray folds log lines that differ only in numbers ("[repeated 6x across cluster]"), which would swallow the
+    # per-epoch lines of parallel trials and workers: this tool's progress. Read when Ray is first imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -81,10 +81,20 @@ def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     for key in plan:
         if recorded.get(key) != plan[key]:
             raise UserError(
-                f"run {run_path!r} already exists with another {key.replace('_', ' ')}; re-run with the same settings "
+                f"run {run_path!r} already exists with different {key}; re-run with the same settings "
                 f"to resume it, or choose a new run with --name"
             )
     return True
+
+
+def fidelity_plan(supernet_path: str, task: Task, archs: list[tuple[Architecture, str]]) -> dict[str, Any]:
+    """What fixes an experiment's results: a re-run must match it to resume."""
+    return {
+        "supernet": supernet_path,
+        "architectures": [a.key for a, _ in archs],
+        "recipe": task.recipe("retrain"),
+        "splits": task.splits,
+    }
 
 
 def run_fidelity(
@@ -97,15 +107,11 @@ def run_fidelity(
     cpus_per_trial: float,
     gpu: bool,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from)."""
+    """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from).
+    The caller has checked the plan against the run (``check_plan``) before starting Ray."""
     run_path = join(storage, name)
     run_task = task.for_phase("retrain")
-    plan = {
-        "supernet": supernet_path,
-        "architectures": [a.key for a, _ in archs],
-        "recipe": run_task.train,
-        "splits": task.splits,
-    }
+    plan = fidelity_plan(supernet_path, task, archs)
     resume = check_plan(run_path, plan) and tune.Tuner.can_restore(run_path)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)

@@ -35,8 +35,13 @@ def summarize(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
 
 def describe(summary: dict[str, Any]) -> str:
     """One line for the console and the plot's title."""
-    if math.isnan(summary["kendall_tau"]):
+    if summary["architectures"] < 3:
         return f"{summary['architectures']} of {summary['planned']} architectures finished: too few for a correlation"
+    if math.isnan(summary["kendall_tau"]):
+        return (
+            f"Kendall tau undefined over {summary['architectures']} architectures: the inherited or the stand-alone "
+            f"scores are all equal, so there is no ranking to compare"
+        )
     lo, hi = summary["kendall_tau_95"]
     rlo, rhi = summary["spearman_rho_95"]
     return (

@@ -83,8 +83,19 @@ def write_fidelity(run_path: str, rows: list[dict[str, Any]], summary: dict[str,
     sink = io.BytesIO()
     pq.write_table(table, sink)
     write_bytes(join(run_path, FIDELITY_FILE), sink.getvalue())
-    write_bytes(join(run_path, SUMMARY_FILE), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_bytes(join(run_path, SUMMARY_FILE), (json.dumps(_no_nan(summary), indent=2) + "\n").encode("utf-8"))
     write_bytes(join(run_path, PLOT_FILE), fidelity_png(rows, title))
+
+
+def _no_nan(value: Any) -> Any:
+    """JSON has no NaN: undefined statistics are written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def fidelity_png(rows: list[dict[str, Any]], title: str) -> bytes:

@@ -17,9 +17,6 @@ def connect(gpu: bool, phase: str) -> None:
     (its autoscaler may add them), with a line saying so.
     """
     joining = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
-    # Ray folds log lines that differ only in numbers ("[repeated 6x across cluster]"): that would swallow the
-    # per-epoch lines of parallel trials and workers, which are this tool's progress.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
