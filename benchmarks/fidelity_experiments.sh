@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The experiments of docs/fidelity.md on the CIFAR-10 subset (../shared/data/cifar10-10k), in order of value.
+#
+#   nohup bash benchmarks/fidelity_experiments.sh > RUNS/experiments.log 2>&1 &
+#
+# Every step is one `autoformer` command writing under $RUNS (default /work/bench-runs). A step whose result is
+# already there is skipped; an interrupted one resumes when the script is run again (each command resumes by
+# re-running, or with --resume for searches), so the whole chain continues across sessions. Then
+#   python benchmarks/fidelity_tables.py --runs $RUNS
+# prints the tables of docs/fidelity.md from the files the steps wrote. Wall times of every step go to
+# $RUNS/times.txt. On 2 CPU cores: a supernet about an hour (alone on the machine), a search of 300
+# candidates about 10 minutes, a 100-epoch stand-alone training 20-40 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-/work/bench-runs}
+DATA=${DATA:-$(cd ../shared/data/cifar10-10k && pwd)}
+TASK=benchmarks/tasks/cifar10-subset.yaml
+AF=${AF:-autoformer}
+PY=${PY:-python3}  # a Python with pyarrow (the project's virtualenv)
+LIMIT=400000  # the parameter limit of the Table 2 analogue (the space spans 150k to 1.22M)
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+mkdir -p "$RUNS"
+
+step() {  # step NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists; log its wall time
+  local name=$1 done=$2
+  shift 2
+  if [ -e "$done" ]; then echo "== $name: done already ($done)"; return 0; fi
+  echo "== $name: $*"
+  local start=$SECONDS
+  "$@"
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - start)) s" >> "$RUNS/times.txt"
+  return $rc
+}
+
+supernet() {  # supernet SHARING: the task's recipe, 100 epochs
+  step "train-$1" "$RUNS/cifar-$1/supernet/config.json" \
+    $AF train $TASK --set data.root="$DATA" --set model.sharing="$1" --storage "$RUNS" --name "cifar-$1"
+}
+
+search() {  # search SUPERNET_SHARING NAME FLAGS...: a search on that supernet (resumed if interrupted)
+  local sharing=$1 name=$2
+  shift 2
+  local resume=()
+  [ -d "$RUNS/$name" ] && resume=(--resume)
+  step "search-$name" "$RUNS/$name/pareto.parquet" \
+    $AF search $TASK --set data.root="$DATA" --supernet "$RUNS/cifar-$sharing/supernet" --storage "$RUNS" \
+    --name "$name" --evaluators 1 "${resume[@]}" "$@"
+}
+
+retrain_key() {  # retrain_key KEY CANDIDATES_RUN NAME
+  step "retrain-$3" "$RUNS/$3/model/config.json" \
+    $AF retrain $TASK --set data.root="$DATA" --candidates "$RUNS/$2" --key "$1" --storage "$RUNS" --name "$3" \
+    --cpus-per-worker 2
+}
+
+finetune_key() {  # finetune_key KEY NAME: from the model the front export wrote for KEY
+  local model
+  model=$(ls -d "$RUNS"/cifar-front/models/rank*-"$1" 2>/dev/null | head -1)
+  [ -n "$model" ] || { echo "no exported model for $1"; return 1; }
+  step "finetune-$2" "$RUNS/$2/model/config.json" \
+    $AF finetune --model "$model" --set data.root="$DATA" --storage "$RUNS" --name "$2" --cpus-per-worker 2
+}
+
+picks() {  # the Table 4 picks: smallest, middle and largest of the front within the space (keys, one per line)
+  $PY - "$RUNS/cifar-front/pareto.parquet" <<'EOF'
+import sys
+import pyarrow.parquet as pq
+rows = sorted((r for r in pq.read_table(sys.argv[1]).to_pylist() if r["on_params_front"]), key=lambda r: r["params"])
+for r in (rows[0], rows[len(rows) // 2], rows[-1]):
+    print(r["key"])
+EOF
+}
+
+# 1. The entangled supernet, and the search of its front (Table 4 picks, the best under the limit).
+supernet entangled
+search entangled cifar-front --objective pareto --population 50 --generations 10 --max-params $LIMIT
+
+# 2. Fidelity: 16 architectures spread over the size range, each retrained 30 epochs (a shortened schedule).
+step fidelity "$RUNS/cifar-fidelity/fidelity.parquet" \
+  $AF fidelity --supernet "$RUNS/cifar-entangled/supernet" --archs 16 --set data.root="$DATA" \
+  --set retrain.epochs=30 --set retrain.warmup_epochs=2 --storage "$RUNS" --name cifar-fidelity --cpus-per-trial 1
+
+# 3. Evolution against random search at the same budget (300 evaluations), 3 seeds, under the limit.
+for seed in 0 1 2; do
+  for algorithm in evolution random; do
+    search entangled "cifar-$algorithm-$seed" --algorithm $algorithm --objective constrained \
+      --population 30 --generations 10 --max-params $LIMIT --seed $seed
+  done
+done
+
+# 4. Table 4: three architectures of the front, inherited vs finetuned (40 epochs) vs retrained (100 epochs).
+for key in $(picks); do
+  finetune_key "$key" "cifar-finetune-$key"
+  retrain_key "$key" cifar-front "cifar-retrain-$key"
+done
+
+# 5. Table 2: the classical supernets (both modes) at the same epochs; the best under the limit of each.
+for sharing in classical classical_strict; do
+  supernet $sharing
+  search $sharing "cifar-best-$sharing" --objective constrained --population 30 --generations 10 --max-params $LIMIT
+done
+search entangled cifar-best-entangled --objective constrained --population 30 --generations 10 --max-params $LIMIT
+for sharing in entangled classical classical_strict; do
+  key=$($PY -c "import sys, pyarrow.parquet as pq; print(min(pq.read_table(sys.argv[1]).to_pylist(),
+    key=lambda r: r['rank'])['key'])" "$RUNS/cifar-best-$sharing/pareto.parquet" 2>/dev/null)
+  [ -n "$key" ] && retrain_key "$key" "cifar-best-$sharing" "cifar-retrain-best-$sharing"
+done
+echo "== all steps done"

@@ -1,0 +1,165 @@
+"""The tables of docs/fidelity.md, made from the files ``benchmarks/fidelity_experiments.sh`` wrote.
+
+    python benchmarks/fidelity_tables.py [--runs /work/bench-runs]
+
+Prints Markdown: the supernets (final tracked top-1, wall time), evolution against random search per seed,
+the best architecture under the limit per sharing mode (inherited against retrained), the Table 4 analogue
+(inherited, finetuned, retrained for three architectures of the front) and the fidelity summary. A part whose
+runs are missing or unfinished is printed as such, so the tables can be made at any point of the chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+SHARINGS = ("entangled", "classical", "classical_strict")
+
+
+def _config(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _model_scores(run: Path) -> tuple[float, float] | None:
+    config = _config(run / "model" / "config.json")
+    if config is None:
+        return None
+    scores = config["metadata"]["scores"]
+    return scores["search"]["top1"], scores["test"]["top1"]
+
+
+def _times(runs: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    path = runs / "times.txt"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        name, _, seconds, _ = line.split(" ")
+        out[name] = out.get(name, 0) + int(seconds)
+    return out
+
+
+def supernets(runs: Path, times: dict[str, int]) -> None:
+    print("| supernet | epochs | smallest | largest | tracked subnet | images/s | wall |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for sharing in SHARINGS:
+        config = _config(runs / f"cifar-{sharing}" / "supernet" / "config.json")
+        if config is None:
+            print(f"| {sharing} | not trained yet | | | | | |")
+            continue
+        m = config["metrics"]
+        speed = statistics.median(h["images_per_s"] for h in config["history"])
+        wall = times.get(f"train-{sharing}")
+        print(
+            f"| {sharing} | {config['epochs']} | {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} "
+            f"| {_pct(m['search_top1/subnet0'])} | {speed:.0f} | {f'{wall / 60:.0f} min' if wall else '-'} |"
+        )
+
+
+def best_row(run: Path) -> dict | None:
+    path = run / "pareto.parquet"
+    if not path.is_file():
+        return None
+    return min(pq.read_table(path).to_pylist(), key=lambda r: r["rank"])
+
+
+def evolution_vs_random(runs: Path) -> None:
+    print("| seed | evolution | random |")
+    print("| --- | --- | --- |")
+    found = {"evolution": [], "random": []}
+    for seed in (0, 1, 2):
+        cells = []
+        for algorithm in ("evolution", "random"):
+            row = best_row(runs / f"cifar-{algorithm}-{seed}")
+            if row is None:
+                cells.append("not run yet")
+                continue
+            found[algorithm].append(row["top1"])
+            cells.append(
+                f"{_pct(row['top1'])} [{_pct(row['top1_low'])}, {_pct(row['top1_high'])}] ({row['params'] / 1e6:.2f}M)"
+            )
+        print(f"| {seed} | {cells[0]} | {cells[1]} |")
+    if found["evolution"] and found["random"]:
+        ev, rnd = statistics.mean(found["evolution"]), statistics.mean(found["random"])
+        print(f"| mean | {_pct(ev)} | {_pct(rnd)} |")
+
+
+def best_per_sharing(runs: Path) -> None:
+    print(
+        "| sharing | best under the limit | params | inherited search | inherited test | retrained search | retrained test |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for sharing in SHARINGS:
+        row = best_row(runs / f"cifar-best-{sharing}")
+        if row is None:
+            print(f"| {sharing} | not searched yet | | | | | |")
+            continue
+        retrained = _model_scores(runs / f"cifar-retrain-best-{sharing}")
+        print(
+            f"| {sharing} | {row['key']} | {row['params'] / 1e6:.2f}M | {_pct(row['top1'])} | {_pct(row.get('test_top1'))} "
+            f"| {_pct(retrained[0]) if retrained else '-'} | {_pct(retrained[1]) if retrained else '-'} |"
+        )
+
+
+def table4(runs: Path) -> None:
+    front = runs / "cifar-front" / "pareto.parquet"
+    if not front.is_file():
+        print("(the front search has not run yet)")
+        return
+    rows = {r["key"]: r for r in pq.read_table(front).to_pylist()}
+    print("| architecture | params | inherited (search / test) | finetuned | retrained |")
+    print("| --- | --- | --- | --- | --- |")
+    for run in sorted(runs.glob("cifar-retrain-e*")):
+        key = run.name.removeprefix("cifar-retrain-")
+        row = rows.get(key)
+        if row is None:
+            continue
+        tuned = _model_scores(runs / f"cifar-finetune-{key}")
+        retrained = _model_scores(run)
+        cell = lambda s: f"{_pct(s[0])} / {_pct(s[1])}" if s else "-"  # noqa: E731
+        print(
+            f"| {key} | {row['params'] / 1e6:.2f}M | {_pct(row['top1'])} / {_pct(row.get('test_top1'))} | {cell(tuned)} "
+            f"| {cell(retrained)} |"
+        )
+
+
+def fidelity(runs: Path) -> None:
+    summary = _config(runs / "cifar-fidelity" / "fidelity.json")
+    if summary is None:
+        print("(the fidelity experiment has not finished yet)")
+        return
+    print("```")
+    print(json.dumps(summary, indent=2))
+    print("```")
+    for r in pq.read_table(runs / "cifar-fidelity" / "fidelity.parquet").to_pylist():
+        print(
+            f"| {r['key']} | {r['params'] / 1e6:.2f}M | {_pct(r['inherited_search_top1'])} | "
+            f"{_pct(r['standalone_search_top1'])} | {_pct(r['inherited_test_top1'])} | {_pct(r['standalone_test_top1'])} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="/work/bench-runs", type=Path)
+    runs = parser.parse_args().runs
+    times = _times(runs)
+    for title, part in (
+        ("Supernets", lambda: supernets(runs, times)),
+        ("Evolution against random search", lambda: evolution_vs_random(runs)),
+        ("The best architecture under the limit, per sharing mode", lambda: best_per_sharing(runs)),
+        ("Table 4 analogue", lambda: table4(runs)),
+        ("Fidelity", lambda: fidelity(runs)),
+    ):
+        print(f"\n### {title}\n")
+        part()
+    print("\nWall times (s):", json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()
