@@ -156,7 +156,9 @@ def test_retrain_refuses_a_model_of_another_space(tmp_path: Path, digits_superne
         "retrain", "imagefolder", "--model", str(model_dir), "--storage", str(tmp_path / "runs"),
         "--set", f"data.root={data}", "--set", "data.in_chans=1", "--set", "data.mean=[0.5]", "--set", "data.std=[0.2]",
     )  # fmt: skip
-    _refused(out, "is a model of another search space: its head_dim is 16, task 'imagefolder' (space 'autoformer-tiny')")
+    _refused(
+        out, "is a model of another search space: its head_dim is 16, task 'imagefolder' (space 'autoformer-tiny')"
+    )
     assert not (tmp_path / "runs").exists()
 
 

@@ -147,11 +147,11 @@ def print_report(searched) -> None:
             names = ", ".join(f"{r['key']} ({si(r['params'])}, {r['top1']:.3f})" for r in report.tied[:5])
             more = f" and {len(report.tied) - 5} more" if len(report.tied) > 5 else ""
             print(
-                f"statistically tied with it (paired 95% interval of the difference contains 0): {len(report.tied)} "
+                f"statistically tied with it (paired on the same images, McNemar's exact test p >= 0.05): {len(report.tied)} "
                 f"candidate(s), smallest first: {names}{more}; candidates.parquet marks them (tied_with_best)"
             )
         else:
-            print("no other candidate is statistically tied with it (paired 95% intervals on the same images)")
+            print("no other candidate is statistically tied with it (McNemar's exact test on the same images)")
     else:
         print("no candidate satisfied the constraints")
     for f in report.files:

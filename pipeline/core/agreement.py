@@ -117,17 +117,13 @@ def wilson_interval(correct: float, count: int, z: float = Z95) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_difference(only_a: int, only_b: int, count: int, z: float = Z95) -> tuple[float, float, float]:
-    """Accuracy of a minus accuracy of b, scored on the same ``count`` images, with its 95 % interval, from the
-    number of images only a got right (``only_a``) and only b got right (``only_b``).
-
-    Pairing removes the images both get right or both get wrong from the noise: the variance comes from the
-    images where they disagree only, so two candidates can be told apart with far fewer images than their
-    separate intervals suggest.
-    """
-    if count <= 1:
-        return math.nan, math.nan, math.nan
-    mean = (only_a - only_b) / count
-    variance = ((only_a + only_b) / count - mean * mean) * count / (count - 1)
-    half = z * math.sqrt(max(variance, 0.0) / count)
-    return mean, mean - half, mean + half
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided p-value of McNemar's exact test: are two classifiers scored on the same images equally
+    accurate? Only the images where they disagree count (``only_a`` right only for a, ``only_b`` only for b);
+    exact (binomial), so it stays valid when they disagree on a handful of images, where a normal interval
+    of the paired difference would call 4 disagreements out of 4 significant."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**n)

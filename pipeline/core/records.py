@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, TypedDict
 
-from pipeline.core.agreement import paired_difference
+from pipeline.core.agreement import mcnemar_p
 from pipeline.core.arch import Architecture
 from pipeline.core.pareto import front_of
 
@@ -125,9 +125,9 @@ def hits_mask(record: dict[str, Any]) -> int:
     return int.from_bytes(bytes.fromhex(record.get("hits") or ""), "big")
 
 
-def tied_with(best: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scored candidates statistically tied with ``best``: the 95 % interval of their paired top-1 difference
-    (same search images) contains zero. Candidates without per-image hits are left out."""
+def tied_with(best: dict[str, Any], records: list[dict[str, Any]], alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Scored candidates statistically tied with ``best``: paired on the same search images, McNemar's exact
+    test does not reject equal accuracy at ``alpha``. Candidates without per-image hits are left out."""
     if not best.get("hits"):
         return []
     mask, count = hits_mask(best), best["images"]
@@ -136,7 +136,6 @@ def tied_with(best: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
         if r.get("status") != "ok" or r["key"] == best["key"] or not r.get("hits") or r["images"] != count:
             continue
         other = hits_mask(r)
-        _, low, high = paired_difference((other & ~mask).bit_count(), (mask & ~other).bit_count(), count)
-        if low <= 0 <= high:
+        if mcnemar_p((other & ~mask).bit_count(), (mask & ~other).bit_count()) >= alpha:
             tied.append(r)
     return sorted(tied, key=lambda r: (r["params"], -r["top1"], r["key"]))

@@ -4,7 +4,7 @@ Genes are columns (embed dim, depth, per-layer heads and MLP ratios as lists) be
 so the tables can be filtered in pandas without parsing, and any row can be fed back to ``autoformer export``.
 Every search score carries its 95 % interval (``top1_low``/``top1_high``) and the per-image hits behind it
 (``hits``: ``numpy.unpackbits`` gives one bit per search image), so any two candidates can be compared paired;
-``tied_with_best`` marks those whose paired difference with the best is not significant.
+``tied_with_best`` marks those McNemar's exact test cannot tell from the best.
 """
 
 from __future__ import annotations
