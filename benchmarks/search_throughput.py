@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.core.sampling import sample_architectures  # noqa: E402
 from pipeline.core.task import Task, load_task  # noqa: E402
 from pipeline.model.supernet import Supernet  # noqa: E402
-from pipeline.model.supernet_dir import read_supernet_config, save_supernet, weights_path  # noqa: E402
+from pipeline.model.supernet_dir import WEIGHTS_FILE, read_supernet_config, read_weights, save_supernet  # noqa: E402
 from pipeline.search.constraints import Constraints  # noqa: E402
 from pipeline.search.evolution import Settings  # noqa: E402
 from pipeline.search.launch import run_search  # noqa: E402
@@ -62,7 +62,7 @@ def cold_evaluate(
     task = Task.from_dict(task_dict)
     config = read_supernet_config(supernet_dir)
     split = load_split(task, "search")
-    weights = load_file(str(weights_path(supernet_dir)))
+    weights = read_weights(supernet_dir, config, load_file)
     evaluator = Evaluator(
         config,
         weights,
@@ -90,7 +90,7 @@ def warm_vs_reload(task: Task, supernet: Path, count: int) -> None:
     archs = [a.to_dict() for a in sample_architectures(space, count, seed=123)]
     split = load_split(task, "search")
     refs = dict(
-        weights=ray.put(load_file(str(weights_path(supernet)))),
+        weights=ray.put(read_weights(supernet, read_supernet_config(supernet), load_file)),
         images=ray.put(split.images),
         labels=ray.put(split.labels),
     )
@@ -142,7 +142,7 @@ def paper_supernet_load_times(where: Path) -> None:
     torch.set_num_threads(1)
     for name in ("autoformer-tiny", "autoformer-small", "autoformer-base"):
         path = save_supernet(Supernet(load_space(name)), where / name)
-        size = weights_path(path).stat().st_size / 2**20
+        size = (path / WEIGHTS_FILE).stat().st_size / 2**20
         start = time.perf_counter()
         load_supernet(path)
         print(f"  {name}: {size:.0f} MiB, build + load {time.perf_counter() - start:.1f} s per reload")

@@ -88,3 +88,26 @@ def test_errors_exit_non_zero_with_one_message(argv: list[str], message: str) ->
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_a_search_refuses_a_corrupted_supernet_before_ray_starts(tmp_path: Path, digits_supernet: Path) -> None:
+    import shutil
+
+    damaged = tmp_path / "supernet"
+    shutil.copytree(digits_supernet, damaged)
+    weights = damaged / "supernet.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "search", "digits", "--supernet", str(damaged), "--storage",
+         str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"autoformer: error: supernet directory {str(damaged)!r}: supernet.safetensors is corrupted or was changed "
+        f"after it was written (sha256 " + out.stderr.split("(sha256 ")[1].strip()
+    ]
+    assert not (tmp_path / "runs").exists()

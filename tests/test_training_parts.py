@@ -139,3 +139,53 @@ def test_newest_complete_checkpoint_skips_cut_short_ones(tmp_path: Path) -> None
     weights.write_bytes(weights.read_bytes()[:100])  # cut short while being written
     path, state = newest_complete_checkpoint(str(tmp_path), "run")
     assert state["epoch"] == 2 and path.endswith("00-00-02")
+
+
+def test_a_damaged_optimizer_file_falls_back_to_the_checkpoint_before(tmp_path: Path, capsys) -> None:
+    """Every file of a checkpoint must match its checksum: a truncated optimizer.pt (or one flipped byte)
+    sends resume to the newest sound checkpoint, and says which it skipped and why."""
+    from pipeline.training.checkpoint import checkpoint_problem, newest_complete_checkpoint, write_checkpoint
+    from pipeline.training.recipe import build_scheduler
+
+    task = load_task("digits")
+    net = Supernet(load_space("digits"))
+    opt = build_optimizer(net, task.train)
+    sched = build_scheduler(opt, task.train, steps_per_epoch=3)
+    names = ["checkpoint_2026-01-01_00-00-01", "checkpoint_2026-01-01_00-00-02", "checkpoint_2026-01-01_00-00-03"]
+    for epoch, name in enumerate(names, 1):
+        write_checkpoint(tmp_path / "run" / name, net, opt, sched, {"epoch": epoch, "task": task.to_dict()})
+    newest = tmp_path / "run" / names[2]
+    optimizer = newest / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-10])
+    middle = tmp_path / "run" / names[1] / "supernet.safetensors"
+    data = bytearray(middle.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in a weight: the header still reads, the checksum does not match
+    middle.write_bytes(bytes(data))
+    assert "optimizer.pt is corrupted or truncated" in checkpoint_problem(newest)
+    path, state = newest_complete_checkpoint(str(tmp_path), "run")
+    assert state["epoch"] == 1 and path.endswith(names[0])
+    out = capsys.readouterr().out
+    assert f"not resuming from {names[2]}: optimizer.pt" in out and f"not resuming from {names[1]}: supernet" in out
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_weights_files_are_refused_with_one_line(tmp_path: Path, damage: str) -> None:
+    from pipeline.api import export_model
+    from pipeline.model.subnet_dir import load_model
+
+    space = load_space("digits")
+    save_supernet(Supernet(space), tmp_path / "supernet")
+    export_model(Supernet(space), Architecture(32, 2, (2, 2), (2.0, 2.0)), tmp_path / "model", load_task("digits"))
+    for path, load, name in (
+        (tmp_path / "supernet", load_supernet, "supernet.safetensors"),
+        (tmp_path / "model", load_model, "model.safetensors"),
+    ):
+        weights = path / name
+        data = bytearray(weights.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x01
+        else:
+            del data[len(data) // 2 :]
+        weights.write_bytes(bytes(data))
+        with pytest.raises(UserError, match=f"{name} is corrupted or was changed after it was written"):
+            load(path)

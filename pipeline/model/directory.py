@@ -7,16 +7,22 @@ half-written one and a crash leaves nothing where a user would look.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from safetensors import SafetensorError
 
 from pipeline.shared.errors import UserError
 
+T = TypeVar("T")
+
 CONFIG_FILE = "config.json"
+CHECKSUMS_KEY = "checksums"  # config.json: file name -> sha256 of every weights file written beside it
 
 
 def write_directory(path: str | Path, fill: Callable[[Path], None]) -> Path:
@@ -60,3 +66,41 @@ def read_config(path: str | Path, fmt: str, version: int, what: str, hint: str) 
             f"{where}: format_version {config.get('format_version')!r} is not supported (expected {version})"
         )
     return config
+
+
+def file_checksum(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_checksums(directory: Path, config: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``config`` with the checksums of ``names`` (files already written in ``directory``) recorded."""
+    return {**config, CHECKSUMS_KEY: {name: file_checksum(directory / name) for name in names}}
+
+
+def checked_load(directory: str | Path, name: str, config: dict[str, Any], what: str, load: Callable[[str], T]) -> T:
+    """``load(path)`` of weights file ``name`` after checking it against the checksum its config recorded.
+
+    A changed, corrupted or truncated file is one clear error naming it, never weights silently used (files
+    written before checksums were recorded are only checked for being readable).
+    """
+    path = Path(directory) / name
+    where = f"{what} directory {str(directory)!r}"
+    if not path.is_file():
+        raise UserError(f"{where}: no {name}")
+    expected = (config.get(CHECKSUMS_KEY) or {}).get(name)
+    if expected is not None:
+        actual = file_checksum(path)
+        if actual != expected:
+            raise UserError(
+                f"{where}: {name} is corrupted or was changed after it was written (sha256 {actual[:16]}..., "
+                f"{CONFIG_FILE} records {expected[:16]}...)"
+            )
+    try:
+        return load(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{where}: {name} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None

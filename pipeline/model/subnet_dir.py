@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.space import FIXED_KEYS, complete_fixed_parts
+from pipeline.model.directory import checked_load, record_checksums, write_config, write_directory
 from pipeline.model.directory import read_config as read_directory_config
-from pipeline.model.directory import write_config, write_directory
 from pipeline.model.onnx_export import onnx_bytes
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
@@ -91,7 +91,7 @@ def save_model(
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
         if graph is not None:
             (directory / ONNX_FILE).write_bytes(graph)
-        write_config(directory, config)
+        write_config(directory, record_checksums(directory, config, WEIGHTS_FILE))
 
     return write_directory(path, fill)
 
@@ -115,10 +115,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[StaticViT, dict[str, Any]]:
     """Rebuild a standalone model from its directory; returns the model (eval mode) and its config."""
     config = read_config(path)
-    weights = Path(path) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"model directory {str(path)!r}: no {WEIGHTS_FILE}")
-    state = load_file(str(weights), device=str(map_location))
+    state = checked_load(path, WEIGHTS_FILE, config, "model", lambda p: load_file(p, device=str(map_location)))
     try:
         model = StaticViT.from_state_dict(config["architecture"], config["fixed"], state)
     except RuntimeError as exc:

@@ -9,16 +9,23 @@ training, loading and the evaluators all go through it.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.space import SearchSpace
-from pipeline.model.directory import CONFIG_FILE, read_config, write_config, write_directory
+from pipeline.model.directory import (
+    CONFIG_FILE,
+    checked_load,
+    read_config,
+    record_checksums,
+    write_config,
+    write_directory,
+)
 from pipeline.model.supernet import Supernet
 from pipeline.shared.errors import UserError
 from pipeline.shared.storage import copy_directory, is_uri
@@ -29,6 +36,7 @@ WEIGHTS_FILE = "supernet.safetensors"
 EXPORT_DIR = "supernet"  # the directory name 'autoformer train' exports to, inside its run
 DROP_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
 HINT = "expected the 'supernet' directory that 'autoformer train' writes"
+T = TypeVar("T")
 
 
 def supernet_config(
@@ -57,7 +65,7 @@ def write_supernet_dir(path: str | Path, state: dict[str, torch.Tensor], config:
 
     def fill(directory: Path) -> None:
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        write_config(directory, config)
+        write_config(directory, record_checksums(directory, config, WEIGHTS_FILE))
 
     return write_directory(path, fill)
 
@@ -72,12 +80,10 @@ def read_supernet_config(path: str | Path) -> dict[str, Any]:
     return read_config(path, FORMAT, FORMAT_VERSION, "supernet", HINT)
 
 
-def weights_path(directory: str | Path) -> Path:
-    """The weights file of a (local) supernet directory; a clear error when it is missing."""
-    weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"supernet directory {str(directory)!r}: no {WEIGHTS_FILE}")
-    return weights
+def read_weights(directory: str | Path, config: dict[str, Any], load: Callable[[str], T]) -> T:
+    """``load(path)`` of a (local) supernet directory's weights, checked against the checksum its config
+    recorded: corruption or truncation is one clear error naming the file."""
+    return checked_load(directory, WEIGHTS_FILE, config, "supernet", load)
 
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict[str, Any]]:
@@ -85,8 +91,9 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
     with local_supernet(str(path)) as directory:
         config = read_supernet_config(directory)
         model = build_supernet(config, source=f"supernet directory {str(path)!r}")
+        state = read_weights(directory, config, lambda p: load_file(p, device=str(map_location)))
         try:
-            model.load_state_dict(load_file(str(weights_path(directory)), device=str(map_location)), strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise UserError(
                 f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {exc}"

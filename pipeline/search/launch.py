@@ -23,7 +23,7 @@ from pipeline.core.sampling import smallest_architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.data.arrays import load_split
-from pipeline.model.supernet_dir import local_supernet, read_supernet_config, weights_path
+from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
 from pipeline.search.experiment import run_experiment, search_exists, trial_cpus
@@ -106,7 +106,7 @@ def run_search(
         check_run_name(run_path, search_exists(run_path), resume)
         split = load_split(task, "search", batch_size=settings.batch_size)
         check_search_split(sconf, split.summary, where)
-        weights = load_file(str(weights_path(supernet_dir)))
+        weights = read_weights(supernet_dir, sconf, load_file)
 
     connect(resources.gpu, "search")
     count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)

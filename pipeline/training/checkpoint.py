@@ -1,9 +1,11 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped. This module owns that format.
 
-A checkpoint directory holds ``supernet.safetensors`` (weights), ``optimizer.pt`` (optimizer and scheduler
-state: torch's own format, since it holds Python structure) and ``state.json`` (epoch, step, restart and
-resume counts, metric history, splits, task and space). The same directory is what Ray Train persists to
-the run's storage path, local or ``s3://``/``gs://``.
+A checkpoint directory holds ``supernet.safetensors`` (the weights of what is trained, a supernet or one
+model), ``optimizer.pt`` (optimizer and scheduler state: torch's own format, since it holds Python structure)
+and ``state.json`` (epoch, step, restart and resume counts, metric history, splits, task and space, and the
+sha256 of the two other files), written last. The same directory is what Ray Train persists to the run's
+storage path, local or ``s3://``/``gs://``. A checkpoint is sound when all three files are there and match
+the recorded checksums; resuming skips any that is not, back to the newest sound one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pipeline.model.directory import file_checksum
 from pipeline.model.supernet_dir import WEIGHTS_FILE
+from pipeline.shared.progress import say
 from pipeline.shared.storage import filesystem, is_uri, join
 
 STATE_FILE = "state.json"
@@ -31,7 +35,31 @@ def write_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER_FILE)
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    sums = {name: file_checksum(directory / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
+    (directory / STATE_FILE).write_text(json.dumps({**state, "checksums": sums}, indent=2) + "\n", encoding="utf-8")
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why the checkpoint in (local) ``directory`` cannot be resumed from, or None when it is sound."""
+    for name in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE):
+        if not (directory / name).is_file():
+            return f"{name} is missing"
+    try:
+        state = read_state(directory)
+    except (OSError, ValueError) as exc:
+        return f"{STATE_FILE} cannot be read ({exc})"
+    sums = state.get("checksums")
+    if sums is None:  # written before checksums were recorded: the weights header at least must read
+        try:
+            with safe_open(str(directory / WEIGHTS_FILE), "pt"):
+                pass
+        except Exception as exc:
+            return f"{WEIGHTS_FILE} cannot be read ({exc})"
+        return None
+    for name, expected in sums.items():
+        if file_checksum(directory / name) != expected:
+            return f"{name} is corrupted or truncated (its sha256 differs from the one {STATE_FILE} records)"
+    return None
 
 
 def read_state(directory: Path) -> dict[str, Any]:
@@ -56,8 +84,9 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
     """Path (or URI) and state of the newest complete checkpoint of run ``name`` on storage, if any.
 
     Ray resumes from the newest checkpoint its run snapshot recorded, which after an interrupt can be older
-    than what was already written (or missing altogether); workers take whichever of the two is newer.
-    Complete means all three files are there and, on local storage, the weights file's header is intact.
+    than what was already written (or missing altogether); workers take whichever of the two is newer and
+    sound. Complete means all three files are there and, on local storage, match their checksums; a newer
+    checkpoint that is not is skipped, saying why.
     """
     fs, root = filesystem(storage)
     run_dir = join(root, name)
@@ -74,13 +103,15 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
         files = [f"{path}/{f}" for f in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE)]
         if any(info.type != pyarrow.fs.FileType.File for info in fs.get_file_info(files)):
             continue
-        try:
-            with fs.open_input_stream(files[0]) as f:
-                state = json.loads(f.read().decode("utf-8"))
-            if not is_uri(storage):
-                with safe_open(files[1], "pt"):
-                    pass
-        except Exception:  # a checkpoint cut short while being written: try the one before
+        problem = None if is_uri(storage) else checkpoint_problem(Path(path))
+        if problem is None:
+            try:
+                with fs.open_input_stream(files[0]) as f:
+                    state = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError) as exc:
+                problem = f"{STATE_FILE} cannot be read ({exc})"
+        if problem is not None:  # cut short while being written, or damaged since: try the one before
+            say(f"[train] not resuming from {dirname}: {problem}; trying the checkpoint before it")
             continue
         return (join(storage, name, dirname) if is_uri(storage) else path), state
     return None

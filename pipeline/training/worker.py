@@ -36,7 +36,7 @@ from pipeline.data.transforms import eval_transform, train_transform
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
-from pipeline.training.checkpoint import read_checkpoint, read_state, write_checkpoint
+from pipeline.training.checkpoint import checkpoint_problem, read_checkpoint, read_state, write_checkpoint
 from pipeline.training.exact_step import step_only_active, zero_fill_gradients
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from pipeline.training.session import Session, train_session
@@ -153,13 +153,16 @@ def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None)
     own checkpoint is the newer and wins.
     """
     checkpoint = where.checkpoint()
-    if newest_on_storage is None:
-        return checkpoint
     ray_epoch = -1
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            ray_epoch = read_state(Path(d))["epoch"]
-    if newest_on_storage["epoch"] > ray_epoch:
+            problem = checkpoint_problem(Path(d))
+            if problem is None:
+                ray_epoch = read_state(Path(d))["epoch"]
+            else:  # damaged: the driver's choice (the newest sound one on storage), or a fresh start
+                say(f"[train] not resuming from Ray's latest checkpoint: {problem}")
+                checkpoint = None
+    if newest_on_storage is not None and newest_on_storage["epoch"] > ray_epoch:
         return ray.train.Checkpoint(newest_on_storage["path"])
     return checkpoint
 
