@@ -57,9 +57,9 @@ def test_scoring_refuses_anything_but_the_search_split() -> None:
     require_role(SplitDataset(pool, None, eval_transform(task.data), "search"), "search", "scoring candidates")
 
 
-def _tree(root: Path, classes: int = 3, per_class: int = 6, val: bool = False) -> None:
+def _tree(root: Path, classes: int = 3, per_class: int = 6, val: bool = False, held_out: str = "val") -> None:
     rng = np.random.default_rng(0)
-    for split in ("train", "val") if val else ("train",):
+    for split in ("train", held_out) if val else ("train",):
         for c in range(classes):
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True)
@@ -78,6 +78,9 @@ def test_imagefolder_with_and_without_val(tmp_path: Path) -> None:
     _tree(tmp_path / "b", val=True)
     pool, test = open_sources({**task.data, "root": str(tmp_path / "b")})
     assert test is not None and len(test) == 18
+    _tree(tmp_path / "t", val=True, held_out="test")  # CIFAR's and most downloads' layout: test/ is the test split
+    pool, test = open_sources({**task.data, "root": str(tmp_path / "t")})
+    assert test is not None and len(test) == 18 and test.root.name == "test"
 
 
 def test_imagefolder_errors(tmp_path: Path) -> None:
@@ -90,6 +93,14 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     (tmp_path / "c" / "train" / "class1" / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(UserError, match="unreadable image .*broken.jpg"):
         open_sources({**data, "root": str(tmp_path / "c")}, check_images=True)
+    _tree(tmp_path / "one", classes=1)
+    with pytest.raises(UserError, match="has 1 class; a classifier needs at least 2"):
+        open_sources({**data, "root": str(tmp_path / "one")})
+    _tree(tmp_path / "both", val=True)
+    _tree(tmp_path / "both-test", val=True, held_out="test")
+    (tmp_path / "both-test" / "test").rename(tmp_path / "both" / "test")
+    with pytest.raises(UserError, match="has both val/ and test/"):
+        open_sources({**data, "root": str(tmp_path / "both")})
 
 
 def test_randaugment_at_full_magnitude_runs() -> None:

@@ -41,6 +41,9 @@ class ArraySource:
         return Image.fromarray(self.images[index])
 
 
+TEST_DIRS = ("val", "test")  # an ImageFolder tree's own test split, beside train/
+
+
 class FolderSource:
     """An ImageFolder directory (``<root>/<class>/<image>``), decoded lazily by PIL."""
 
@@ -104,7 +107,8 @@ def _cifar(name: str, root: str, download: bool, train: bool) -> ArraySource:
 
 
 def open_sources(data: dict, check_images: bool = False) -> tuple[ImageSource, ImageSource | None]:
-    """The training pool (train + search, and test when carved) and the dataset's own test split, if any."""
+    """The training pool (train + search, and test when carved) and the dataset's own test split, if any: an
+    ImageFolder's ``val/`` or ``test/`` (CIFAR's and most downloads' layout)."""
     kind = data["dataset"]
     if kind == "digits":
         return _digits(), None
@@ -114,13 +118,24 @@ def open_sources(data: dict, check_images: bool = False) -> tuple[ImageSource, I
     if kind in ("cifar10", "cifar100"):
         return _cifar(kind, root, data["download"], True), _cifar(kind, root, data["download"], False)
     mode = "L" if data["in_chans"] == 1 else "RGB"
-    train_dir, val_dir = Path(root) / "train", Path(root) / "val"
+    train_dir = Path(root) / "train"
     if not train_dir.is_dir():
         raise UserError(f"image folder {root!r} has no train/ directory; expected {root}/train/<class>/<image>")
+    held_out = [d for d in TEST_DIRS if (Path(root) / d).is_dir()]
+    if len(held_out) > 1:
+        raise UserError(
+            f"image folder {root!r} has both {held_out[0]}/ and {held_out[1]}/: keep the one that is the test split "
+            f"(the search split is carved from train/)"
+        )
     pool = FolderSource(train_dir, mode)
-    test = FolderSource(val_dir, mode) if val_dir.is_dir() else None
+    if len(pool.classes) < 2:
+        raise UserError(
+            f"image folder {str(train_dir)!r} has {len(pool.classes)} class; a classifier needs at least 2 "
+            f"(one sub-directory per class)"
+        )
+    test = FolderSource(Path(root) / held_out[0], mode) if held_out else None
     if test is not None and test.classes != pool.classes:
-        raise UserError(f"image folder {root!r}: the classes of val/ differ from those of train/")
+        raise UserError(f"image folder {root!r}: the classes of {held_out[0]}/ differ from those of train/")
     if check_images:
         pool.check_readable()
         if test is not None:

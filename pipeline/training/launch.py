@@ -93,6 +93,15 @@ def validate_data(task: Task) -> dict[str, Any]:
     return {"space": space, "splits": plan.summary(len(own_test) if own_test is not None else None)}
 
 
+def describe_splits(splits: dict[str, Any]) -> str:
+    """Each split's size and where the test split comes from, for the first progress line."""
+    test = splits["test"]
+    return (
+        f"{splits['train']['size']} train / {splits['search']['size']} search / {test['size']} test images "
+        f"(test {test['source']})"
+    )
+
+
 def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
     """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count)."""
     nodes = [
@@ -201,8 +210,7 @@ def train_supernet(
         check_same_run(newest[1], task, {"kind": "supernet"}, name)
     say(
         f"[train] task {task.name}: space {checked['space'].name}, sharing {task.model['sharing']}, "
-        f"{checked['splits']['train']['size']} train / {checked['splits']['search']['size']} search images, "
-        f"{task.train['epochs']} epochs"
+        f"{describe_splits(checked['splits'])}, {task.train['epochs']} epochs"
     )
     result = fit_run(
         task,

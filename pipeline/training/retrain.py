@@ -27,7 +27,14 @@ from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import join, resolve_storage, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
-from pipeline.training.launch import check_run_shape, check_same_run, fit_run, local_data_root, validate_data
+from pipeline.training.launch import (
+    check_run_shape,
+    check_same_run,
+    describe_splits,
+    fit_run,
+    local_data_root,
+    validate_data,
+)
 
 MODEL_DIR = "model"  # the directory name retrain and finetune write their model to, inside their run
 # Fixed parts a model keeps when its architecture is retrained on a task: all but the data's shape.
@@ -85,8 +92,8 @@ def train_model(
     if newest is not None:
         check_same_run(newest[1], run_task, subject, name)
     say(
-        f"[{phase}] {arch.key} on task {task.name}: {checked['splits']['train']['size']} train / "
-        f"{checked['splits']['search']['size']} search images, {run_task.train['epochs']} epochs, lr "
+        f"[{phase}] {arch.key} on task {task.name}: {describe_splits(checked['splits'])}, "
+        f"{run_task.train['epochs']} epochs, lr "
         f"{run_task.train['lr']:g} (base batch {run_task.train['lr_base_batch']}), "
         f"{'from scratch' if init is None else 'from the given weights'}"
     )
