@@ -34,7 +34,7 @@ from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage
+from pipeline.shared.storage import is_uri, join, resolve_storage, safe_run_name
 from pipeline.training.launch import local_data_root, train_supernet, validate_data
 
 
@@ -195,7 +195,7 @@ def fidelity_report(
     if config.get("splits"):
         check_same_splits(config["splits"], checked["splits"], f"fidelity of supernet {supernet!r}")
     storage = resolve_storage(storage)
-    name = name or f"{task.name}-fidelity"
+    name = safe_run_name(name or f"{task.name}-fidelity")
     run_path = join(storage, name)
     recipe = task.recipe("retrain")
     say(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from safetensors import SafetensorError
 
 from pipeline.shared.errors import UserError
+from pipeline.shared.storage import share_like_open
 
 T = TypeVar("T")
 
@@ -32,6 +33,9 @@ def write_directory(path: str | Path, fill: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         fill(tmp)
+        share_like_open(tmp, directory=True)
+        for item in tmp.rglob("*"):  # safetensors and mkstemp create files 0600
+            share_like_open(item, directory=item.is_dir())
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             path.rename(old / "previous")

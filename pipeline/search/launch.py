@@ -36,7 +36,7 @@ from pipeline.search.preflight import (
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
-from pipeline.shared.storage import join, resolve_storage
+from pipeline.shared.storage import join, resolve_storage, safe_run_name
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ def run_search(
     resume: bool = False,
 ) -> SearchOutcome:
     storage = resolve_storage(storage)
-    name = name or f"{task.name}-search"
+    name = safe_run_name(name or f"{task.name}-search")
     run_path = join(storage, name)
     with local_supernet(supernet) as supernet_dir:
         sconf = read_supernet_config(supernet_dir)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from pipeline.shared.errors import UserError
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -42,6 +44,7 @@ def write_bytes(target: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        share_like_open(tmp)
         os.replace(tmp, target_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,10 +64,50 @@ def copy_directory(source: str, target: str) -> None:
     pyarrow.fs.copy_files(source, target)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # files and directories this tool writes get the modes a plain open()/mkdir() would give
+
+
+def share_like_open(path: str | Path, directory: bool = False) -> None:
+    """Give a file made by ``mkstemp`` (0600) or a directory made by ``mkdtemp`` (0700) the mode the user's
+    umask gives new files (0644) and directories (0755), so results on shared storage are readable by others."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 def resolve_storage(storage: str | None) -> str:
-    """A run storage root: local paths become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through."""
+    """A run storage root, checked before anything starts: local paths become absolute (Ray requires it) and
+    must be a directory this process can write (or creatable); URIs (s3://, gs://, ...) must be reachable."""
     storage = storage or "runs"
-    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+    if is_uri(storage):
+        try:
+            fs, path = filesystem(storage)
+            fs.get_file_info(path)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--storage {storage!r} cannot be reached: {first}") from None
+        return storage
+    root = Path(storage).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--storage {storage!r} is a file, not a directory")
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--storage {storage!r}: {str(existing)!r} is not writable")
+    return str(root)
+
+
+def safe_run_name(name: str) -> str:
+    """A run name stays inside the storage root: relative, no '..' and no empty parts."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in name:
+        raise UserError(f"--name {name!r}: a run name must stay inside the storage root (no '..', '.' or leading '/')")
+    return name
 
 
 def write_directory_to(target: str, write: Callable[[Path], object]) -> str:

@@ -26,7 +26,7 @@ from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_super
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage, write_directory_to
+from pipeline.shared.storage import is_uri, join, resolve_storage, safe_run_name, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.worker import train_loop_per_worker
 
@@ -204,7 +204,7 @@ def train_supernet(
     task = local_data_root(task)
     checked = validate_data(task)
     storage = resolve_storage(storage)
-    name = name or f"{task.name}-supernet"
+    name = safe_run_name(name or f"{task.name}-supernet")
     newest = newest_complete_checkpoint(storage, name)
     if newest is not None:
         check_same_run(newest[1], task, {"kind": "supernet"}, name)

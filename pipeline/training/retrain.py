@@ -25,7 +25,7 @@ from pipeline.model.transfer import target_fixed, transferred_state
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import join, resolve_storage, write_directory_to
+from pipeline.shared.storage import join, resolve_storage, safe_run_name, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.launch import (
     check_run_shape,
@@ -86,7 +86,7 @@ def train_model(
     else:
         fixed = target_fixed(init, space.image_size, space.in_chans, space.num_classes, f"finetune on {task.name!r}")
     storage = resolve_storage(storage)
-    name = name or f"{task.name}-{phase}-{arch.key}"
+    name = safe_run_name(name or f"{task.name}-{phase}-{arch.key}")
     subject: dict[str, Any] = {"kind": "model", "architecture": arch.to_dict(), "fixed": fixed, "init": None}
     newest = newest_complete_checkpoint(storage, name)
     if newest is not None:

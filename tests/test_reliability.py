@@ -1,0 +1,66 @@
+"""Inputs refused before anything starts, and files others can read: storage, run names, file modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.arch import Architecture
+from pipeline.core.space import load_space
+from pipeline.core.task import load_task
+from pipeline.model.supernet import Supernet
+from pipeline.shared.errors import UserError
+from pipeline.shared.storage import UMASK, resolve_storage, safe_run_name, write_bytes
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True)
+
+
+def test_storage_must_be_a_writable_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        resolve_storage(str(tmp_path / "file"))
+    assert resolve_storage(str(tmp_path / "new" / "runs")) == str(tmp_path / "new" / "runs")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(UserError, match="is not writable"):
+            resolve_storage(str(locked / "runs"))
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/../../b", "", "a//b", "."])
+def test_run_names_stay_inside_the_storage_root(name: str) -> None:
+    with pytest.raises(UserError, match="must stay inside the storage root"):
+        safe_run_name(name)
+    assert safe_run_name("team/run-1") == "team/run-1"
+
+
+def test_cli_refuses_an_escaping_name_and_a_file_as_storage_before_starting(tmp_path: Path) -> None:
+    out = _cli("train", "digits", "--storage", str(tmp_path / "runs"), "--name", "../escaped")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "autoformer: error: --name '../escaped': a run name must stay inside the storage root (no '..', '.' or "
+        "leading '/')"
+    ]
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+    (tmp_path / "afile").write_text("x")
+    out = _cli("train", "digits", "--storage", str(tmp_path / "afile"))
+    assert out.returncode == 2 and "is a file, not a directory" in out.stderr
+
+
+def test_written_files_and_directories_follow_the_umask(tmp_path: Path) -> None:
+    from pipeline.api import export_model
+
+    write_bytes(str(tmp_path / "table.parquet"), b"x")
+    model_dir = export_model(
+        Supernet(load_space("digits")), Architecture(32, 2, (2, 2), (2.0, 2.0)), tmp_path / "m", load_task("digits")
+    )
+    assert stat.S_IMODE((tmp_path / "table.parquet").stat().st_mode) == 0o666 & ~UMASK
+    assert stat.S_IMODE(Path(model_dir).stat().st_mode) == 0o777 & ~UMASK
+    for f in Path(model_dir).iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~UMASK, f
