@@ -64,3 +64,43 @@ def test_written_files_and_directories_follow_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(Path(model_dir).stat().st_mode) == 0o777 & ~UMASK
     for f in Path(model_dir).iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~UMASK, f
+
+
+def test_a_key_given_twice_in_a_task_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("space: digits\ndata: {dataset: digits, image_size: 8, mean: [0.3], std: [0.4]}\n"
+                    "train:\n  epochs: 5\n  lr: 0.001\n  epochs: 7\n", encoding="utf-8")  # fmt: skip
+    with pytest.raises(UserError, match="not valid YAML: key 'epochs' appears twice in one mapping at line 6"):
+        load_task(str(path))
+
+
+def test_a_population_larger_than_the_space_is_refused_at_once(tmp_path: Path, digits_supernet: Path) -> None:
+    out = _cli("search", "digits", "--supernet", str(digits_supernet), "--population", "1000000",
+               "--storage", str(tmp_path / "runs"))  # fmt: skip
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "autoformer: error: search.population 1,000,000 exceeds the 22,113 architectures of space 'digits'; choose "
+        "at most 22,113"
+    ]
+
+
+def test_evaluate_gpu_without_a_gpu_is_an_error(tmp_path: Path, digits_supernet: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    arch = tmp_path / "a.json"
+    arch.write_text(Architecture(32, 2, (2, 2), (2.0, 2.0)).to_json())
+    out = _cli("evaluate", "--supernet", str(digits_supernet), "--arch", str(arch), "--gpu")
+    assert out.returncode == 2 and "--gpu was given but this machine has no GPU" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.num_classes=7"], "'data.num_classes': digits has 10 classes"),
+        (["data.in_chans=3", "data.mean=[0.3,0.3,0.3]", "data.std=[0.4,0.4,0.4]"], "digits images have 1 channel(s)"),
+    ],
+)
+def test_settings_that_contradict_the_data_are_refused_when_the_task_loads(overrides: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_task("digits", overrides)

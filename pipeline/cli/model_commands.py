@@ -105,7 +105,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{model.fixed['image_size']} px x {model.fixed['in_chans']}"
         )
     split = load_split(task, args.split, batch_size=task.search["batch_size"])
-    scores = score(model, split, normalization, pick_device(args.gpu), task.search["batch_size"])
+    device = pick_device(args.gpu)
+    if args.gpu and device.type != "cuda":
+        raise UserError("--gpu was given but this machine has no GPU; drop --gpu to evaluate on the CPU")
+    scores = score(model, split, normalization, device, task.search["batch_size"])
     result = {
         "architecture": model.arch.to_dict(),
         "key": model.arch.key,

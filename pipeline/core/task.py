@@ -361,13 +361,22 @@ def _build(data: dict[str, Any], name: str, where: str) -> Task:
         raise UserError(
             f"{where}: key 'data.root' is required for dataset {data_section['dataset']!r} (--set data.root=PATH)"
         )
-    if data_section["dataset"] in ("cifar10", "cifar100"):
-        expected = 10 if data_section["dataset"] == "cifar10" else 100
-        if data_section["num_classes"] not in (None, expected):
-            raise UserError(f"{where}: key 'data.num_classes': {data_section['dataset']} has {expected} classes")
-        data_section["num_classes"] = expected
-    if data_section["dataset"] == "digits":
-        data_section["num_classes"] = 10
+    fixed_shape = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}.get(data_section["dataset"])
+    if fixed_shape is not None:  # these datasets fix their channels and classes: a different value is a mistake
+        chans, classes = fixed_shape
+        if data_section["in_chans"] != chans:
+            raise UserError(
+                f"{where}: key 'data.in_chans': {data_section['dataset']} images have {chans} channel(s), not "
+                f"{data_section['in_chans']}"
+            )
+        if data_section["num_classes"] not in (None, classes):
+            raise UserError(f"{where}: key 'data.num_classes': {data_section['dataset']} has {classes} classes")
+        data_section["num_classes"] = classes
+    elif data_section["in_chans"] not in (1, 3):
+        raise UserError(
+            f"{where}: key 'data.in_chans': value {data_section['in_chans']} is not allowed; ImageFolder images "
+            f"load as grayscale (1) or RGB (3)"
+        )
     task = Task(
         name=name,
         description=description,

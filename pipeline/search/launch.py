@@ -29,6 +29,7 @@ from pipeline.search.evolution import Strategy
 from pipeline.search.experiment import run_experiment, search_exists, trial_cpus
 from pipeline.search.preflight import (
     check_latency_feasible,
+    check_population,
     check_run_name,
     check_search_split,
     check_task_matches,
@@ -99,6 +100,7 @@ def run_search(
         where = f"supernet {supernet!r}"
         space = check_task_matches(task, sconf, where)
         settings.constraints.check_feasible(space)
+        check_population(settings.strategy.population, space)
         latency_model = load_latency_model(settings, space)
         predict = latency_model.predict if latency_model is not None else None
         strategy = Strategy(space, settings.constraints, settings.strategy, predict)

@@ -47,6 +47,17 @@ def check_search_split(supernet_config: dict[str, Any], summary: dict[str, Any],
     check_same_splits(supernet_config.get("splits", {}), summary, where)
 
 
+def check_population(population: int, space: SearchSpace) -> None:
+    """A generation cannot hold more distinct architectures than the space has (it would search for minutes
+    before giving up)."""
+    size = space.num_architectures()
+    if population > size:
+        raise UserError(
+            f"search.population {population:,} exceeds the {size:,} architectures of space {space.name!r}; "
+            f"choose at most {size:,}"
+        )
+
+
 def check_run_name(run_path: str, exists: bool, resume: bool) -> None:
     if exists and not resume:
         raise UserError(f"search {run_path!r} already exists; pass --resume to continue it, or choose another --name")

@@ -27,6 +27,21 @@ def builtin_names(folder: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in builtin_dir(folder).iterdir() if p.name.endswith(".yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def yaml_error_line(exc: yaml.YAMLError) -> str:
     """A YAML error as one line with its position (PyYAML's own message spans several)."""
     mark = getattr(exc, "problem_mark", None)
@@ -53,7 +68,7 @@ def read_yaml_mapping(spec: str | Path, folder: str, what: str, expected: str) -
             )
         text, name, label = (builtin_dir(folder) / f"{spec}.yaml").read_text(encoding="utf-8"), spec, f"{what} {spec!r}"
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise UserError(f"{label}: not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(data, dict):
