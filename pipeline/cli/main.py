@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
+from typing import Any, TextIO
 
 from pipeline import __version__
 from pipeline.cli import (
@@ -26,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="AutoFormer: one-shot architecture search for vision transformers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also Ray's own console output (start-up and authentication notes, backend warnings)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     space_commands.add_parsers(sub)
     train_command.add_parser(sub)
@@ -38,11 +46,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    # Ray folds log lines that differ only in numbers ("[repeated 6x across cluster]"), which would swallow the
-    # per-epoch lines of parallel trials and workers: this tool's progress. Read when Ray is first imported.
+def quiet_console(verbose: bool) -> None:
+    """Our progress lines and the warnings that matter, nothing else by default.
+
+    Ray folds log lines that differ only in numbers ("[repeated 6x across cluster]"), which would swallow the
+    per-epoch lines of parallel trials and workers: never. Unless ``verbose``: Ray's Python loggers say
+    warnings and errors only (no start-up and dashboard lines) in the driver and the processes a local Ray
+    starts, its token-authentication note is hidden, and colour codes are stripped when output is not a
+    terminal. Environment variables are read when Ray is first imported, so this runs before any command
+    imports it.
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if verbose:
+        return
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    sys.stdout, sys.stderr = _Console(sys.stdout), _Console(sys.stderr)
+
+
+class _Console:
+    """A text stream without Ray's known-harmless lines, and without ANSI colour codes when it is not a
+    terminal (Ray colours the prefix of every worker line it forwards)."""
+
+    CODES = re.compile(r"\x1b\[[0-9;]*m")
+    # Forwarded from Ray's own processes, harmless, printed on every run: the Train controller's note about its
+    # PreemptionWatcher actor, and the traceback of the placement-group cleaner's monitor thread when another
+    # Ray instance runs on the same machine (it cannot tell which to watch; the run is not affected).
+    HARMLESS = re.compile(r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=")
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
+
+    def write(self, text: str) -> int:
+        if self.HARMLESS.search(text) or (self._dropped and text == "\n"):
+            self._dropped = text != "\n"
+            return len(text)
+        self._dropped = False
+        return self._stream.write(self.CODES.sub("", text) if self._plain else text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_console(args.verbose)
     try:
         return args.func(args)
     except UserError as exc:

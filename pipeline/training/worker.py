@@ -17,6 +17,7 @@ import random
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -361,4 +362,7 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train entry: one DDP rank."""
     quiet_ray_logs()
+    # A supernet step leaves most parameters unused, so DDP must look for them; the step that samples the
+    # largest subnet uses all, and DDP warns about that every time: expected here, not a problem.
+    warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
     run_training(config, train_session())
