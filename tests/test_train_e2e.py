@@ -111,9 +111,16 @@ def test_interrupted_driver_resumes_when_run_again(tmp_path: Path) -> None:
         time.sleep(0.5)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=120)
+    printed, _ = proc.communicate(timeout=120)
     interrupted_at = _latest_epoch(run)
     assert 2 <= interrupted_at < 8
+    # Ctrl-C says what is kept and exits as interrupted programs do, without exporting an unfinished supernet
+    assert proc.returncode == 130, printed[-3000:]
+    assert (
+        f"[train] interrupted: run 'digits-supernet' keeps its checkpoint at epoch {interrupted_at}; the same "
+        f"command resumes from there" in printed
+    ), printed[-3000:]
+    assert not (run / "supernet").exists()
     out = _train(tmp_path, "--set", "train.epochs=8")
     _check_ok(out)
     # Resumed, not restarted, from the newest checkpoint written (even if Ray's run snapshot had not recorded it).

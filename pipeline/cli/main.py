@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"autoformer: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was kept has been said by the phase that was interrupted
+        return 130
 
 
 if __name__ == "__main__":

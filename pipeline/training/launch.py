@@ -186,10 +186,31 @@ def fit_run(
         ),
     )
     say(f"[{phase}] {workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}")
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {name!r} finished without a checkpoint")
+    try:
+        # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
+        result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):
+        say(interrupted_note(storage, name, phase))
+        raise KeyboardInterrupt from None
+    finished = -1
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            finished = read_state(Path(d))["epoch"]
+    if finished < task.train["epochs"]:  # aborted: what is kept is a checkpoint to resume from, not a result
+        say(interrupted_note(storage, name, phase))
+        raise KeyboardInterrupt
     return result
+
+
+def interrupted_note(storage: str, name: str, phase: str) -> str:
+    """What an interrupted run keeps: the epoch the same command will resume from."""
+    newest = newest_complete_checkpoint(storage, name)
+    if newest is None:
+        return f"[{phase}] interrupted before the first checkpoint: the same command starts run {name!r} afresh"
+    return (
+        f"[{phase}] interrupted: run {name!r} keeps its checkpoint at epoch {newest[1]['epoch']}; the same command "
+        f"resumes from there (train.checkpoint_every sets how often one is written)"
+    )
 
 
 def train_supernet(
