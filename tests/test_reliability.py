@@ -104,3 +104,17 @@ def test_evaluate_gpu_without_a_gpu_is_an_error(tmp_path: Path, digits_supernet:
 def test_settings_that_contradict_the_data_are_refused_when_the_task_loads(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_task("digits", overrides)
+
+
+@pytest.mark.slow
+def test_requests_this_machine_can_never_place_fail_in_seconds(tmp_path: Path, digits_supernet: Path) -> None:
+    """On a Ray started here nothing can add CPUs: Ray would wait forever, so the tool says so at once."""
+    import time
+
+    start = time.perf_counter()
+    out = _cli("train", "digits", "--storage", str(tmp_path / "runs"), "--cpus-per-worker", "4096")
+    assert out.returncode == 2 and "--workers: 1 x (4096 CPU) asked for, but this machine has" in out.stderr
+    out = _cli("search", "digits", "--supernet", str(digits_supernet), "--storage", str(tmp_path / "runs"),
+               "--evaluators", "2", "--cpus-per-evaluator", "4096")  # fmt: skip
+    assert out.returncode == 2 and "--evaluators/--cpus-per-evaluator: 2 x (4096 CPU) asked for" in out.stderr
+    assert time.perf_counter() - start < 120

@@ -35,7 +35,7 @@ from pipeline.search.preflight import (
     check_task_matches,
 )
 from pipeline.search.settings import EvaluatorResources, SearchSettings
-from pipeline.shared.cluster import connect
+from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.storage import join, resolve_storage, safe_run_name
 
@@ -110,8 +110,10 @@ def run_search(
         check_search_split(sconf, split.summary, where)
         weights = read_weights(supernet_dir, sconf, load_file)
 
-    connect(resources.gpu, "search")
+    joined = connect(resources.gpu, "search")
     count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
+    unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
+    check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
     evaluator_kwargs = {
         "supernet_config": {k: sconf[k] for k in ("space", "sharing", "regularization")},
         "normalization": {"mean": task.data["mean"], "std": task.data["std"]},

@@ -10,8 +10,9 @@ from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 
 
-def connect(gpu: bool, phase: str) -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (or the one already joined), else start a local Ray.
+def connect(gpu: bool, phase: str) -> bool:
+    """Join the cluster named by ``RAY_ADDRESS`` (or the one already joined), else start a local Ray; True when
+    it joined a cluster (whose autoscaler may add nodes), False for a Ray started here.
 
     With ``gpu``, a local machine without a GPU is a clear error; a cluster without GPU nodes yet is waited on
     (its autoscaler may add them), with a line saying so.
@@ -23,3 +24,25 @@ def connect(gpu: bool, phase: str) -> None:
         if not joining:
             raise UserError(f"--gpu was given but this machine has no GPU; drop --gpu to {phase} on CPUs")
         say(f"[{phase}] no GPU in the cluster yet: waiting for the autoscaler to add GPU nodes")
+    return joining
+
+
+def check_resources(unit: dict[str, float], count: int, what: str, phase: str, joined: bool) -> None:
+    """Before asking Ray for ``count`` units of ``unit`` resources (e.g. workers of 2 CPUs): on a Ray started
+    here, more than the machine can ever place is one clear error in seconds (Ray would wait forever); on a
+    cluster, a line says what is waited for, since its autoscaler may add nodes."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    placeable = sum(
+        min(int(node.get(k, 0) // v) for k, v in unit.items() if v > 0) if any(v > 0 for v in unit.values()) else count
+        for node in nodes
+    )
+    if placeable >= count:
+        return
+    asked = " + ".join(f"{v:g} {k}" for k, v in unit.items() if v > 0)
+    have = ", ".join(f"{sum(n.get(k, 0) for n in nodes):g} {k}" for k in unit if unit[k] > 0)
+    if not joined:
+        raise UserError(
+            f"{what}: {count} x ({asked}) asked for, but this machine has {have} ({placeable} fit); ask for fewer "
+            f"or smaller units, or run on a cluster (RAY_ADDRESS)"
+        )
+    say(f"[{phase}] waiting for the cluster to make room for {count} x ({asked}): {placeable} fit now ({have})")

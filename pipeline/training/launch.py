@@ -23,7 +23,7 @@ from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
 from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
-from pipeline.shared.cluster import connect
+from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import is_uri, join, resolve_storage, safe_run_name, write_directory_to
@@ -159,13 +159,14 @@ def fit_run(
     Every phase that trains (supernet, retrain, finetune) goes through here: same DDP, checkpoints, resume by
     re-running, FailureConfig and per-epoch progress.
     """
-    connect(gpu, phase)
+    joined = connect(gpu, phase)
     cpus = (
         cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
     )
     resources: dict[str, float] = {"CPU": cpus}
     if gpu:
         resources["GPU"] = 1
+    check_resources(resources, workers, "--workers", phase, joined)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
