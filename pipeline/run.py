@@ -34,7 +34,7 @@ from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage, safe_run_name
+from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name
 from pipeline.training.launch import local_data_root, train_supernet, validate_data
 
 
@@ -204,8 +204,11 @@ def fidelity_report(
         f"epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; run {run_path}"
     )
     check_plan(run_path, fidelity_plan(supernet, task, picked))  # a taken run name is refused before Ray starts
-    connect(gpu, "fidelity")
-    results = run_fidelity(supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu)
+    with run_lock(run_path, "fidelity run"):
+        connect(gpu, "fidelity")
+        results = run_fidelity(
+            supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu
+        )
     rows = fidelity_rows(results)
     summary = summarize(rows, seed=seed)
     summary.update(supernet=supernet, retrain_epochs=recipe["epochs"], seed=seed)

@@ -118,3 +118,37 @@ def test_requests_this_machine_can_never_place_fail_in_seconds(tmp_path: Path, d
                "--evaluators", "2", "--cpus-per-evaluator", "4096")  # fmt: skip
     assert out.returncode == 2 and "--evaluators/--cpus-per-evaluator: 2 x (4096 CPU) asked for" in out.stderr
     assert time.perf_counter() - start < 120
+
+
+def test_a_run_in_use_is_refused_naming_its_holder_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    import socket
+
+    from pipeline.shared.storage import LOCK_FILE, run_lock
+
+    run = tmp_path / "run"
+    with run_lock(str(run), "search"):
+        holder = (run / LOCK_FILE).read_text().strip()
+        assert holder == f"{socket.gethostname()}:{os.getpid()}"
+        with pytest.raises(UserError, match=f"search '{run}' is in use by another driver \\({holder}\\)"):
+            with run_lock(str(run), "search"):
+                pass
+    assert not (run / LOCK_FILE).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK_FILE).write_text(f"{socket.gethostname()}:{dead.stdout.strip()}\n")
+    with run_lock(str(run), "search"):  # its driver is gone: taken over
+        assert (run / LOCK_FILE).read_text().strip() == f"{socket.gethostname()}:{os.getpid()}"
+
+
+@pytest.mark.slow
+def test_resuming_a_search_with_other_settings_is_refused(tmp_path: Path, digits_supernet: Path) -> None:
+    common = ["search", "digits", "--supernet", str(digits_supernet), "--storage", str(tmp_path), "--name", "s",
+              "--evaluators", "1", "--cpus-per-evaluator", "0.5"]  # fmt: skip
+    out = _cli(*common, "--population", "6", "--generations", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    footer = (tmp_path / "s" / "candidates.parquet").read_bytes()
+    out = _cli(*common, "--population", "5", "--generations", "1", "--max-params", "50000", "--resume")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"autoformer: error: --resume: search '{tmp_path / 's'}' was started with search.population = 6, not 5; a "
+        f"run's settings are fixed when it starts: resume with the same settings, or start another --name"
+    ]
+    assert (tmp_path / "s" / "candidates.parquet").read_bytes() == footer  # nothing rewritten

@@ -11,7 +11,9 @@ again and the generation count continues.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,7 +39,7 @@ from pipeline.search.preflight import (
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
-from pipeline.shared.storage import join, resolve_storage, safe_run_name
+from pipeline.shared.storage import is_uri, join, read_bytes, resolve_storage, run_lock, safe_run_name, write_bytes
 
 
 @dataclasses.dataclass
@@ -63,6 +65,42 @@ class SearchOutcome:
             "replaced_evaluators": self.replaced_evaluators,
             "latency_model": self.settings.latency_model,
         }
+
+
+SETTINGS_FILE = "search-settings.json"  # a search run's settings, fixed when it starts
+
+
+def recorded_settings(settings: SearchSettings, supernet: str) -> dict[str, Any]:
+    """What fixes a search's results (as JSON values): a resumed run must have exactly these."""
+    record = {
+        "supernet": supernet if is_uri(supernet) else str(Path(supernet).resolve()),
+        **{f"search.{k}": v for k, v in dataclasses.asdict(settings.strategy).items()},
+        **{f"search.{k}": v for k, v in settings.constraints.to_dict().items()},
+        "search.batch_size": settings.batch_size,
+        "search.latency_batch": settings.latency_batch,
+        "search.latency_repeats": settings.latency_repeats,
+        "search.latency_model": settings.latency_model,
+    }
+    return json.loads(json.dumps(record))
+
+
+def check_recorded_settings(run_path: str, settings: dict[str, Any], resume: bool) -> None:
+    """A new search records its settings; a resumed one must match them (one line naming what differs), so
+    the results, their Parquet footers and the report never mix settings or claim ones they were not run with."""
+    target = join(run_path, SETTINGS_FILE)
+    if not resume:
+        write_bytes(target, (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
+        return
+    try:
+        recorded = json.loads(read_bytes(target).decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return  # a search from before settings were recorded: nothing to compare with
+    for key, value in settings.items():
+        if recorded.get(key) != value:
+            raise UserError(
+                f"--resume: search {run_path!r} was started with {key} = {recorded.get(key)!r}, not {value!r}; a "
+                f"run's settings are fixed when it starts: resume with the same settings, or start another --name"
+            )
 
 
 def load_latency_model(settings: SearchSettings, space: SearchSpace) -> LatencyModel | None:
@@ -110,31 +148,35 @@ def run_search(
         check_search_split(sconf, split.summary, where)
         weights = read_weights(supernet_dir, sconf, load_file)
 
-    joined = connect(resources.gpu, "search")
-    count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
-    unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
-    check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
-    evaluator_kwargs = {
-        "supernet_config": {k: sconf[k] for k in ("space", "sharing", "regularization")},
-        "normalization": {"mean": task.data["mean"], "std": task.data["std"]},
-        "batch_size": settings.batch_size,
-        "latency_batch": settings.latency_batch,
-        "latency_repeats": settings.latency_repeats,
-        "time_latency": latency_model is None,
-    }
-    router_name = f"autoformer-router-{name}"
-    router, infos = start_pool(router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs)
-    del weights
-    try:
-        if settings.constraints.max_latency_ms is not None and latency_model is None:
-            check_latency_feasible(router, space, settings.constraints.max_latency_ms)
-        concurrency = min(count, settings.strategy.population)
-        trial_cpu = trial_cpus(0 if resources.gpu else count * resources.cpus, concurrency)
-        start = time.perf_counter()
-        measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
-        records = run_experiment(strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume)
-        tune_s = time.perf_counter() - start
-        replaced = ray.get(router.replaced_count.remote())
-    finally:
-        ray.kill(router)
-    return SearchOutcome(run_path, records, settings, space, sconf, infos, replaced, tune_s)
+    with run_lock(run_path, "search"):
+        check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
+        joined = connect(resources.gpu, "search")
+        count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
+        unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
+        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
+        evaluator_kwargs = {
+            "supernet_config": {k: sconf[k] for k in ("space", "sharing", "regularization")},
+            "normalization": {"mean": task.data["mean"], "std": task.data["std"]},
+            "batch_size": settings.batch_size,
+            "latency_batch": settings.latency_batch,
+            "latency_repeats": settings.latency_repeats,
+            "time_latency": latency_model is None,
+        }
+        router_name = f"autoformer-router-{name}"
+        router, infos = start_pool(router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs)
+        del weights
+        try:
+            if settings.constraints.max_latency_ms is not None and latency_model is None:
+                check_latency_feasible(router, space, settings.constraints.max_latency_ms)
+            concurrency = min(count, settings.strategy.population)
+            trial_cpu = trial_cpus(0 if resources.gpu else count * resources.cpus, concurrency)
+            start = time.perf_counter()
+            measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
+            records = run_experiment(
+                strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume
+            )
+            tune_s = time.perf_counter() - start
+            replaced = ray.get(router.replaced_count.remote())
+        finally:
+            ray.kill(router)
+        return SearchOutcome(run_path, records, settings, space, sconf, infos, replaced, tune_s)

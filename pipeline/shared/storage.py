@@ -7,8 +7,10 @@ stores a single PUT is atomic already, so the bytes are uploaded in one stream.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs
@@ -121,3 +123,51 @@ def write_directory_to(target: str, write: Callable[[Path], object]) -> str:
         write(local)
         copy_directory(str(local), target)
     return target
+
+
+LOCK_FILE = ".driver.lock"  # in a run directory while a driver uses it: host:pid of that driver
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_path: str, what: str) -> Iterator[None]:
+    """Hold run directory ``run_path`` for this driver: a second driver on the same run is refused at once,
+    naming the holder. A lock left by a process that is gone (same host) is taken over. Local storage only:
+    object stores have no exclusive create, so runs there are not locked."""
+    if is_uri(run_path):
+        yield
+        return
+    path = Path(run_path) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~UMASK)
+            break
+        except FileExistsError:
+            holder = path.read_text(encoding="utf-8").strip() if path.exists() else ""
+            host, _, pid = holder.rpartition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)  # its driver is gone: take the run over
+                continue
+            raise UserError(
+                f"{what} {run_path!r} is in use by another driver ({holder or 'unknown'}); wait for it to finish, "
+                f"or delete {str(path)!r} if that process is gone"
+            ) from None
+    else:
+        raise UserError(f"{what} {run_path!r}: could not take {str(path)!r}")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(me + "\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_super
 from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage, safe_run_name, write_directory_to
+from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name, write_directory_to
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.worker import train_loop_per_worker
 
@@ -189,7 +189,8 @@ def fit_run(
     say(f"[{phase}] {workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}")
     try:
         # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
-        result = trainer.fit()
+        with run_lock(join(storage, name), f"{phase} run"):
+            result = trainer.fit()
     except (KeyboardInterrupt, SystemExit):
         say(interrupted_note(storage, name, phase))
         raise KeyboardInterrupt from None
