@@ -152,3 +152,14 @@ def test_resuming_a_search_with_other_settings_is_refused(tmp_path: Path, digits
         f"run's settings are fixed when it starts: resume with the same settings, or start another --name"
     ]
     assert (tmp_path / "s" / "candidates.parquet").read_bytes() == footer  # nothing rewritten
+
+
+def test_off_space_architectures_are_exported_with_a_warning(tmp_path: Path, digits_supernet: Path) -> None:
+    arch = tmp_path / "a.json"
+    arch.write_text(Architecture(40, 2, (2, 2), (2.5, 2.0)).to_json())  # inside the weights, never trained
+    out = _cli("export", "--supernet", str(digits_supernet), "--arch", str(arch), "--out", str(tmp_path / "m"))
+    assert out.returncode == 0 and out.stderr.count("autoformer: warning:") == 1
+    assert "embed_dim 40 is not one of [32, 48, 64]: the supernet never trained that choice" in out.stderr
+    out = _cli("export", "--supernet", str(digits_supernet), "--arch", str(arch), "--out", str(tmp_path / "m2"),
+               "--allow-off-space")  # fmt: skip
+    assert out.returncode == 0 and "warning" not in out.stderr

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from pipeline.cli.options import add_selection, recorded_task, select_architecture
+from pipeline.core.arch import validate_in_space
 from pipeline.shared.errors import UserError
 
 
@@ -24,6 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", default=None, metavar="DIR", help="add ONNX to this existing model directory instead")
     e.add_argument("--out", default=None, help="model directory to create (with --supernet)")
     e.add_argument("--force", action="store_true", help="replace an existing model directory")
+    e.add_argument(
+        "--allow-off-space", action="store_true", help="an architecture outside the space's choices is intended"
+    )
     e.add_argument(
         "--format",
         choices=("safetensors", "onnx"),
@@ -45,6 +50,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--split", choices=("test", "search"), default="test")
     v.add_argument("--gpu", action="store_true", help="evaluate on the GPU")
     v.add_argument("--json", action="store_true", help="print the scores as JSON")
+    v.add_argument(
+        "--allow-off-space", action="store_true", help="an architecture outside the space's choices is intended"
+    )
     add_selection(v)
     v.set_defaults(func=cmd_evaluate)
 
@@ -54,6 +62,16 @@ def _supernet(args: argparse.Namespace):
 
     arch, row = select_architecture(args)
     supernet, config = load_supernet(args.supernet)
+    supernet.check_architecture(arch)  # beyond what the supernet holds: an error
+    try:
+        validate_in_space(arch, supernet.space)
+    except UserError as exc:  # inside the weights but not a trained choice
+        if not args.allow_off_space:
+            print(
+                f"autoformer: warning: {exc}: the supernet never trained that choice, so its inherited weights are "
+                f"untested (--allow-off-space: this is intended, no warning)",
+                file=sys.stderr,
+            )
     return supernet, config, arch, row
 
 

@@ -11,7 +11,8 @@ from pipeline.shared.progress import say
 
 
 def connect(gpu: bool, phase: str) -> bool:
-    """Join the cluster named by ``RAY_ADDRESS`` (or the one already joined), else start a local Ray; True when
+    """Join the cluster named by ``RAY_ADDRESS`` (or the one already joined), else start a Ray of our own on this
+    machine (never joining one that ``ray start`` left running); True when
     it joined a cluster (whose autoscaler may add nodes), False for a Ray started here.
 
     With ``gpu``, a local machine without a GPU is a clear error; a cluster without GPU nodes yet is waited on
@@ -19,7 +20,8 @@ def connect(gpu: bool, phase: str) -> bool:
     """
     joining = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host.
+        ray.init(address=None if joining else "local", log_to_driver=True)
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
         if not joining:
             raise UserError(f"--gpu was given but this machine has no GPU; drop --gpu to {phase} on CPUs")
