@@ -64,6 +64,15 @@ def _keys(storage: Path, name: str) -> list[str]:
     return pq.read_table(storage / name / "candidates.parquet").column("key").to_pylist()
 
 
+def test_search_survives_the_router_dying(supernet: Path, tmp_path: Path) -> None:
+    """kill -9 of the router mid-search: Ray restarts it, the trials' calls are retried, nothing fails."""
+    out = _search(supernet, tmp_path, "--evaluators", "1", "--cpus-per-evaluator", "0.5", fault="router_exit_after=3")
+    _ok(out)
+    assert (tmp_path / "fault-token").exists()  # the router did die
+    df = pq.read_table(tmp_path / "digits-search" / "candidates.parquet").to_pandas()
+    assert len(df) == df.key.nunique() == 18 and (df.status == "ok").all()
+
+
 def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, tmp_path: Path) -> None:
     out = _search(
         supernet,

@@ -7,7 +7,10 @@ dies, the router replaces it and runs the same candidate on the next idle one: t
 exactly once, so no candidate is lost or counted twice.
 
 The router is created by the driver, outside any trial's placement group, so the evaluators it starts (and
-restarts) are ordinary cluster actors.
+restarts) are ordinary cluster actors. It is no single point of failure: when the router itself dies, Ray
+restarts it (``ROUTER_RESTARTS``), the restarted router starts a fresh pool from the same object-store
+weights and images, and every call a trial was waiting on is retried on it, so no candidate is reported
+failed because the router died.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from ray.exceptions import RayActorError
 
 from pipeline.data.arrays import SplitArrays
 from pipeline.search.evaluator import Evaluator
+from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.progress import say
+
+ROUTER_RESTARTS = 3  # then the search stops with the trials' errors
 
 
 @ray.remote(num_cpus=0)
@@ -35,6 +41,7 @@ class Router:
         self.actors = [self._start() for _ in range(count)]
         self.free: asyncio.Queue | None = None
         self.replaced = 0
+        self.exit_after, self.calls = fault_parameter("router_exit_after"), 0
 
     def _start(self):
         weights, images, labels = self.refs
@@ -53,6 +60,9 @@ class Router:
         return list(await asyncio.gather(*(a.describe.remote() for a in self.actors)))
 
     async def evaluate(self, arch: dict[str, Any], max_latency_ms: float | None) -> dict[str, Any]:
+        self.calls += 1
+        if self.exit_after is not None and self.calls > self.exit_after and claim_fault():
+            exit_now(f"[search] fault injection: the router exits at its candidate {self.calls}")
         free = self._queue()
         while True:
             i = await free.get()
@@ -89,15 +99,19 @@ def start_pool(
     weights: dict[str, np.ndarray],
     split: SplitArrays,
     evaluator_kwargs: dict[str, Any],
-) -> tuple[Any, list[dict[str, Any]]]:
+) -> tuple[Any, list[dict[str, Any]], list]:
     """Put the weights and the split in the object store once, start the router with ``count`` evaluators, and
-    wait until all of them hold both; returns the router and the evaluators' descriptions."""
+    wait until all of them hold both; returns the router, the evaluators' descriptions and the object refs.
+    The caller keeps the refs until the search ends: the router only borrows them, and a restarted router
+    needs them again."""
     refs = [ray.put(weights), ray.put(split.images), ray.put(split.labels)]
     options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
     if gpu:
         options["num_gpus"] = 1
     kwargs = {**evaluator_kwargs, "device": "cuda" if gpu else "cpu", "threads": max(1, int(cpus))}
-    router = Router.options(name=router_name).remote(options, kwargs, refs, count)
+    router = Router.options(name=router_name, max_restarts=ROUTER_RESTARTS, max_task_retries=-1).remote(
+        options, kwargs, refs, count
+    )
     say(
         f"[search] starting {count} evaluator(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), "
         f"loading the supernet and {len(split.labels):,} search images into each"
@@ -113,4 +127,4 @@ def start_pool(
         say(
             f"[search]   evaluator {i}: {info['node']} pid {info['pid']}, {info['device']}, ready in {info['load_s']:.1f} s"
         )
-    return router, infos
+    return router, infos, refs

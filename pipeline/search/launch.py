@@ -163,7 +163,9 @@ def run_search(
             "time_latency": latency_model is None,
         }
         router_name = f"autoformer-router-{name}"
-        router, infos = start_pool(router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs)
+        router, infos, refs = start_pool(
+            router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs
+        )
         del weights
         try:
             if settings.constraints.max_latency_ms is not None and latency_model is None:
@@ -179,4 +181,5 @@ def run_search(
             replaced = ray.get(router.replaced_count.remote())
         finally:
             ray.kill(router)
+            del refs  # held until here: a restarted router starts its evaluators from them
         return SearchOutcome(run_path, records, settings, space, sconf, infos, replaced, tune_s)

@@ -6,8 +6,9 @@ runs; Ray's processes on this machine inherit it. The first process that reaches
 (creating the file atomically) and dies as a crashed worker would; every later process sees the token taken
 and carries on, so a fault fires exactly once per test.
 
-Faults: ``train_exit_at_epoch=N`` (the last training rank exits at the start of 0-based epoch N) and
-``evaluator_exit_after=N`` (an evaluator exits when handed its (N+1)-th candidate).
+Faults: ``train_exit_at_epoch=N`` (the last training rank exits at the start of 0-based epoch N),
+``evaluator_exit_after=N`` (an evaluator exits when handed its (N+1)-th candidate) and ``router_exit_after=N``
+(the search's router exits when handed its (N+1)-th candidate).
 """
 
 from __future__ import annotations
