@@ -70,53 +70,41 @@ def _report(phase: str, outcome: Any, start: float) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     # CLI start-up: Ray and torch load only for the commands that use them
-    from ray.train import TrainingFailedError
-
     from pipeline.model.subnet_dir import read_config
-    from pipeline.training.retrain import check_same_design, train_model
+    from pipeline.training.retrain import check_same_design
 
     task = load_task(args.task, args.overrides)
     arch, row = select_architecture(args)
     if args.arch_model is not None:
         where = f"model directory {args.arch_model!r}"
         check_same_design(read_config(args.arch_model)["fixed"], task, task.space().fixed_parts(), where)
-    start = time.perf_counter()
-    try:
-        outcome = train_model(
-            task,
-            arch,
-            phase="retrain",
-            origin=_origin(args, row),
-            workers=args.workers,
-            gpu=args.gpu,
-            storage=args.storage,
-            name=args.name,
-            cpus_per_worker=args.cpus_per_worker,
-        )
-    except TrainingFailedError as exc:
-        return training_failed(exc, task.recipe("retrain")["max_failures"])
-    _report("retrain", outcome, start)
-    return 0
+    return _train(args, task, arch, "retrain", _origin(args, row))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ray.train import TrainingFailedError
-
     from pipeline.model.subnet_dir import load_model
-    from pipeline.training.retrain import train_model
 
     model, config = load_model(args.model)
     metadata = config.get("metadata") or {}
     task = recorded_task(args, metadata.get("task"), f"model directory {args.model!r}")
     origin = {"kind": "model", "path": str(Path(args.model).resolve()), "source": metadata.get("source")}
+    return _train(args, task, model.arch, "finetune", origin, init=model)
+
+
+def _train(args: argparse.Namespace, task: Any, arch: Any, phase: str, origin: dict[str, Any], init: Any = None) -> int:
+    """Run the phase on Ray Train with the command's run options and print what it wrote."""
+    from ray.train import TrainingFailedError
+
+    from pipeline.training.retrain import train_model
+
     start = time.perf_counter()
     try:
         outcome = train_model(
             task,
-            model.arch,
-            phase="finetune",
+            arch,
+            phase=phase,
             origin=origin,
-            init=model,
+            init=init,
             workers=args.workers,
             gpu=args.gpu,
             storage=args.storage,
@@ -124,6 +112,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             cpus_per_worker=args.cpus_per_worker,
         )
     except TrainingFailedError as exc:
-        return training_failed(exc, task.recipe("finetune")["max_failures"])
-    _report("finetune", outcome, start)
+        return training_failed(exc, task.recipe(phase)["max_failures"])
+    _report(phase, outcome, start)
     return 0

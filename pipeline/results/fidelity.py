@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.agreement import wilson_interval
+from pipeline.results.tables import ARCH_COLUMNS, arch_fields
 from pipeline.shared.storage import join, write_bytes
 
 FIDELITY_FILE = "fidelity.parquet"
@@ -27,12 +28,7 @@ SCORES = ("inherited_search_top1", "standalone_search_top1", "inherited_test_top
 
 SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
-        ("architecture", pa.string()),
-        ("embed_dim", pa.int32()),
-        ("depth", pa.int32()),
-        ("num_heads", pa.list_(pa.int32())),
-        ("mlp_ratio", pa.list_(pa.float64())),
+        *ARCH_COLUMNS,
         ("picked", pa.string()),
         ("params", pa.int64()),
         ("macs", pa.int64()),
@@ -51,12 +47,7 @@ def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for result in results:
         arch, m = result["arch"], result["metrics"]
         row: dict[str, Any] = {
-            "key": arch.key,
-            "architecture": json.dumps(arch.to_dict()),
-            "embed_dim": arch.embed_dim,
-            "depth": arch.depth,
-            "num_heads": list(arch.num_heads),
-            "mlp_ratio": list(arch.mlp_ratio),
+            **arch_fields(arch.to_dict()),
             "picked": result["picked"],
             "params": int(m.get("params", 0)),
             "macs": int(m.get("macs", 0)),

@@ -16,20 +16,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.arch import Architecture
 from pipeline.core.records import by_top1, pareto_front
 from pipeline.shared.storage import read_bytes, write_bytes
 
 CANDIDATES_FILE = "candidates.parquet"
 PARETO_FILE = "pareto.parquet"
 
+# An architecture as columns: its key and JSON, and its genes (filterable in pandas without parsing).
+ARCH_COLUMNS = [
+    ("key", pa.string()),
+    ("architecture", pa.string()),
+    ("embed_dim", pa.int32()),
+    ("depth", pa.int32()),
+    ("num_heads", pa.list_(pa.int32())),
+    ("mlp_ratio", pa.list_(pa.float64())),
+]
 CANDIDATE_SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
-        ("architecture", pa.string()),
-        ("embed_dim", pa.int32()),
-        ("depth", pa.int32()),
-        ("num_heads", pa.list_(pa.int32())),
-        ("mlp_ratio", pa.list_(pa.float64())),
+        *ARCH_COLUMNS,
         ("params", pa.int64()),
         ("macs", pa.int64()),
         ("latency_ms", pa.float64()),
@@ -64,15 +69,21 @@ PARETO_SCHEMA = pa.schema(
 )
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    arch = record["arch"]
+def arch_fields(arch: dict[str, Any]) -> dict[str, Any]:
+    """The ``ARCH_COLUMNS`` of an architecture (``Architecture.to_dict()``)."""
     return {
-        "key": record["key"],
+        "key": Architecture.from_dict(arch).key,
         "architecture": json.dumps(arch),
         "embed_dim": arch["embed_dim"],
         "depth": arch["depth"],
-        "num_heads": arch["num_heads"],
-        "mlp_ratio": arch["mlp_ratio"],
+        "num_heads": list(arch["num_heads"]),
+        "mlp_ratio": list(arch["mlp_ratio"]),
+    }
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **arch_fields(record["arch"]),
         "params": record["params"],
         "macs": record["macs"],
         "latency_ms": record["latency_ms"],
