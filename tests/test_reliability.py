@@ -163,3 +163,15 @@ def test_off_space_architectures_are_exported_with_a_warning(tmp_path: Path, dig
     out = _cli("export", "--supernet", str(digits_supernet), "--arch", str(arch), "--out", str(tmp_path / "m2"),
                "--allow-off-space")  # fmt: skip
     assert out.returncode == 0 and "warning" not in out.stderr
+
+
+def test_the_drivers_storage_settings_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.shared.cluster import storage_environment
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/creds.json")
+    monkeypatch.setenv("UNRELATED", "x")
+    env = storage_environment()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_ACCESS_KEY_ID"] == "key"
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/creds.json" and "UNRELATED" not in env

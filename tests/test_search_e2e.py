@@ -99,6 +99,7 @@ def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, t
     df = candidates.to_pandas()
     assert (df.params <= 120_000).all() and (df.status == "ok").all() and sorted(set(df.generation)) == [0, 1, 2]
     assert df.evaluator.nunique() >= 2
+    assert (df.node.str.len() == 56).all()  # the Ray node id of the evaluator that scored each candidate
     pareto = pq.read_table(run / "pareto.parquet")
     assert pareto.schema.remove_metadata() == PARETO_SCHEMA
     front = pareto.to_pandas()

@@ -71,6 +71,7 @@ def test_two_workers_ddp(tmp_path: Path) -> None:
     _check_ok(out)
     config = _export(tmp_path)
     assert config["workers"] == 2 and config["epochs"] == 2
+    assert len(config["nodes"]) == 2 and all(len(n) == 56 for n in config["nodes"])  # each rank's Ray node
 
 
 def test_worker_failure_restarts_from_last_checkpoint(tmp_path: Path) -> None:

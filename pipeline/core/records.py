@@ -26,6 +26,7 @@ OUTCOME_KEYS = (
     "latency_ms",
     "eval_s",
     "evaluator",
+    "node",
     "trial_id",
 )
 
@@ -50,7 +51,8 @@ class CandidateRecord(TypedDict):
     )
     latency_ms_pred: float  # the latency model's prediction (NaN without one)
     eval_s: float  # the evaluator's wall time for this candidate
-    evaluator: str  # node:pid of the evaluator that scored it
+    evaluator: str  # hostname:pid of the evaluator that scored it
+    node: str  # the Ray node id it ran on
     trial_id: str
 
 
@@ -69,6 +71,7 @@ def failed_outcome(trial_id: str = "") -> dict[str, Any]:
         "latency_ms": nan,
         "eval_s": nan,
         "evaluator": "",
+        "node": "",
         "trial_id": trial_id,
     }
 

@@ -53,6 +53,7 @@ CANDIDATE_SCHEMA = pa.schema(
         ("origin", pa.string()),
         ("trial_id", pa.string()),
         ("evaluator", pa.string()),
+        ("node", pa.string()),
         ("eval_s", pa.float64()),
     ]
 )
@@ -102,6 +103,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "origin": record["origin"],
         "trial_id": str(record.get("trial_id", "")),
         "evaluator": str(record.get("evaluator", "")),
+        "node": str(record.get("node", "")),
         "eval_s": record["eval_s"],
     }
 

@@ -23,6 +23,7 @@ from pipeline.core.agreement import wilson_interval
 from pipeline.core.arch import Architecture
 from pipeline.data.arrays import channel_stats, normalize, normalized_batches
 from pipeline.model.supernet_dir import build_supernet
+from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_hits, finish
 
@@ -68,7 +69,7 @@ class Evaluator:
         self.latency_images = normalize(self.images[index], self.mean, self.std)
         self.autocast = autocast_factory(self.device)
         self.exit_after, self.calls = fault_parameter("evaluator_exit_after"), 0
-        self.node = socket.gethostname()
+        self.node, self.node_id = socket.gethostname(), node_id()
         self.load_s = time.perf_counter() - start
 
     def describe(self) -> dict[str, Any]:
@@ -111,7 +112,11 @@ class Evaluator:
         start = time.perf_counter()
         static = self.model.extract(Architecture.from_dict(arch)).to(self.device).eval()
         latency = self.latency_ms(static) if self.time_latency else float("nan")
-        out: dict[str, Any] = {"latency_ms": latency, "evaluator": f"{self.node}:{os.getpid()}"}
+        out: dict[str, Any] = {
+            "latency_ms": latency,
+            "evaluator": f"{self.node}:{os.getpid()}",
+            "node": self.node_id,
+        }
         if max_latency_ms is not None and latency > max_latency_ms:
             out.update(status="over_latency", top1=float("nan"), top5=float("nan"), loss=float("nan"))
         else:

@@ -1,4 +1,10 @@
-"""Joining or starting the Ray cluster a phase runs on (the driver side of training and search)."""
+"""Joining or starting the Ray cluster a phase runs on (the driver side of training and search).
+
+The driver's storage settings travel with the job: every ``AWS_*`` variable (endpoint, region, credentials,
+the way MinIO, Ceph or R2 users work) and the Google Cloud ones reach every Ray process the job starts
+(Train controller and workers, Tune trials, evaluators) through its runtime environment, so a cluster whose
+nodes were started without them still reads and writes ``s3://`` and ``gs://`` runs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,19 @@ import ray
 
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
+
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "CLOUDSDK_")
+
+
+def storage_environment() -> dict[str, str]:
+    """The driver's storage settings (S3 and Google Cloud endpoint, region, credentials) to forward."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+
+
+def node_id() -> str:
+    """The Ray node id of the calling process ("" outside Ray): two nodes on one host, or containers with one
+    hostname, stay apart."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def connect(gpu: bool, phase: str) -> bool:
@@ -21,7 +40,12 @@ def connect(gpu: bool, phase: str) -> bool:
     joining = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     if not ray.is_initialized():
         # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host.
-        ray.init(address=None if joining else "local", log_to_driver=True)
+        env = storage_environment()
+        ray.init(
+            address=None if joining else "local",
+            log_to_driver=True,
+            runtime_env={"env_vars": env} if env else None,
+        )
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
         if not joining:
             raise UserError(f"--gpu was given but this machine has no GPU; drop --gpu to {phase} on CPUs")

@@ -264,6 +264,7 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
         splits=state["splits"],
         epochs=state["epoch"],
         workers=state.get("workers"),
+        nodes=state.get("nodes"),
         restarts=state["restarts"],
         resumes=state["resumes"],
         metrics=state["history"][-1] if state["history"] else {},

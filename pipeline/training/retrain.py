@@ -126,6 +126,7 @@ def train_model(
         "splits": state["splits"],
         "history": state["history"],
         "workers": state.get("workers"),
+        "nodes": state.get("nodes"),
         "restarts": state["restarts"],
         "resumes": state["resumes"],
     }

@@ -34,6 +34,7 @@ from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform, train_transform
+from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
@@ -333,6 +334,7 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
     subject = build_subject(config, task, loaders.space)
     training = build_training(task, subject, where, len(loaders.train))
     state = resume_or_init(config, task, training, loaders, where)
+    state["nodes"] = rank_nodes(where)  # where this attempt's ranks run (the last attempt's, after a restart)
     net = where.prepare_model(subject.model, subject.unused_parameters)
     fail_at = fault_parameter("train_exit_at_epoch")
     extra = config.get("extra_metrics") or {}
@@ -357,6 +359,16 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
         # one-slot queue, so a report every (short) epoch would stall training. The console line and the
         # run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
     return state
+
+
+def rank_nodes(where: Session) -> list[str]:
+    """The Ray node id of every rank, in rank order (gathered over DDP)."""
+    mine = node_id()
+    if not (dist.is_available() and dist.is_initialized()) or where.world == 1:
+        return [mine]
+    nodes: list[str] = [""] * where.world
+    dist.all_gather_object(nodes, mine)
+    return nodes
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
