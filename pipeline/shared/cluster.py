@@ -39,8 +39,9 @@ def connect(gpu: bool, phase: str) -> bool:
     """
     joining = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     if not ray.is_initialized():
-        # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host.
-        env = storage_environment()
+        # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host (whose
+        # processes inherit this environment anyway); a cluster's processes get the storage settings forwarded.
+        env = storage_environment() if joining else {}
         ray.init(
             address=None if joining else "local",
             log_to_driver=True,
