@@ -106,8 +106,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 def test_randaugment_at_full_magnitude_runs() -> None:
     """DeiT's RandAugment reaches posterize with 0 bits at magnitude 10 (the dependency pins keep it working)."""
     task = load_task(
-        "digits",
-        ["data.in_chans=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "train.randaugment=rand-m10-n4-inc1"],
+        "imagefolder",
+        [
+            "data.root=/unused",
+            "data.image_size=8",
+            "space_overrides.patch_size=2",
+            "train.randaugment=rand-m10-n4-inc1",
+        ],
     )
     transform = train_transform(task.data, task.train)
     rng = np.random.default_rng(0)
