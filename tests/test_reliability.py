@@ -175,3 +175,14 @@ def test_the_drivers_storage_settings_are_forwarded(monkeypatch: pytest.MonkeyPa
     env = storage_environment()
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_ACCESS_KEY_ID"] == "key"
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/creds.json" and "UNRELATED" not in env
+
+
+def test_a_submitted_jobs_own_storage_settings_are_left_to_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray refuses a driver whose runtime environment sets a variable the submitted job's already sets."""
+    from pipeline.shared.cluster import JOB_CONFIG_ENV, storage_environment
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv(JOB_CONFIG_ENV, '{"runtime_env": {"env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000"}}}')
+    env = storage_environment()
+    assert "AWS_ENDPOINT_URL" not in env and env["AWS_ACCESS_KEY_ID"] == "key"

@@ -8,6 +8,7 @@ nodes were started without them still reads and writes ``s3://`` and ``gs://`` r
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -18,9 +19,17 @@ from pipeline.shared.progress import say
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "CLOUDSDK_")
 
 
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager in a submitted job's driver
+
+
 def storage_environment() -> dict[str, str]:
-    """The driver's storage settings (S3 and Google Cloud endpoint, region, credentials) to forward."""
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    """The driver's storage settings (S3 and Google Cloud endpoint, region, credentials) to forward.
+
+    In a submitted job (``ray job submit``, a KubeRay RayJob) the job's own runtime environment already reaches
+    every process, and Ray refuses a driver that sets one of its variables again: those are left to the job.
+    """
+    job_env = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env", {}).get("env_vars") or {}
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES) and k not in job_env}
 
 
 def node_id() -> str:
