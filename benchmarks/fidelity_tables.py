@@ -144,6 +144,44 @@ def fidelity(runs: Path) -> None:
         )
 
 
+VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # distillation_experiments.sh
+
+
+def distillation(runs: Path, times: dict[str, int]) -> None:
+    """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
+    search top-1, the extreme subnets, Kendall tau and the training speed."""
+    names = list(VARIANTS) + sorted(p.name.removeprefix("cifar-") for p in runs.glob("cifar-sandwich-kl-*ep"))
+    print("| supernet | epochs | wall | images/s | front mean top-1 | smallest | largest | Kendall tau [95 %] |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        config = _config(runs / f"cifar-{name}" / "supernet" / "config.json")
+        if config is None:
+            print(f"| {name} | not trained yet | | | | | | |")
+            continue
+        m = config["metrics"]
+        speed = statistics.median(h["images_per_s"] for h in config["history"])
+        front_run = runs / ("cifar-front" if name == "entangled" else f"cifar-front-{name}")
+        front = front_run / "pareto.parquet"
+        mean = (
+            statistics.mean(r["top1"] for r in pq.read_table(front).to_pylist() if r["on_params_front"])
+            if front.is_file()
+            else None
+        )
+        summary = _config(
+            runs / ("cifar-fidelity" if name == "entangled" else f"cifar-fidelity-{name}") / "fidelity.json"
+        )
+        tau = (
+            f"{summary['kendall_tau']:.2f} [{summary['kendall_tau_95'][0]:.2f}, {summary['kendall_tau_95'][1]:.2f}]"
+            if summary and summary.get("kendall_tau_95")
+            else "-"
+        )
+        wall = times.get(f"train-{name}")
+        print(
+            f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} | {_pct(mean)} "
+            f"| {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} | {tau} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="/work/bench-runs", type=Path)
@@ -155,6 +193,7 @@ def main() -> None:
         ("The best architecture under the limit, per sharing mode", lambda: best_per_sharing(runs)),
         ("Table 4 analogue", lambda: table4(runs)),
         ("Fidelity", lambda: fidelity(runs)),
+        ("Better subnets: sampling and distillation", lambda: distillation(runs, times)),
     ):
         print(f"\n### {title}\n")
         part()

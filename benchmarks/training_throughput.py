@@ -6,10 +6,13 @@ so machine noise hits all alike:
 * supernet, a fresh uniformly sampled subnet every step (what ``autoformer train`` does), exact slice step;
 * supernet, always the largest subnet (the cost of slicing and of the exact step), and the same with the
   plain optimizer step (the cost of slicing alone);
-* the static model of the largest architecture, plain optimizer step.
+* the static model of the largest architecture, plain optimizer step;
+* supernet, a sandwich step (largest, smallest and ``train.sandwich_random`` draws, gradients summed, one
+  exact step), with and without in-place distillation (KL to the largest subnet's predictions).
 
 The first is expected to be *faster* than the static largest model (sampled subnets are smaller on average);
-the second shows what slicing and the exact step cost. Run::
+the second shows what slicing and the exact step cost; the sandwich lines give a sandwich step's cost relative
+to a uniform step (it trains several subnets on each image). Run::
 
     python benchmarks/training_throughput.py [--task digits] [--steps 30] [--blocks 5]
 """
@@ -21,6 +24,7 @@ import itertools
 import random
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -29,7 +33,8 @@ from pipeline.core.task import load_task
 from pipeline.model.supernet import Supernet
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_optimizer
-from pipeline.training.subject import step_architecture
+from pipeline.training.step import forward_backward
+from pipeline.training.subject import step_architectures
 
 
 def main() -> None:
@@ -55,9 +60,16 @@ def main() -> None:
     counter = itertools.count()
 
     def sampled() -> None:
-        arch = step_architecture(space, 0, 0, next(counter))
+        (arch,) = step_architectures(space, 0, 0, next(counter))
         opt_super.zero_grad(set_to_none=True)
         loss_fn(supernet(images, arch), labels).backward()
+        step_only_active(opt_super)
+
+    def sandwich(inplace: str) -> None:
+        archs = step_architectures(space, 0, 0, next(counter), "sandwich", task.train["sandwich_random"])
+        opt_super.zero_grad(set_to_none=True)
+        recipe = {**task.train, "inplace_distillation": inplace}
+        forward_backward(supernet, supernet, archs, images, labels, None, loss_fn, nullcontext, recipe)
         step_only_active(opt_super)
 
     def super_largest() -> None:
@@ -80,6 +92,8 @@ def main() -> None:
         "supernet, largest subnet": super_largest,
         "  same, plain optimizer step": super_largest_plain,
         "static largest model": static_largest,
+        "supernet, sandwich step": lambda: sandwich("off"),
+        "  same, in-place KL": lambda: sandwich("kl"),
     }
     for fn in trainers.values():
         for _ in range(3):
@@ -97,9 +111,13 @@ def main() -> None:
         f"task {task.name}, space {space.name}, batch {batch}, {torch.get_num_threads()} threads, {args.blocks} x {args.steps} steps each"
     )
     base = statistics.median(rates["static largest model"])
+    uniform = statistics.median(rates["supernet, sampled subnets"])
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"  {name:28s} {rate:8.0f} images/s   x{rate / base:.2f} of static largest")
+        print(
+            f"  {name:28s} {rate:8.0f} images/s   x{rate / base:.2f} of static largest   "
+            f"step time x{uniform / rate:.2f} of a uniform step"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pipeline.core.arch import Architecture, validate_fits, validate_in_space
@@ -60,10 +60,12 @@ def search_supernet(
     storage: str | None = None,
     name: str | None = None,
     resume: bool = False,
+    log: Sequence[str] = (),
 ) -> SearchRun:
-    """Search ``supernet`` with the task's search settings, then export, test-score and write the results."""
+    """Search ``supernet`` with the task's search settings, then export, test-score and write the results;
+    ``log``: experiment trackers that get one result per candidate (tensorboard, mlflow, wandb)."""
     settings = SearchSettings.from_task(task)
-    return _search_and_report(task, supernet, settings, resources or EvaluatorResources(), storage, name, resume)
+    return _search_and_report(task, supernet, settings, resources or EvaluatorResources(), storage, name, resume, log)
 
 
 def _search_and_report(
@@ -74,9 +76,10 @@ def _search_and_report(
     storage: str | None,
     name: str | None,
     resume: bool,
+    log: Sequence[str],
 ) -> SearchRun:
     start = time.perf_counter()
-    outcome = run_search(task, supernet, settings, resources, storage=storage, name=name, resume=resume)
+    outcome = run_search(task, supernet, settings, resources, storage=storage, name=name, resume=resume, log=log)
     search_s = time.perf_counter() - start
     evaluated = len(outcome.records)
     compute = sum(r["eval_s"] for r in outcome.records if not math.isnan(r["eval_s"]))
@@ -114,11 +117,12 @@ def run_pipeline(
     workers: int = 1,
     resources: EvaluatorResources | None = None,
     storage: str | None = None,
+    log: Sequence[str] = (),
 ) -> PipelineRun:
     """Train (or reuse) the supernet, search it (resuming an interrupted search), export the chosen models.
 
     Runs are named after the task (``TASK-supernet``, ``TASK-search``) under ``storage``; calling it again
-    continues where the last call stopped.
+    continues where the last call stopped. ``log``: experiment trackers both phases also log to.
     """
     resources = resources or EvaluatorResources()
     settings = SearchSettings.from_task(task)  # bad search settings fail before hours of training
@@ -134,7 +138,7 @@ def run_pipeline(
     else:
         say(f"[run] phase 1/3: training the supernet ({task.train['epochs']} epochs)")
         supernet = train_supernet(
-            task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name
+            task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name, log=log
         ).export_path
         say(f"[run] supernet trained in {time.perf_counter() - start:.1f} s: {supernet}")
     search_path = join(storage, search_name)
@@ -147,7 +151,7 @@ def run_pipeline(
     else:
         state = "resuming the interrupted search"
     say(f"[run] phase 2/3: {state} (phase 3/3, export, follows)")
-    searched = _search_and_report(task, supernet, settings, resources, storage, search_name, resume)
+    searched = _search_and_report(task, supernet, settings, resources, storage, search_name, resume, log)
     wall_s = time.perf_counter() - start
     say(f"[run] all phases done in {wall_s:.1f} s")
     return PipelineRun(supernet, searched, wall_s)

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.cli.main import build_parser
 from pipeline.core.task import load_task
-from pipeline.shared.cluster import STORAGE_ENV_PREFIXES
+from pipeline.shared.cluster import FORWARDED_ENV_PREFIXES
 
 try:
     import tomllib
@@ -85,7 +85,7 @@ def test_rayjob_entrypoint_is_a_valid_autoformer_command() -> None:
 def test_rayjob_runtime_env_leaves_storage_settings_to_the_driver() -> None:
     """The driver adds its AWS_*/GOOGLE_* variables to the job's runtime env; Ray refuses a key given twice."""
     runtime_env = yaml.safe_load(_load("rayjob.yaml")["spec"]["runtimeEnvYAML"]) or {}
-    repeated = [k for k in runtime_env.get("env_vars", {}) if k.startswith(STORAGE_ENV_PREFIXES)]
+    repeated = [k for k in runtime_env.get("env_vars", {}) if k.startswith(FORWARDED_ENV_PREFIXES)]
     assert not repeated, f"runtimeEnvYAML sets {repeated}; the head pod's env (a Secret) is where they go"
 
 

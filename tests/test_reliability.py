@@ -166,23 +166,47 @@ def test_off_space_architectures_are_exported_with_a_warning(tmp_path: Path, dig
 
 
 def test_the_drivers_storage_settings_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.shared.cluster import storage_environment
+    from pipeline.shared.cluster import forwarded_environment
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/creds.json")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("UNRELATED", "x")
-    env = storage_environment()
+    env = forwarded_environment()
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_ACCESS_KEY_ID"] == "key"
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/creds.json" and "UNRELATED" not in env
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
 def test_a_submitted_jobs_own_storage_settings_are_left_to_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray refuses a driver whose runtime environment sets a variable the submitted job's already sets."""
-    from pipeline.shared.cluster import JOB_CONFIG_ENV, storage_environment
+    from pipeline.shared.cluster import JOB_CONFIG_ENV, forwarded_environment
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv(JOB_CONFIG_ENV, '{"runtime_env": {"env_vars": {"AWS_ENDPOINT_URL": "http://minio:9000"}}}')
-    env = storage_environment()
+    env = forwarded_environment()
     assert "AWS_ENDPOINT_URL" not in env and env["AWS_ACCESS_KEY_ID"] == "key"
+
+
+def test_a_cluster_driver_says_while_it_waits_for_room(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """On a cluster (an autoscaler may add nodes) nothing fails, but a line comes every little while until the
+    nodes are there."""
+    import time
+
+    from pipeline.shared import cluster
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}]
+    monkeypatch.setattr(cluster.ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(cluster, "WAIT_LINE_EVERY_S", 0.05)
+    cluster.check_resources({"CPU": 1.0}, 2, "--workers", "train", joined=True)
+    time.sleep(0.3)
+    nodes.append({"Alive": True, "Resources": {"CPU": 1.0}})  # the autoscaler added a node
+    time.sleep(0.3)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[train] waiting for the cluster to make room for 2 x (1 CPU): 1 fit now (1 CPU)"
+    assert any(line.startswith("[train] still waiting for room for 2 x (1 CPU) after") for line in lines)
+    assert lines[-1] == "[train] the cluster now has room for 2 x (1 CPU)"
+    with pytest.raises(UserError, match=r"5 x \(1 CPU\) asked for, but this machine has 2 CPU \(2 fit\)"):
+        cluster.check_resources({"CPU": 1.0}, 5, "--workers", "train", joined=False)

@@ -60,10 +60,6 @@ def _ok(out: subprocess.CompletedProcess) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-def _keys(storage: Path, name: str) -> list[str]:
-    return pq.read_table(storage / name / "candidates.parquet").column("key").to_pylist()
-
-
 def test_search_survives_the_router_dying(supernet: Path, tmp_path: Path) -> None:
     """kill -9 of the router mid-search: Ray restarts it, the trials' calls are retried, nothing fails."""
     out = _search(supernet, tmp_path, "--evaluators", "1", "--cpus-per-evaluator", "0.5", fault="router_exit_after=3")
@@ -89,8 +85,8 @@ def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, t
     )
     _ok(out)
     assert "1 evaluator(s) replaced" in out.stdout
-    for g in (1, 2, 3):
-        assert f"[search] generation {g}/3: 6 evaluated" in out.stdout
+    for g in (0, 1, 2):  # numbered as the Parquet's generation column
+        assert f"[search] generation {g} (of 0-2): 6 evaluated" in out.stdout
     run = tmp_path / "digits-search"
     candidates = pq.read_table(run / "candidates.parquet")
     assert candidates.schema.remove_metadata() == CANDIDATE_SCHEMA
@@ -114,11 +110,12 @@ def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, t
     assert meta["settings"]["population"] == 6 and meta["constraints"]["max_params"] == 120_000
 
 
-def test_interrupted_search_resumes_to_the_same_candidates(supernet: Path, tmp_path: Path) -> None:
-    args = ["--seed", "7", "--generations", "4", "--set", "search.latency_repeats=1"]
-    _ok(_search(supernet, tmp_path, "--name", "whole", *args))
+def test_interrupted_search_resumes_to_the_same_candidates_and_extends(supernet: Path, tmp_path: Path) -> None:
+    args = ["--seed", "7", "--set", "search.latency_repeats=1"]
+    _ok(_search(supernet, tmp_path, "--name", "whole", "--generations", "5", *args))
+    whole = _generations(tmp_path, "whole")
     proc = subprocess.Popen(
-        _cmd(supernet, tmp_path, "--name", "cut", *args),
+        _cmd(supernet, tmp_path, "--name", "cut", "--generations", "4", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -128,17 +125,34 @@ def test_interrupted_search_resumes_to_the_same_candidates(supernet: Path, tmp_p
     deadline = time.time() + 300
     for line in proc.stdout:
         seen.append(line)
-        if "[search] generation 2/4" in line:
+        if "[search] generation 1 (of 0-3)" in line:
             proc.send_signal(signal.SIGINT)
             break
         assert time.time() < deadline, "".join(seen)
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, "".join(seen) + rest
     assert "--resume" in rest and not (tmp_path / "cut" / "candidates.parquet").exists()
-    out = _search(supernet, tmp_path, "--name", "cut", "--resume", *args)
+    out = _search(supernet, tmp_path, "--name", "cut", "--resume", "--generations", "4", *args)
     _ok(out)
-    assert "[search] generation 1/4" not in out.stdout and "[search] generation 4/4" in out.stdout
-    assert sorted(_keys(tmp_path, "cut")) == sorted(_keys(tmp_path, "whole"))
+    assert "[search] generation 0 (of 0-3)" not in out.stdout and "[search] generation 3 (of 0-3)" in out.stdout
+    assert _generations(tmp_path, "cut") == {k: g for k, g in whole.items() if g < 4}
+
+    # fewer generations would change what was run: refused; more extend the run, recorded
+    out = _search(supernet, tmp_path, "--name", "cut", "--resume", "--generations", "3", *args)
+    assert out.returncode == 2 and "search.generations = 4, not 3" in out.stderr, out.stderr[-2000:]
+    out = _search(supernet, tmp_path, "--name", "cut", "--resume", "--generations", "5", *args)
+    _ok(out)
+    assert "extending" in out.stdout and "[search] generation 4 (of 0-4)" in out.stdout
+    assert _generations(tmp_path, "cut") == whole  # exactly what the longer run evaluates
+    settings = json.loads((tmp_path / "cut" / "search-settings.json").read_text())
+    assert settings["search.generations"] == 5 and settings["extensions"][0]["generations_from"] == 4
+    meta = json.loads(pq.read_table(tmp_path / "cut" / "candidates.parquet").schema.metadata[b"autoformer"])
+    assert meta["settings"]["generations"] == 5
+
+
+def _generations(storage: Path, name: str) -> dict[str, int]:
+    table = pq.read_table(storage / name / "candidates.parquet", columns=["key", "generation"]).to_pylist()
+    return {r["key"]: r["generation"] for r in table}
 
 
 def test_search_errors_are_one_line_and_write_nothing(supernet: Path, tmp_path: Path) -> None:

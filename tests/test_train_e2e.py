@@ -181,3 +181,36 @@ def test_bad_runs_fail_clearly_and_write_nothing(tmp_path: Path, args: list[str]
     errors = [line for line in out.stderr.splitlines() if line.startswith("autoformer: error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert not storage.exists() or not any(storage.rglob("*"))
+
+
+def _session_processes(driver_pid: int) -> list[str]:
+    """Command lines of the processes of the Ray session a driver started (its directory ends in the pid)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if f"_{driver_pid}/" in args:
+            found.append(args)
+    return found
+
+
+def test_a_killed_driver_leaves_no_ray_processes_behind(tmp_path: Path) -> None:
+    """kill -9 of the driver mid-training: the Ray it started goes with it (no agents left running)."""
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path), *FAST,
+           "--set", "train.epochs=50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = tmp_path / "digits-supernet"
+        deadline = time.time() + 300
+        while _latest_epoch(run) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None and _session_processes(proc.pid), "training did not start"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 90
+    while _session_processes(proc.pid) and time.time() < deadline:
+        time.sleep(1)
+    assert not _session_processes(proc.pid)

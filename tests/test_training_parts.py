@@ -17,15 +17,15 @@ from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler, scaled_lr
-from pipeline.training.subject import step_architecture, tracked_subnets
+from pipeline.training.subject import step_architectures, tracked_subnets
 
 
 def test_step_architecture_is_shared_by_ranks_and_reruns() -> None:
     space = load_space("digits")
-    first = [step_architecture(space, 0, e, s) for e in range(3) for s in range(10)]
-    assert first == [step_architecture(space, 0, e, s) for e in range(3) for s in range(10)]
+    first = [step_architectures(space, 0, e, s)[0] for e in range(3) for s in range(10)]
+    assert first == [step_architectures(space, 0, e, s)[0] for e in range(3) for s in range(10)]
     assert len({a.key for a in first}) > 20  # a fresh draw every step
-    assert first != [step_architecture(space, 1, e, s) for e in range(3) for s in range(10)]
+    assert first != [step_architectures(space, 1, e, s)[0] for e in range(3) for s in range(10)]
 
 
 def test_tracked_subnets_are_fixed_and_include_the_extremes() -> None:

@@ -14,6 +14,7 @@ from pipeline.core.published import load_published, published_names
 from pipeline.core.task import Task, load_task
 from pipeline.shared.errors import UserError
 from pipeline.shared.storage import is_uri, join
+from pipeline.shared.tracking import BACKENDS
 
 
 def add_selection(p: argparse.ArgumentParser, task_option: bool = True, model_option: bool = False) -> None:
@@ -85,8 +86,21 @@ def recorded_task(args: argparse.Namespace, recorded: dict[str, Any] | None, whe
     return Task.from_dict(recorded).with_overrides(args.overrides)
 
 
+def add_log_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--log BACKEND`` (repeatable): the experiment trackers a run also logs to, collected in ``args.log``."""
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        choices=BACKENDS,
+        metavar="BACKEND",
+        help=f"also log metrics to an experiment tracker: {', '.join(BACKENDS)} (repeatable; MLFLOW_TRACKING_URI, "
+        f"WANDB_PROJECT and WANDB_MODE are honoured)",
+    )
+
+
 def add_run_options(p: argparse.ArgumentParser, default_name: str) -> None:
-    """Where and how a Ray Train run goes: workers, GPU, storage, run name, CPUs per worker."""
+    """Where and how a Ray Train run goes: workers, GPU, storage, run name, CPUs per worker, trackers."""
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks), default 1")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
     p.add_argument(
@@ -96,6 +110,7 @@ def add_run_options(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument(
         "--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: a fair share)"
     )
+    add_log_option(p)
 
 
 def training_failed(exc: Exception, max_failures: int) -> int:

@@ -110,6 +110,7 @@ def _train(args: argparse.Namespace, task: Any, arch: Any, phase: str, origin: d
             storage=args.storage,
             name=args.name,
             cpus_per_worker=args.cpus_per_worker,
+            log=args.log,
         )
     except TrainingFailedError as exc:
         return training_failed(exc, task.recipe(phase)["max_failures"])

@@ -10,6 +10,7 @@ import argparse
 import math
 
 from pipeline.cli.format import add_set_option, si
+from pipeline.cli.options import add_log_option
 from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, builtin_task_names, load_task
 
 # flag -> key of the task's search section
@@ -65,6 +66,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-evaluator", type=float, default=1.0)
     g.add_argument("--gpu", action="store_true", help="one GPU per evaluator (and per training worker in 'run')")
     g.add_argument("--storage", default=None, help="a local directory (default ./runs) or an s3://, gs:// URI")
+    add_log_option(g)
     add_set_option(g, "search.parents=5 or data.root=/data")
 
 
@@ -164,7 +166,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     task = _task(args)
     print_report(
-        search_supernet(task, args.supernet, _resources(args), storage=args.storage, name=args.name, resume=args.resume)
+        search_supernet(
+            task,
+            args.supernet,
+            _resources(args),
+            storage=args.storage,
+            name=args.name,
+            resume=args.resume,
+            log=args.log,
+        )
     )
     return 0
 
@@ -173,5 +183,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline  # CLI start-up: Ray and torch load only for the commands that use them
 
     task = _task(args)
-    print_report(run_pipeline(task, workers=args.workers, resources=_resources(args), storage=args.storage).search)
+    run = run_pipeline(task, workers=args.workers, resources=_resources(args), storage=args.storage, log=args.log)
+    print_report(run.search)
     return 0

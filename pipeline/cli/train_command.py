@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             storage=args.storage,
             name=args.name,
             cpus_per_worker=args.cpus_per_worker,
+            log=args.log,
         )
     except TrainingFailedError as exc:
         return training_failed(exc, task.train["max_failures"])

@@ -1,8 +1,10 @@
-"""Drawing architectures from a space: uniform sampling as the paper does, and the extreme members.
+"""Drawing architectures from a space: uniform sampling as the paper does, the extreme members, and the
+sandwich rule.
 
 Uniform here means what AutoFormer's supernet training does: draw the depth, then one embedding dim for all
 layers, then each layer's heads and MLP ratio independently, every choice with equal probability. Callers pass
 their own ``random.Random`` so that every draw is seeded and reproducible (and DDP ranks sharing a seed agree).
+The sandwich rule (BigNAS) trains the largest, the smallest and a few uniform draws in every step.
 """
 
 from __future__ import annotations
@@ -38,3 +40,10 @@ def smallest_architecture(space: SearchSpace) -> Architecture:
 def largest_architecture(space: SearchSpace) -> Architecture:
     d = space.depth[-1]
     return Architecture(space.embed_dim[-1], d, (space.num_heads[-1],) * d, (space.mlp_ratio[-1],) * d)
+
+
+def sandwich_architectures(space: SearchSpace, rng: random.Random, random_count: int) -> list[Architecture]:
+    """One sandwich step's subnets: the largest first (in-place distillation's teacher), the smallest, then
+    ``random_count`` uniform draws."""
+    drawn = [sample_architecture(space, rng) for _ in range(random_count)]
+    return [largest_architecture(space), smallest_architecture(space), *drawn]

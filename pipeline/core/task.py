@@ -30,6 +30,9 @@ SEARCH_ALGORITHMS = ("evolution", "random")
 SEARCH_OBJECTIVES = ("constrained", "pareto")
 SEARCH_PARETO_COSTS = ("params", "macs", "latency_ms")
 MUTATION_MODES = ("per_layer", "per_gene")
+SAMPLING_MODES = ("uniform", "sandwich")
+INPLACE_DISTILLATION = ("off", "kl", "alpha_divergence")
+TEACHER_DISTILLATION = ("hard", "soft")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 SPACE_OVERRIDE_KEYS = ("patch_size", "max_relative_position", "relative_position", "qkv_bias")
@@ -150,6 +153,25 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "max_failures": (3, _int(0)),
         "precision": ("auto", _choice(("auto", "fp32", "bf16"))),
         "freeze_inactive": (True, _bool()),
+        # Which subnets a supernet step trains: one uniform draw (the paper), or the sandwich rule (BigNAS: the
+        # largest, the smallest and sandwich_random uniform draws, their gradients summed into one step).
+        "sampling": ("uniform", _choice(SAMPLING_MODES)),
+        "sandwich_random": (2, _int(0)),
+        # In-place distillation (sandwich only): the largest subnet learns from the labels, the others from its
+        # detached predictions, by KL or AlphaNet's adaptive alpha-divergence (alpha_min < 0 < alpha_max, the
+        # importance ratio clipped at alpha_clip); inplace_weight scales their loss.
+        "inplace_distillation": ("off", _choice(INPLACE_DISTILLATION)),
+        "inplace_weight": (1.0, _num(0.0, 100.0)),
+        "alpha_min": (-1.0, _num(-10.0, 0.0)),
+        "alpha_max": (1.0, _num(0.0, 10.0)),
+        "alpha_clip": (5.0, _num(1.0, 1e6)),
+        # An external teacher, in eval mode: none, a model directory of this tool, or timm:NAME@WEIGHTS_FILE (a
+        # local file: nothing is downloaded). hard: DeiT's cross-entropy on its arg-max; soft: KL at distill_tau.
+        # The loss is (1 - distill_alpha) x label loss + distill_alpha x teacher loss.
+        "teacher": (None, _opt(_str())),
+        "distill": ("hard", _choice(TEACHER_DISTILLATION)),
+        "distill_alpha": (0.5, _num(0.0, 1.0)),
+        "distill_tau": (1.0, _num(0.01, 100.0)),
     },
     # Phase 2 (evolutionary search). Defaults are the paper's protocol (§4.1); constraints are in parameters,
     # MACs per image, and milliseconds per batch of latency_batch images measured on the evaluators.
@@ -183,7 +205,17 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
 # and 'autoformer finetune' (from inherited weights, or transfer to another dataset): the train keys that apply to
 # one model, each null by default, meaning the train section's value. Finetuning defaults as the paper: 40 epochs
 # at train.lr x lr_scale (0.1), one warm-up epoch.
-SUPERNET_ONLY_KEYS = ("freeze_inactive", "eval_subnets")
+SUPERNET_ONLY_KEYS = (
+    "freeze_inactive",
+    "eval_subnets",
+    "sampling",
+    "sandwich_random",
+    "inplace_distillation",
+    "inplace_weight",
+    "alpha_min",
+    "alpha_max",
+    "alpha_clip",
+)
 RECIPE_PHASES = ("train", "retrain", "finetune")
 _INHERITED = {k: (None, _opt(check)) for k, (_, check) in SCHEMA["train"].items() if k not in SUPERNET_ONLY_KEYS}
 SCHEMA["retrain"] = dict(_INHERITED)
@@ -253,6 +285,8 @@ class Task:
         if phase == "finetune" and self.finetune["lr"] is None:
             own["lr"] = self.train["lr"] * self.finetune["lr_scale"]
         recipe.update(own)
+        if recipe["teacher"] in ("none", ""):
+            recipe["teacher"] = None
         return recipe
 
     def for_phase(self, phase: str) -> Task:
@@ -314,6 +348,19 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     data[section][name] = value
 
 
+def _check_distillation(sections: dict[str, dict[str, Any]], where: str) -> None:
+    """In-place distillation needs the sandwich rule (its teacher is the step's largest subnet). ``none`` is no
+    teacher; in a retrain or finetune section it says so explicitly (null there means the train section's)."""
+    train = sections["train"]
+    if train["teacher"] in ("none", ""):
+        train["teacher"] = None
+    if train["inplace_distillation"] != "off" and train["sampling"] != "sandwich":
+        raise UserError(
+            f"{where}: key 'train.inplace_distillation': {train['inplace_distillation']!r} needs train.sampling = "
+            f"sandwich (the step's largest subnet is the teacher); got {train['sampling']!r}"
+        )
+
+
 def _build(data: dict[str, Any], name: str, where: str) -> Task:
     unknown = sorted(str(k) for k in data if k not in TOP_LEVEL)
     if unknown:
@@ -348,6 +395,7 @@ def _build(data: dict[str, Any], name: str, where: str) -> Task:
                 raise UserError(f"{where}: key '{section}.{key}': value {value!r} is not allowed; expected {allowed}")
             values[key] = value
         sections[section] = values
+    _check_distillation(sections, where)
     data_section = sections["data"]
     for key in ("mean", "std"):
         if len(data_section[key]) != data_section["in_chans"]:

@@ -10,7 +10,6 @@ same command again restores it and continues the unfinished trials where they st
 from __future__ import annotations
 
 import json
-import logging
 import os
 import uuid
 from typing import Any
@@ -24,7 +23,7 @@ from pipeline.core.task import Task
 from pipeline.data.arrays import load_split, score
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.shared.errors import UserError
-from pipeline.shared.progress import say
+from pipeline.shared.progress import quiet_tune, say
 from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
 from pipeline.training.session import tune_session
 from pipeline.training.worker import quiet_ray_logs, run_training
@@ -113,8 +112,7 @@ def run_fidelity(
     run_task = task.for_phase("retrain")
     plan = fidelity_plan(supernet_path, task, archs)
     resume = check_plan(run_path, plan) and tune.Tuner.can_restore(run_path)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     resources = {"CPU": cpus_per_trial, **({"GPU": 1} if gpu else {})}
     trainable = tune.with_resources(
         tune.with_parameters(

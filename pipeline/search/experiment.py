@@ -7,9 +7,8 @@ evaluator measured. Tune keeps every trial's result and the searcher's state on 
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import math
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,34 @@ from pipeline.core.arch import Architecture
 from pipeline.core.records import CandidateRecord, candidate_record
 from pipeline.search.evolution import Strategy
 from pipeline.search.searcher import EvolutionSearcher
+from pipeline.search.tracking import tune_callbacks
 from pipeline.shared.errors import UserError
-from pipeline.shared.progress import say
-from pipeline.shared.storage import filesystem, join
+from pipeline.shared.progress import quiet_tune, say
+from pipeline.shared.storage import filesystem, join, read_bytes, write_bytes
+from pipeline.shared.tracking import TrackingPlan
 
 SEARCHER_STATE_PREFIX = "searcher-state-"  # Tune's name for the searcher's saved state in the experiment directory
+# A trial lost with its node (a cluster node gone, a spot instance reclaimed) is run again: the trial only asks the
+# router, so a re-run asks for the same candidate once more and it is recorded once. Without retries Tune records
+# such a trial as failed (Ray 2.60: FailureConfig(max_failures=0) is the default, and a dead trial actor is
+# ActorUnavailableError). A candidate whose evaluation itself raises is retried as often, then recorded as failed.
+TRIAL_RETRIES = 3
 
 
 class SearchInterrupted(UserError):
     pass
 
 
+# What a trial adds from its config to the evaluator's measurements, so that every logger callback (--log) has
+# the candidate's counts and generation beside its scores, latency and node.
+REPORTED_CONFIG = ("params", "macs", "generation", "latency_ms_pred")
+
+
 def evaluate_trial(config: dict[str, Any], router_name: str, max_latency_ms: float | None) -> None:
     """One Tune trial: hand the candidate to the router and report what the evaluator measured."""
     router = ray.get_actor(router_name)
-    tune.report(ray.get(router.evaluate.remote(config["arch"], max_latency_ms)))
+    measured = ray.get(router.evaluate.remote(config["arch"], max_latency_ms))
+    tune.report({**measured, **{k: config[k] for k in REPORTED_CONFIG if k in config}})
 
 
 def candidate_dirname(trial) -> str:
@@ -63,13 +75,15 @@ def run_experiment(
     storage: str,
     name: str,
     resume: bool,
+    tracking: TrackingPlan,
 ) -> list[CandidateRecord]:
-    """Run (or restore) the Tune experiment ``storage/name`` to the end; the records of every candidate."""
+    """Run (or restore) the Tune experiment ``storage/name`` to the end; the records of every candidate.
+
+    ``tracking``'s logger callbacks are part of the experiment's saved state: a restored search logs to the
+    backends it started with.
+    """
     run_path = join(storage, name)
-    os.environ.setdefault(
-        "RAY_AIR_NEW_OUTPUT", "0"
-    )  # with verbose=0: no Tune tables; the searcher prints per generation
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_trial, router_name=router_name, max_latency_ms=max_latency_ms),
         {"CPU": trial_cpu},
@@ -92,7 +106,13 @@ def run_experiment(
                 reuse_actors=True,
                 trial_dirname_creator=candidate_dirname,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                verbose=0,
+                callbacks=tune_callbacks(tracking),
+                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            ),
         )
     grid = tuner.fit()
     saved = saved_strategy(run_path)
@@ -112,18 +132,42 @@ def search_exists(run_path: str) -> bool:
 
 def saved_strategy(run_path: str) -> Strategy | None:
     """The strategy as Tune last saved it in the experiment directory (its ``searcher-state-*.pkl``)."""
+    found = _newest_state(run_path, SEARCHER_STATE_PREFIX)
+    return None if found is None else pickle.loads(read_bytes(found))["strategy"]
+
+
+SEARCH_GENERATOR_PREFIX = "search_gen_state-"  # Tune's own state of the searcher wrapper (whether it finished)
+
+
+def _newest_state(run_path: str, prefix: str) -> str | None:
+    """The newest of Tune's state files named ``prefix*`` in the experiment directory (path or URI), or None."""
     fs, root = filesystem(run_path)
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         return None
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
-    states = sorted(
-        (i for i in infos if i.base_name.startswith(SEARCHER_STATE_PREFIX) and i.base_name.endswith(".pkl")),
-        key=lambda i: i.base_name,  # named by session start time; mtimes are not (storage sync rewrites all files)
-    )
-    if not states:
-        return None
-    with fs.open_input_stream(states[-1].path) as f:
-        return pickle.loads(f.read())["strategy"]
+    # named by session start time; mtimes are not (storage sync rewrites all files)
+    names = sorted(i.base_name for i in infos if i.base_name.startswith(prefix))
+    return join(run_path, names[-1]) if names else None
+
+
+def extend_saved_search(run_path: str, generations: int) -> None:
+    """Let a saved search run on to ``generations``: the pickled strategy takes the new count (its random state,
+    memo and generation continue), and Tune's searcher wrapper forgets that the searcher had said it was done.
+    Both are Tune's files in the experiment directory, rewritten before ``Tuner.restore`` reads them."""
+    import ray.cloudpickle as cloudpickle  # what Tune pickles its searcher wrapper's state with
+
+    found = _newest_state(run_path, SEARCHER_STATE_PREFIX)
+    if found is None:
+        raise UserError(f"--resume: search {run_path!r} has no saved searcher state to extend")
+    state = pickle.loads(read_bytes(found))
+    strategy: Strategy = state["strategy"]
+    strategy.settings = dataclasses.replace(strategy.settings, generations=generations)
+    write_bytes(found, pickle.dumps(state))
+    wrapper = _newest_state(run_path, SEARCH_GENERATOR_PREFIX)
+    if wrapper is not None:
+        wrapper_state = cloudpickle.loads(read_bytes(wrapper))
+        wrapper_state["finished"] = False
+        write_bytes(wrapper, cloudpickle.dumps(wrapper_state))
 
 
 def records_from_results(grid) -> list[CandidateRecord]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
-from pipeline.search.experiment import run_experiment, search_exists, trial_cpus
+from pipeline.search.experiment import extend_saved_search, run_experiment, search_exists, trial_cpus
 from pipeline.search.preflight import (
     check_latency_feasible,
     check_population,
@@ -39,7 +40,9 @@ from pipeline.search.preflight import (
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
+from pipeline.shared.progress import say
 from pipeline.shared.storage import is_uri, join, read_bytes, resolve_storage, run_lock, safe_run_name, write_bytes
+from pipeline.shared.tracking import plan_tracking
 
 
 @dataclasses.dataclass
@@ -84,23 +87,47 @@ def recorded_settings(settings: SearchSettings, supernet: str) -> dict[str, Any]
     return json.loads(json.dumps(record))
 
 
-def check_recorded_settings(run_path: str, settings: dict[str, Any], resume: bool) -> None:
+def check_recorded_settings(run_path: str, settings: dict[str, Any], resume: bool) -> int | None:
     """A new search records its settings; a resumed one must match them (one line naming what differs), so
-    the results, their Parquet footers and the report never mix settings or claim ones they were not run with."""
+    the results, their Parquet footers and the report never mix settings or claim ones they were not run with.
+
+    The one change that extends a run instead of altering it is more generations: the candidates evaluated so
+    far are exactly those the longer run would have evaluated first (the strategy's random stream continues).
+    It is allowed and recorded (``extensions`` in the settings file); the earlier generation count is returned
+    so the saved search can be extended. Otherwise None.
+    """
     target = join(run_path, SETTINGS_FILE)
     if not resume:
         write_bytes(target, (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
-        return
+        return None
     try:
         recorded = json.loads(read_bytes(target).decode("utf-8"))
     except (FileNotFoundError, OSError):
-        return  # a search from before settings were recorded: nothing to compare with
+        return None  # a search from before settings were recorded: nothing to compare with
+    extended_from = None
     for key, value in settings.items():
-        if recorded.get(key) != value:
-            raise UserError(
-                f"--resume: search {run_path!r} was started with {key} = {recorded.get(key)!r}, not {value!r}; a "
-                f"run's settings are fixed when it starts: resume with the same settings, or start another --name"
-            )
+        old = recorded.get(key)
+        if old == value:
+            continue
+        if key == "search.generations" and isinstance(old, int) and value > old:
+            extended_from = old
+            continue
+        raise UserError(
+            f"--resume: search {run_path!r} was started with {key} = {old!r}, not {value!r}; a run's settings are "
+            f"fixed when it starts (only search.generations may grow): resume with the same settings, or start "
+            f"another --name"
+        )
+    if extended_from is not None:
+        recorded["search.generations"] = settings["search.generations"]
+        recorded.setdefault("extensions", []).append(
+            {"generations_from": extended_from, "generations_to": settings["search.generations"], "at": _now()}
+        )
+        write_bytes(target, (json.dumps(recorded, indent=2) + "\n").encode("utf-8"))
+    return extended_from
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def load_latency_model(settings: SearchSettings, space: SearchSpace) -> LatencyModel | None:
@@ -129,10 +156,12 @@ def run_search(
     storage: str | None = None,
     name: str | None = None,
     resume: bool = False,
+    log: Sequence[str] = (),
 ) -> SearchOutcome:
     storage = resolve_storage(storage)
     name = safe_run_name(name or f"{task.name}-search")
     run_path = join(storage, name)
+    tracking = plan_tracking(log, storage, name, by_tune=True)
     with local_supernet(supernet) as supernet_dir:
         sconf = read_supernet_config(supernet_dir)
         where = f"supernet {supernet!r}"
@@ -149,7 +178,13 @@ def run_search(
         weights = read_weights(supernet_dir, sconf, load_file)
 
     with run_lock(run_path, "search"):
-        check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
+        extended_from = check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
+        if extended_from is not None:
+            extend_saved_search(run_path, settings.strategy.generations)
+            say(
+                f"[search] extending {run_path} from {extended_from} to {settings.strategy.generations} generations "
+                f"(recorded in {SETTINGS_FILE})"
+            )
         joined = connect(resources.gpu, "search")
         count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
         unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
@@ -175,7 +210,7 @@ def run_search(
             start = time.perf_counter()
             measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
             records = run_experiment(
-                strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume
+                strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume, tracking
             )
             tune_s = time.perf_counter() - start
             replaced = ray.get(router.replaced_count.remote())

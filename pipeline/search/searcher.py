@@ -81,7 +81,7 @@ class EvolutionSearcher(Searcher):
             lead += f"; front of {len(pareto_front(records, 'params'))}"
         elapsed = time.perf_counter() - self.generation_started
         say(
-            f"[search] generation {s.generation + 1}/{s.settings.generations}: {len(this)} evaluated ({origins}{extra}) in {elapsed:.1f} s; "
+            f"[search] generation {s.generation} (of 0-{s.settings.generations - 1}): {len(this)} evaluated ({origins}{extra}) in {elapsed:.1f} s; "
             f"{len(records)} in total; {lead}"
         )
         self.generation_started = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 
@@ -10,3 +12,16 @@ def say(line: str) -> None:
     that also echoes, which doubles every line on the driver's console; writing to stdout avoids that."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def quiet_tune() -> None:
+    """Ray Tune on the driver: no result tables (our own lines are the progress), warnings only, and without its
+    "Resume experiment with: Tuner.restore(path=..., trainable=...)" hint, which CLI users cannot act on: the
+    command's own message says how to resume (the same command, with ``--resume`` for a search)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.tune").addFilter(_without_restore_hint)
+
+
+def _without_restore_hint(record: logging.LogRecord) -> bool:
+    return "Tuner.restore(" not in record.getMessage()

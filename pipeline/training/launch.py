@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from pipeline.core.arch import Architecture
-from pipeline.core.task import Task
+from pipeline.core.task import SCHEMA, Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
 from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
@@ -27,7 +28,9 @@ from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name, write_directory_to
+from pipeline.shared.tracking import TrackingPlan, plan_tracking
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
+from pipeline.training.teacher import check_teacher
 from pipeline.training.worker import train_loop_per_worker
 
 # Task keys that may change between a run and its resumption (the rest must match the checkpoint).
@@ -68,6 +71,8 @@ def _check_same_task(previous: dict[str, Any], task: Task, name: str) -> None:
     current = task.to_dict()
     for section in ("data", "splits", "model", "train"):
         for key, value in current[section].items():
+            if key not in previous[section] and value == SCHEMA[section][key][0]:
+                continue  # a setting added to the tool since the run started, at its default: nothing changed
             old = previous[section].get(key)
             if old != value and (section, key) not in RESUMABLE_CHANGES:
                 raise UserError(
@@ -153,11 +158,12 @@ def fit_run(
     cpus_per_worker: float | None,
     newest: tuple[str, dict[str, Any]] | None,
     phase: str,
+    tracking: TrackingPlan | None = None,
 ) -> ray.train.Result:
     """Start (or resume) the Ray Train run ``storage/name`` training ``subject`` with ``task``'s train recipe.
 
     Every phase that trains (supernet, retrain, finetune) goes through here: same DDP, checkpoints, resume by
-    re-running, FailureConfig and per-epoch progress.
+    re-running, FailureConfig and per-epoch progress (the console, and the ``tracking`` backends from rank 0).
     """
     joined = connect(gpu, phase)
     cpus = (
@@ -176,6 +182,7 @@ def fit_run(
             "attempt": uuid.uuid4().hex,
             "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
             "threads": max(1, int(cpus)),
+            "tracking": tracking,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -222,12 +229,17 @@ def train_supernet(
     storage: str | None = None,
     name: str | None = None,
     cpus_per_worker: float | None = None,
+    log: Sequence[str] = (),
 ) -> TrainOutcome:
+    """Train (or resume) the supernet run ``storage/name``; ``log``: experiment trackers rank 0 also logs every
+    epoch to (tensorboard, mlflow, wandb)."""
     check_run_shape(task, workers, cpus_per_worker)
     task = local_data_root(task)
     checked = validate_data(task)
+    check_teacher(task, checked["space"])
     storage = resolve_storage(storage)
     name = safe_run_name(name or f"{task.name}-supernet")
+    tracking = plan_tracking(log, storage, name)
     newest = newest_complete_checkpoint(storage, name)
     if newest is not None:
         check_same_run(newest[1], task, {"kind": "supernet"}, name)
@@ -245,12 +257,30 @@ def train_supernet(
         cpus_per_worker=cpus_per_worker,
         newest=newest,
         phase="train",
+        tracking=tracking,
     )
     with result.checkpoint.as_directory() as d:
         state = read_state(Path(d))
         export_path = export_supernet(Path(d), state, storage, name)
     final = state["history"][-1] if state["history"] else {}
     return TrainOutcome(join(storage, name), export_path, final, state["restarts"], state["resumes"])
+
+
+def training_mode(train: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the supernet was trained, for honest comparisons of supernets (fidelity reports, inherited scores):
+    the sampling rule, in-place and external distillation, and the run's training speed (median images/s of its
+    epochs; a sandwich step trains several subnets on each image)."""
+    speeds = sorted(h["images_per_s"] for h in history if "images_per_s" in h)
+    mode = {
+        "sampling": train.get("sampling", "uniform"),
+        "subnets_per_step": 2 + train.get("sandwich_random", 0) if train.get("sampling") == "sandwich" else 1,
+        "inplace_distillation": train.get("inplace_distillation", "off"),
+        "teacher": train.get("teacher"),
+        "images_per_s": speeds[len(speeds) // 2] if speeds else None,
+    }
+    if mode["teacher"] is not None:
+        mode.update(distill=train["distill"], distill_alpha=train["distill_alpha"])
+    return mode
 
 
 def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, name: str) -> str:
@@ -269,6 +299,7 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
         resumes=state["resumes"],
         metrics=state["history"][-1] if state["history"] else {},
         history=state["history"],
+        training=training_mode(task["train"], state["history"]),
     )
     weights = read_weights(checkpoint_dir)
     return write_directory_to(join(storage, name, EXPORT_DIR), lambda path: write_supernet_dir(path, weights, config))

@@ -11,6 +11,7 @@ scores: search top-1 (what decisions may use) and test top-1, scored once after 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import join, resolve_storage, safe_run_name, write_directory_to
+from pipeline.shared.tracking import plan_tracking
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.launch import (
     check_run_shape,
@@ -35,6 +37,7 @@ from pipeline.training.launch import (
     local_data_root,
     validate_data,
 )
+from pipeline.training.teacher import check_teacher
 
 MODEL_DIR = "model"  # the directory name retrain and finetune write their model to, inside their run
 # Fixed parts a model keeps when its architecture is retrained on a task: all but the data's shape.
@@ -74,12 +77,15 @@ def train_model(
     storage: str | None = None,
     name: str | None = None,
     cpus_per_worker: float | None = None,
+    log: Sequence[str] = (),
 ) -> ModelOutcome:
-    """Train ``arch`` on ``task`` with the ``phase`` recipe (retrain: from scratch; finetune: from ``init``)."""
+    """Train ``arch`` on ``task`` with the ``phase`` recipe (retrain: from scratch; finetune: from ``init``);
+    ``log``: experiment trackers rank 0 also logs every epoch to (tensorboard, mlflow, wandb)."""
     run_task = local_data_root(task).for_phase(phase)
     check_run_shape(run_task, workers, cpus_per_worker)
     checked = validate_data(run_task)
     space = checked["space"]
+    check_teacher(run_task, space)
     if init is None:
         validate_fits(arch, space)
         fixed = space.fixed_parts()
@@ -87,6 +93,7 @@ def train_model(
         fixed = target_fixed(init, space.image_size, space.in_chans, space.num_classes, f"finetune on {task.name!r}")
     storage = resolve_storage(storage)
     name = safe_run_name(name or f"{task.name}-{phase}-{arch.key}")
+    tracking = plan_tracking(log, storage, name)
     subject: dict[str, Any] = {"kind": "model", "architecture": arch.to_dict(), "fixed": fixed, "init": None}
     newest = newest_complete_checkpoint(storage, name)
     if newest is not None:
@@ -111,6 +118,7 @@ def train_model(
         cpus_per_worker=cpus_per_worker,
         newest=newest,
         phase=phase,
+        tracking=tracking,
     )
     with result.checkpoint.as_directory() as d:
         state = read_state(Path(d))

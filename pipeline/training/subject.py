@@ -21,6 +21,7 @@ from pipeline.core.sampling import (
     largest_architecture,
     sample_architecture,
     sample_architectures,
+    sandwich_architectures,
     smallest_architecture,
 )
 from pipeline.core.space import SearchSpace
@@ -39,10 +40,14 @@ class Subject:
     space: SearchSpace
     seed: int
     tracked: list[tuple[str, Architecture | None]]  # scored on the search split every epoch
+    sampling: str = "uniform"  # a supernet's: uniform or sandwich (train.sampling)
+    sandwich_random: int = 0
 
-    def step_architecture(self, epoch: int, step: int) -> Architecture | None:
-        """The subnet of one training step (the same on every rank and every re-run); None for one model."""
-        return None if self.kind == MODEL else step_architecture(self.space, self.seed, epoch, step)
+    def step_architectures(self, epoch: int, step: int) -> list[Architecture | None]:
+        """The subnets of one training step (the same on every rank and every re-run); [None] for one model."""
+        if self.kind == MODEL:
+            return [None]
+        return step_architectures(self.space, self.seed, epoch, step, self.sampling, self.sandwich_random)
 
     @property
     def unused_parameters(self) -> bool:
@@ -50,10 +55,16 @@ class Subject:
         return self.kind == SUPERNET
 
 
-def step_architecture(space: SearchSpace, seed: int, epoch: int, step: int) -> Architecture:
-    """A supernet step's subnet, seeded by (seed, epoch, step): every rank draws it without communicating, and a
-    resumed run repeats the draws it would have made."""
-    return sample_architecture(space, random.Random(f"{seed}:{epoch}:{step}"))
+def step_architectures(
+    space: SearchSpace, seed: int, epoch: int, step: int, sampling: str = "uniform", sandwich_random: int = 0
+) -> list[Architecture]:
+    """A supernet step's subnets, seeded by (seed, epoch, step): every rank draws them without communicating, and a
+    resumed run repeats the draws it would have made. Uniform: one draw; sandwich: the largest, the smallest and
+    ``sandwich_random`` draws."""
+    rng = random.Random(f"{seed}:{epoch}:{step}")
+    if sampling == "sandwich":
+        return sandwich_architectures(space, rng, sandwich_random)
+    return [sample_architecture(space, rng)]
 
 
 def logits(net: nn.Module, images: torch.Tensor, arch: Architecture | None) -> torch.Tensor:
@@ -78,6 +89,8 @@ def supernet_subject(task: Task, space: SearchSpace) -> Subject:
         space,
         task.train["seed"],
         tracked_subnets(space, task.train["seed"], task.train["eval_subnets"]),
+        task.train["sampling"],
+        task.train["sandwich_random"],
     )
 
 

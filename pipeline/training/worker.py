@@ -1,8 +1,9 @@
 """The training loop of every run, as named steps: a Ray Train worker (one DDP rank of ``train``, ``retrain`` or
 ``finetune``) or a Ray Tune trial (a fidelity report's stand-alone model) runs it through its ``Session``.
 
-A supernet step samples one architecture uniformly with a seed derived from (seed, epoch, step), so all ranks run
-the same subnet without any communication, and a resumed run draws exactly the draws it would have drawn.
+A supernet step samples one architecture uniformly (or, with the sandwich rule, the largest, the smallest and a
+few uniform draws) with a seed derived from (seed, epoch, step), so all ranks run the same subnets without any
+communication, and a resumed run draws exactly the draws it would have drawn.
 Per-epoch RNG seeding (data order, augmentation, Mixup, DropPath) makes a resumed run continue the same
 random stream. Rank 0 writes checkpoints; every rank calls ``ray.train.report`` (a barrier) at the same
 checkpoint epochs.
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from pipeline.core.arch import Architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
@@ -38,11 +40,14 @@ from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
+from pipeline.shared.tracking import open_trackers
 from pipeline.training.checkpoint import checkpoint_problem, read_checkpoint, read_state, write_checkpoint
 from pipeline.training.exact_step import step_only_active, zero_fill_gradients
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from pipeline.training.session import Session, train_session
+from pipeline.training.step import forward_backward
 from pipeline.training.subject import MODEL, Subject, logits, model_subject, supernet_subject
+from pipeline.training.teacher import Teacher, load_teacher
 
 
 @dataclasses.dataclass
@@ -62,6 +67,7 @@ class Training:
     mixup: Mixup | None
     loss_fn: torch.nn.Module
     autocast: Callable
+    teacher: Teacher | None  # train.teacher, in eval mode
 
 
 def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
@@ -138,13 +144,15 @@ def build_subject(config: dict[str, Any], task: Task, space: SearchSpace) -> Sub
 
 
 def build_training(task: Task, subject: Subject, where: Session, steps_per_epoch: int) -> Training:
-    """The recipe around the subject: optimizer, schedule, Mixup/CutMix and loss (timm), and autocast."""
+    """The recipe around the subject: optimizer, schedule, Mixup/CutMix and loss (timm), autocast, and the
+    external teacher if the recipe names one."""
     subject.model.to(where.device)
     optimizer = build_optimizer(subject.model, task.train)
     scheduler = build_scheduler(optimizer, task.train, steps_per_epoch)
     mixup = build_mixup(task.train, subject.space.num_classes)
     autocast = autocast_factory(where.device, task.train["precision"])
-    return Training(subject, optimizer, scheduler, mixup, build_loss(task.train, mixup), autocast)
+    teacher = load_teacher(task.train["teacher"], task, subject.space, where.device) if task.train["teacher"] else None
+    return Training(subject, optimizer, scheduler, mixup, build_loss(task.train, mixup), autocast, teacher)
 
 
 def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None) -> Any:
@@ -241,15 +249,27 @@ def train_one_epoch(
     totals = torch.zeros(2, dtype=torch.float64, device=where.device)
     steps = len(loaders.train)
     for step, (images, labels) in enumerate(loaders.train):
-        arch = training.subject.step_architecture(epoch, step)
+        archs = training.subject.step_architectures(epoch, step)
         images, labels = images.to(where.device, non_blocking=True), labels.to(where.device, non_blocking=True)
         targets = labels
         if training.mixup is not None:
             images, targets = training.mixup(images, labels)
-        with training.autocast():
-            loss = training.loss_fn(logits(net, images, arch), targets)
+        teacher_logits = None
+        if training.teacher is not None:
+            with training.autocast():
+                teacher_logits = training.teacher.logits(images)
         training.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = forward_backward(
+            net,
+            training.subject.model,
+            archs,
+            images,
+            targets,
+            teacher_logits,
+            training.loss_fn,
+            training.autocast,
+            tr,
+        )
         optimizer_step(training, tr)
         state["global_step"] += 1
         training.scheduler.step_update(state["global_step"])
@@ -338,27 +358,48 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
     net = where.prepare_model(subject.model, subject.unused_parameters)
     fail_at = fault_parameter("train_exit_at_epoch")
     extra = config.get("extra_metrics") or {}
+    plan = config.get("tracking") if where.rank == 0 else None
+    recorded = state.get("tracking", {})
 
-    for epoch in range(state["epoch"], tr["epochs"]):
-        if epoch == fail_at and where.rank == where.world - 1 and claim_fault():
-            exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
-        metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
-        metrics.update(evaluate_tracked(training, loaders, where))
-        state["epoch"] = epoch + 1
-        state["history"].append(metrics)
-        metrics.update(restarts=state["restarts"], resumes=state["resumes"], **extra)
-        if where.rank == 0:
-            print_epoch(metrics, tr["epochs"], subject, phase)
-        last = epoch + 1 == tr["epochs"]
-        if last and subject.kind == MODEL:
-            state["final"] = final_scores(training, task, loaders, where)
-            metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
-        if last or (epoch + 1) % tr["checkpoint_every"] == 0:
-            save_checkpoint(training, state, metrics, where)
-        # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
-        # one-slot queue, so a report every (short) epoch would stall training. The console line and the
-        # run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
+    with open_trackers(plan, tracking_params(task, config, where), recorded, phase) as trackers:
+        state["tracking"] = {**recorded, **trackers.ids}  # a resumed run continues the same tracking runs
+        for epoch in range(state["epoch"], tr["epochs"]):
+            if epoch == fail_at and where.rank == where.world - 1 and claim_fault():
+                exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
+            metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
+            metrics.update(evaluate_tracked(training, loaders, where))
+            state["epoch"] = epoch + 1
+            state["history"].append(metrics)
+            metrics.update(restarts=state["restarts"], resumes=state["resumes"], **extra)
+            if where.rank == 0:
+                print_epoch(metrics, tr["epochs"], subject, phase)
+            last = epoch + 1 == tr["epochs"]
+            if last and subject.kind == MODEL:
+                state["final"] = final_scores(training, task, loaders, where)
+                metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
+            trackers.log(metrics, epoch + 1)
+            if last or (epoch + 1) % tr["checkpoint_every"] == 0:
+                save_checkpoint(training, state, metrics, where)
+            # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
+            # one-slot queue, so a report every (short) epoch would stall training. The console line, the trackers
+            # rank 0 logs to (--log) and the run's own history (in every checkpoint and in the export) carry the
+            # per-epoch metrics.
     return state
+
+
+def tracking_params(task: Task, config: dict[str, Any], where: Session) -> dict[str, Any]:
+    """What a tracking run records once as its parameters: the phase, the task, what is trained and the recipe."""
+    spec = config.get("subject") or {"kind": "supernet"}
+    trained = {"architecture": Architecture.from_dict(spec["architecture"]).key} if spec["kind"] == MODEL else {}
+    return {
+        "phase": config.get("phase", "train"),
+        "task": task.name,
+        "space": task.space_name,
+        "subject": spec["kind"],
+        **trained,
+        "workers": where.world,
+        **{f"train.{k}": v for k, v in task.train.items()},
+    }
 
 
 def rank_nodes(where: Session) -> list[str]:

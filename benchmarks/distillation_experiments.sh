@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The supernet-training comparisons of docs/fidelity.md ("Better subnets"), on the CIFAR-10 subset:
+# uniform sampling (the entangled supernet of fidelity_experiments.sh) against the sandwich rule, the sandwich
+# rule with in-place distillation (KL and alpha-divergence), and distillation from a teacher (the largest
+# architecture of the front, retrained: step 3 of fidelity_experiments.sh); at the same epochs, and the sandwich
+# with in-place KL also at the uniform run's wall-clock (fewer epochs: a sandwich step trains 4 subnets).
+# Each supernet gets a front search (the same protocol as cifar-front) and a fidelity report over the same 16
+# architectures (the picks depend only on the space and the seed).
+#
+#   RUNS=/work/bench-runs nohup bash benchmarks/distillation_experiments.sh > RUNS/distillation.log 2>&1 &
+#
+# Run after fidelity_experiments.sh (it needs cifar-entangled, cifar-front and the retrained largest front
+# architecture). Every step is skipped when done and resumes when interrupted. Then
+#   python benchmarks/fidelity_tables.py --runs $RUNS
+# prints the comparison table with the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-/work/bench-runs}
+DATA=${DATA:-$(cd ../shared/data/cifar10-10k && pwd)}
+TASK=benchmarks/tasks/cifar10-subset.yaml
+AF=${AF:-autoformer}
+PY=${PY:-python3}
+LIMIT=400000
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+mkdir -p "$RUNS"
+
+step() {  # step NAME DONE_FILE COMMAND...: as in fidelity_experiments.sh
+  local name=$1 done=$2
+  shift 2
+  if [ -e "$done" ]; then echo "== $name: done already ($done)"; return 0; fi
+  echo "== $name: $*"
+  local start=$SECONDS
+  "$@"
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - start)) s" >> "$RUNS/times.txt"
+  return $rc
+}
+
+variant() {  # variant NAME SETTINGS...: a supernet trained with SETTINGS, its front search and fidelity report
+  local name=$1
+  shift
+  local sets=()
+  for s in "$@"; do sets+=(--set "$s"); done
+  step "train-$name" "$RUNS/cifar-$name/supernet/config.json" \
+    $AF train $TASK --set data.root="$DATA" "${sets[@]}" --storage "$RUNS" --name "cifar-$name"
+  local resume=()
+  [ -d "$RUNS/cifar-front-$name" ] && resume=(--resume)
+  step "search-front-$name" "$RUNS/cifar-front-$name/pareto.parquet" \
+    $AF search $TASK --set data.root="$DATA" --supernet "$RUNS/cifar-$name/supernet" --storage "$RUNS" \
+    --name "cifar-front-$name" "${resume[@]}" --objective pareto --population 30 --generations 6 \
+    --max-params $LIMIT --evaluators 2 --cpus-per-evaluator 1
+  step "fidelity-$name" "$RUNS/cifar-fidelity-$name/fidelity.parquet" \
+    $AF fidelity --supernet "$RUNS/cifar-$name/supernet" --archs 16 --set data.root="$DATA" \
+    --set retrain.epochs=15 --set retrain.warmup_epochs=1 \
+    --set retrain.teacher=none --storage "$RUNS" --name "cifar-fidelity-$name" --cpus-per-trial 1
+}
+
+# Same epochs as the uniform supernet (30).
+variant sandwich train.sampling=sandwich
+variant sandwich-kl train.sampling=sandwich train.inplace_distillation=kl
+variant sandwich-alpha train.sampling=sandwich train.inplace_distillation=alpha_divergence
+
+# Same wall-clock as the uniform supernet: its median images/s against the sandwich-kl run's.
+epochs=$($PY - "$RUNS" <<'EOF'
+import json, sys
+runs = sys.argv[1]
+import statistics
+def speed(name):
+    config = json.load(open(f"{runs}/cifar-{name}/supernet/config.json"))
+    recorded = config.get("training", {}).get("images_per_s")  # older exports: the epochs' median
+    return recorded or statistics.median(h["images_per_s"] for h in config["history"])
+print(max(1, round(30 * speed("sandwich-kl") / speed("entangled"))))
+EOF
+)
+[ -n "$epochs" ] && variant "sandwich-kl-${epochs}ep" train.sampling=sandwich train.inplace_distillation=kl \
+  train.epochs="$epochs" train.warmup_epochs=1
+
+# A teacher: the largest architecture of the uniform supernet's front, retrained (fidelity_experiments.sh step 3).
+teacher=$($PY - "$RUNS" <<'EOF'
+import glob, json, sys
+models = [(json.load(open(f"{d}/config.json"))["params"], d) for d in glob.glob(f"{sys.argv[1]}/cifar-retrain-e*/model")]
+print(max(models)[1] if models else "")
+EOF
+)
+[ -n "$teacher" ] && variant teacher train.teacher="$teacher" train.distill=hard
+echo "== all steps done"
