@@ -15,26 +15,7 @@
 # prints the comparison table with the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-/work/bench-runs}
-DATA=${DATA:-$(cd ../shared/data/cifar10-10k && pwd)}
-TASK=benchmarks/tasks/cifar10-subset.yaml
-AF=${AF:-autoformer}
-PY=${PY:-python3}
-LIMIT=400000
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
-mkdir -p "$RUNS"
-
-step() {  # step NAME DONE_FILE COMMAND...: as in fidelity_experiments.sh
-  local name=$1 done=$2
-  shift 2
-  if [ -e "$done" ]; then echo "== $name: done already ($done)"; return 0; fi
-  echo "== $name: $*"
-  local start=$SECONDS
-  "$@"
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - start)) s" >> "$RUNS/times.txt"
-  return $rc
-}
+source benchmarks/experiment_steps.sh  # RUNS, DATA, TASK, AF, PY, LIMIT and step
 
 variant() {  # variant NAME SETTINGS...: a supernet trained with SETTINGS, its front search and fidelity report
   local name=$1
