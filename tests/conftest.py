@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The multi-node Ray cluster and the S3 server (started only when a test asks for them).
+from cluster_fixtures import ray_cluster, s3_server  # noqa: F401
+
 from pipeline.core.space import SearchSpace, builtin_space_names, load_space
 
 ALL_SPACES = builtin_space_names()

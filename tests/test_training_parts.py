@@ -189,3 +189,28 @@ def test_damaged_weights_files_are_refused_with_one_line(tmp_path: Path, damage:
         weights.write_bytes(bytes(data))
         with pytest.raises(UserError, match=f"{name} is corrupted or was changed after it was written"):
             load(path)
+
+
+def test_a_restart_is_told_by_the_run_directory_and_finds_the_newest_checkpoint(tmp_path: Path) -> None:
+    """Each start of the workers looks at storage again; a second start within one fit() call (same attempt) is
+    a restart even when the checkpoint it resumes from came from an earlier call."""
+    import json
+
+    from pipeline.model.directory import file_checksum
+    from pipeline.training.checkpoint import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
+    from pipeline.training.session import Session
+    from pipeline.training.worker import start_point
+
+    where = Session(rank=0, world=1, device=torch.device("cpu"), prepare_model=None, prepare_loader=None, report=None,
+                    checkpoint=None)  # fmt: skip
+    config = {"attempt": "a1", "run": {"storage": str(tmp_path), "name": "run"}}
+    assert start_point(config, where) == (False, None)  # first start of fit() call a1
+    checkpoint = tmp_path / "run" / "checkpoint_000000"
+    checkpoint.mkdir()
+    for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
+        (checkpoint / name).write_bytes(b"x")
+    sums = {name: file_checksum(checkpoint / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
+    (checkpoint / STATE_FILE).write_text(json.dumps({"epoch": 1, "checksums": sums}))
+    assert start_point(config, where) == (True, {"path": str(checkpoint), "epoch": 1})  # Ray restarted a1's workers
+    assert start_point({**config, "attempt": "a2"}, where)[0] is False  # the command run again: a resume
+    assert start_point({"attempt": "t", "newest_checkpoint": None}, where) == (None, None)  # a Tune trial

@@ -6,8 +6,9 @@ each candidate to an idle evaluator, so N concurrent trials keep N evaluators bu
 dies, the router replaces it and runs the same candidate on the next idle one: the trial still reports
 exactly once, so no candidate is lost or counted twice.
 
-The router is created by the driver, outside any trial's placement group, so the evaluators it starts (and
-restarts) are ordinary cluster actors. It is no single point of failure: when the router itself dies, Ray
+The router is created by the driver, on the driver's node (so losing a worker node costs only the evaluator
+on it) and outside any trial's placement group, so the evaluators it starts (and restarts) are ordinary
+cluster actors. It is no single point of failure: when the router itself dies, Ray
 restarts it (``ROUTER_RESTARTS``), the restarted router starts a fresh pool from the same object-store
 weights and images, and every call a trial was waiting on is retried on it, so no candidate is reported
 failed because the router died.
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.data.arrays import SplitArrays
 from pipeline.search.evaluator import Evaluator
@@ -109,9 +111,14 @@ def start_pool(
     if gpu:
         options["num_gpus"] = 1
     kwargs = {**evaluator_kwargs, "device": "cuda" if gpu else "cpu", "threads": max(1, int(cpus))}
-    router = Router.options(name=router_name, max_restarts=ROUTER_RESTARTS, max_task_retries=-1).remote(
-        options, kwargs, refs, count
-    )
+    # The router lives on the driver's node (as Ray Train's controller does): a 0-CPU actor could otherwise land
+    # on any worker node, and losing that node would restart the whole pool (every evaluator reloaded, every
+    # candidate in flight re-run) instead of replacing the one evaluator that was there. Not soft: Ray 2.60
+    # places a soft-pinned 0-CPU actor on another node when the driver's has no CPUs (a CPU-less head).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    router = Router.options(
+        name=router_name, max_restarts=ROUTER_RESTARTS, max_task_retries=-1, scheduling_strategy=here
+    ).remote(options, kwargs, refs, count)
     say(
         f"[search] starting {count} evaluator(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), "
         f"loading the supernet and {len(split.labels):,} search images into each"

@@ -181,6 +181,7 @@ def fit_run(
             "phase": phase,
             "attempt": uuid.uuid4().hex,
             "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
+            "run": {"storage": storage, "name": name},  # workers look at its checkpoints again at each (re)start
             "threads": max(1, int(cpus)),
             "tracking": tracking,
         },

@@ -40,8 +40,15 @@ from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
+from pipeline.shared.storage import join, read_bytes, write_bytes
 from pipeline.shared.tracking import open_trackers
-from pipeline.training.checkpoint import checkpoint_problem, read_checkpoint, read_state, write_checkpoint
+from pipeline.training.checkpoint import (
+    checkpoint_problem,
+    newest_complete_checkpoint,
+    read_checkpoint,
+    read_state,
+    write_checkpoint,
+)
 from pipeline.training.exact_step import step_only_active, zero_fill_gradients
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from pipeline.training.session import Session, train_session
@@ -177,16 +184,51 @@ def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None)
     return checkpoint
 
 
+ATTEMPT_FILE = ".train-attempt"  # in a run's directory: the attempt id of the fit() call whose workers last started
+
+
+def start_point(config: dict[str, Any], where: Session) -> tuple[bool | None, dict[str, Any] | None]:
+    """Whether this start of the workers is a restart within the same ``fit()`` call, and the newest complete
+    checkpoint on storage now; rank 0 decides, every rank gets the same answer.
+
+    Ray restarts a worker group from the newest checkpoint its controller has *registered*, which misses one
+    uploaded just before a node was lost (it is registered on the controller's next poll) and is none at all
+    when this ``fit()`` call registered none yet; the driver's look at storage is from before ``fit()``. So the
+    storage is looked at again at every start. A restart is told by the run directory's ``ATTEMPT_FILE``, not
+    by the checkpoint's attempt: a restart before this call's first registered checkpoint resumes from an
+    earlier call's. Runs without a ``run`` entry (a fidelity trial, which Tune restores) get (None, the
+    driver's look).
+    """
+    run = config.get("run")
+    if run is None:
+        return None, config.get("newest_checkpoint")
+    decided: list[Any] = [None]
+    if where.rank == 0:
+        marker = join(run["storage"], run["name"], ATTEMPT_FILE)
+        try:
+            restart = read_bytes(marker).decode("utf-8").strip() == config["attempt"]
+        except OSError:  # no marker yet (FileNotFoundError locally, an OSError from object stores)
+            restart = False
+        if not restart:
+            write_bytes(marker, config["attempt"].encode("utf-8"))
+        newest = newest_complete_checkpoint(run["storage"], run["name"])
+        decided = [(restart, {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None)]
+    if where.world > 1 and dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(decided, src=0)
+    return decided[0]
+
+
 def resume_or_init(
     config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Session
 ) -> dict[str, Any]:
     """The run state: read from the checkpoint to continue from (counting a restart or a resume), or a new one."""
-    checkpoint = _resume_checkpoint(where, config.get("newest_checkpoint"))
+    restart, newest = start_point(config, where)
+    checkpoint = _resume_checkpoint(where, newest)
     if checkpoint is None:
         return {
             "epoch": 0,
             "global_step": 0,
-            "restarts": 0,
+            "restarts": int(bool(restart)),  # workers restarted before the first checkpoint
             "resumes": 0,
             "attempt": config["attempt"],
             "history": [],
@@ -200,9 +242,11 @@ def resume_or_init(
         }
     with checkpoint.as_directory() as d:
         state = read_checkpoint(Path(d), training.subject.model, training.optimizer, training.scheduler, where.device)
-    if state["attempt"] == config["attempt"]:
+    if restart is None:  # no marker to go by: a checkpoint of this fit() call means a restart
+        restart = state["attempt"] == config["attempt"]
+    if restart:
         state["restarts"] += 1  # same fit() call: Ray restarted the workers after a failure
-    else:
+    if state["attempt"] != config["attempt"]:
         state["resumes"] += 1  # a new fit() call on the same run: the command was run again
         state["attempt"] = config["attempt"]
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
@@ -343,7 +387,8 @@ def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
 
     ``config``: the task (its train section is the recipe to run), the subject (supernet, or one model with
     its architecture, fixed parts and optional initial weights), the attempt id that tells a restart from a
-    resume, the newest complete checkpoint the driver found, CPU threads, the phase name for progress lines,
+    resume, the newest complete checkpoint the driver found and the run (storage, name) each start looks at
+    again, CPU threads, the phase name for progress lines,
     and ``extra_metrics`` added to every report (a fidelity trial's inherited scores).
     """
     task = Task.from_dict(config["task"])
