@@ -111,3 +111,22 @@ def test_a_search_refuses_a_corrupted_supernet_before_ray_starts(tmp_path: Path,
         f"after it was written (sha256 " + out.stderr.split("(sha256 ")[1].strip()
     ]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_console_drops_rays_harmless_lines_and_colour_codes_when_not_a_terminal() -> None:
+    import io
+
+    from pipeline.cli.main import _Console
+
+    out = io.StringIO()
+    console = _Console(out)
+    for text in (
+        "(TrainController pid=9) ... 'PreemptionWatcher' and ID abc ...",
+        "\n",
+        "(RayTrainWorker pid=1) [W reducer.cpp:1] Warning: find_unused_parameters=True was specified in DDP "
+        "constructor, but did not find any unused parameters in the forward pass. (function operator())",
+        "\n",
+        "\x1b[36m(RayTrainWorker pid=1)\x1b[0m [train] epoch 1/2  loss 2.3\n",
+    ):
+        console.write(text)
+    assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n"

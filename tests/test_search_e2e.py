@@ -132,6 +132,7 @@ def test_interrupted_search_resumes_to_the_same_candidates_and_extends(supernet:
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, "".join(seen) + rest
     assert "--resume" in rest and not (tmp_path / "cut" / "candidates.parquet").exists()
+    assert "Tuner.restore" not in "".join(seen) + rest  # Tune's hint for Python users, not for the CLI
     out = _search(supernet, tmp_path, "--name", "cut", "--resume", "--generations", "4", *args)
     _ok(out)
     assert "[search] generation 0 (of 0-3)" not in out.stdout and "[search] generation 3 (of 0-3)" in out.stdout

@@ -64,11 +64,24 @@ def test_one_worker_trains_checkpoints_and_exports(tmp_path: Path) -> None:
         assert key in metrics
     assert [h["epoch"] for h in config["history"]] == [1, 2]
     assert len([p for p in (tmp_path / "digits-supernet").glob("checkpoint_*") if p.is_dir()]) <= 2
+    _check_quiet(out.stdout + out.stderr)
+
+
+def _check_quiet(printed: str) -> None:
+    """A quiet console (output not a terminal): our own lines, no colour codes, none of Ray's start-up,
+    dashboard, token or PreemptionWatcher notes, no DDP warning about unused parameters."""
+    assert "\x1b[" not in printed
+    for noise in ("dashboard", "PreemptionWatcher", "auth", "find_unused_parameters", "Tuner.restore", "Traceback"):
+        assert noise not in printed, noise
+    lines = [line for line in printed.splitlines() if line.strip()]
+    ours = [line for line in lines if "[train]" in line]
+    assert len(ours) >= len(lines) - 2, printed[-3000:]  # at most a stray line beside ours
 
 
 def test_two_workers_ddp(tmp_path: Path) -> None:
     out = _train(tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--set", "train.epochs=2")
     _check_ok(out)
+    _check_quiet(out.stdout + out.stderr)  # DDP's find_unused_parameters warning comes with two ranks
     config = _export(tmp_path)
     assert config["workers"] == 2 and config["epochs"] == 2
     assert len(config["nodes"]) == 2 and all(len(n) == 56 for n in config["nodes"])  # each rank's Ray node

@@ -71,8 +71,12 @@ class _Console:
     CODES = re.compile(r"\x1b\[[0-9;]*m")
     # Forwarded from Ray's own processes, harmless, printed on every run: the Train controller's note about its
     # PreemptionWatcher actor, and the traceback of the placement-group cleaner's monitor thread when another
-    # Ray instance runs on the same machine (it cannot tell which to watch; the run is not affected).
-    HARMLESS = re.compile(r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=")
+    # Ray instance runs on the same machine (it cannot tell which to watch; the run is not affected). And DDP's
+    # note, printed by torch's C++ side (past Python's warning filters) whenever a step uses every parameter,
+    # that find_unused_parameters was set: a supernet step usually leaves most of them out, so it must be.
+    HARMLESS = re.compile(
+        r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
+    )
 
     def __init__(self, stream: TextIO) -> None:
         self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
