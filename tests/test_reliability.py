@@ -210,3 +210,31 @@ def test_a_cluster_driver_says_while_it_waits_for_room(monkeypatch: pytest.Monke
     assert lines[-1] == "[train] the cluster now has room for 2 x (1 CPU)"
     with pytest.raises(UserError, match=r"5 x \(1 CPU\) asked for, but this machine has 2 CPU \(2 fit\)"):
         cluster.check_resources({"CPU": 1.0}, 5, "--workers", "train", joined=False)
+
+
+def test_a_run_on_an_object_store_is_held_by_a_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Object stores have no exclusive create: a renewed lease stands in for the lock file (a file:// URI goes
+    through the same pyarrow filesystem code as s3://)."""
+    import json
+    import time
+
+    from pipeline.shared import storage
+
+    run = f"file://{tmp_path}/run"
+    lease = tmp_path / "run" / storage.LOCK_FILE
+    monkeypatch.setattr(storage, "RENEW_EVERY_S", 0.05)
+    with storage.run_lock(run, "search"):
+        first = json.loads(lease.read_text())["renewed"]
+        with pytest.raises(UserError, match=r"search 'file://.*' is in use by another driver \(.*:\d+, lease renewed"):
+            with storage.run_lock(run, "search"):
+                pass
+        time.sleep(0.3)
+        assert json.loads(lease.read_text())["renewed"] > first  # renewed while held
+    assert not lease.exists()  # released
+    lease.write_text(json.dumps({"holder": "elsewhere:1", "token": "x", "renewed": time.time() - 1000}))
+    with storage.run_lock(run, "search"):  # a lease its holder stopped renewing is taken over
+        assert json.loads(lease.read_text())["holder"].endswith(f":{os.getpid()}")
+    lease.write_text(json.dumps({"holder": "elsewhere:1", "token": "x", "renewed": time.time()}))
+    with pytest.raises(UserError, match=r"in use by another driver \(elsewhere:1"):
+        with storage.run_lock(run, "search"):
+            pass

@@ -6,9 +6,13 @@ stores a single PUT is atomic already, so the bytes are uploaded in one stream.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,13 +142,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LEASE_S = 120.0  # an object-store lock whose holder has not renewed it for this long is taken over
+RENEW_EVERY_S = 30.0
+
+
 @contextmanager
 def run_lock(run_path: str, what: str) -> Iterator[None]:
     """Hold run directory ``run_path`` for this driver: a second driver on the same run is refused at once,
-    naming the holder. A lock left by a process that is gone (same host) is taken over. Local storage only:
-    object stores have no exclusive create, so runs there are not locked."""
+    naming the holder. On local storage the lock is an exclusively created file, and one left by a process that
+    is gone (same host) is taken over. Object stores have no exclusive create, so there the lock is a lease:
+    the holder renews it every ``RENEW_EVERY_S`` seconds, a lease not renewed for ``LEASE_S`` seconds (its
+    driver died) is taken over, and a driver that wrote its lease at the same moment as another reads back
+    which one stands."""
     if is_uri(run_path):
-        yield
+        with _lease(run_path, what):
+            yield
         return
     path = Path(run_path) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +167,7 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
             break
         except FileExistsError:
             holder = path.read_text(encoding="utf-8").strip() if path.exists() else ""
-            host, _, pid = holder.rpartition(":")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if _gone(holder):
                 path.unlink(missing_ok=True)  # its driver is gone: take the run over
                 continue
             raise UserError(
@@ -171,3 +182,55 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _gone(holder: str) -> bool:
+    """True when ``holder`` (host:pid) is a process of this host that no longer runs."""
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def _read_lease(target: str) -> dict | None:
+    try:
+        return json.loads(read_bytes(target).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def _lease(run_path: str, what: str) -> Iterator[None]:
+    target = join(run_path, LOCK_FILE)
+    mine = {"holder": f"{socket.gethostname()}:{os.getpid()}", "token": uuid.uuid4().hex}
+    held = _read_lease(target)
+    if held is not None and time.time() - held.get("renewed", 0) < LEASE_S and not _gone(held.get("holder", "")):
+        raise UserError(
+            f"{what} {run_path!r} is in use by another driver ({held.get('holder', 'unknown')}, lease renewed "
+            f"{time.time() - held.get('renewed', 0):.0f} s ago); wait for it to finish (a lease not renewed for "
+            f"{LEASE_S:.0f} s is taken over)"
+        )
+    write_bytes(target, json.dumps({**mine, "renewed": time.time()}).encode("utf-8"))
+    time.sleep(0.2)  # another driver writing at the same moment: the object that stands decides
+    standing = _read_lease(target)
+    if standing is None or standing.get("token") != mine["token"]:
+        holder = standing.get("holder", "unknown") if standing else "unknown"
+        raise UserError(f"{what} {run_path!r} is in use by another driver ({holder}), which took it at the same time")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RENEW_EVERY_S):
+            current = _read_lease(target)
+            if current is not None and current.get("token") != mine["token"]:
+                return  # taken over (this driver stalled past its lease): never write over the new holder
+            write_bytes(target, json.dumps({**mine, "renewed": time.time()}).encode("utf-8"))
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        current = _read_lease(target)
+        if current is not None and current.get("token") == mine["token"]:
+            fs, path = filesystem(target)
+            fs.delete_file(path)
