@@ -149,7 +149,8 @@ def test_resuming_a_search_with_other_settings_is_refused(tmp_path: Path, digits
     out = _cli(*common, "--population", "5", "--generations", "1", "--max-params", "50000", "--resume")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"autoformer: error: --resume: search '{tmp_path / 's'}' was started with search.population = 6, not 5; a "
-        f"run's settings are fixed when it starts: resume with the same settings, or start another --name"
+        f"run's settings are fixed when it starts (only search.generations may grow): resume with the same "
+        f"settings, or start another --name"
     ]
     assert (tmp_path / "s" / "candidates.parquet").read_bytes() == footer  # nothing rewritten
 
