@@ -214,7 +214,7 @@ def fidelity_report(
             supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu
         )
     rows = fidelity_rows(results)
-    summary = summarize(rows, seed=seed)
+    summary = summarize(rows, seed=seed, planned=len(picked))
     summary.update(supernet=supernet, retrain_epochs=recipe["epochs"], seed=seed)
     write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
     return FidelityRun(run_path, rows, summary, time.perf_counter() - start)

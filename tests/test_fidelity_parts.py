@@ -165,3 +165,6 @@ def test_fidelity_summary_of_perfect_and_reversed_rankings() -> None:
     reversed_rows = [{**r, "standalone_search_top1": 0.7 - i / 100} for i, r in enumerate(rows)]
     assert summarize(reversed_rows)["kendall_tau"] == pytest.approx(-1.0)
     assert "too few" in describe(summarize(rows[:2]))
+    # interrupted: rows only for the trials that started, the count of what was planned from the plan
+    partial = summarize([*rows[:4], {**rows[4], "standalone_search_top1": float("nan")}], planned=16)
+    assert (partial["architectures"], partial["planned"]) == (4, 16)

@@ -11,13 +11,14 @@ from typing import Any
 from pipeline.core.agreement import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap
 
 
-def summarize(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """Rows carry ``inherited_search_top1``, ``standalone_search_top1`` and the test equivalents."""
+def summarize(rows: list[dict[str, Any]], seed: int = 0, planned: int | None = None) -> dict[str, Any]:
+    """Rows carry ``inherited_search_top1``, ``standalone_search_top1`` and the test equivalents; ``planned`` is
+    how many architectures the experiment has (an interrupted one has rows only for the trials it started)."""
     done = [r for r in rows if not math.isnan(r.get("standalone_search_top1", math.nan))]
     inherited = [r["inherited_search_top1"] for r in done]
     alone = [r["standalone_search_top1"] for r in done]
     k = max(1, len(done) // 4)
-    out: dict[str, Any] = {"architectures": len(done), "planned": len(rows), "top_k": k}
+    out: dict[str, Any] = {"architectures": len(done), "planned": planned or len(rows), "top_k": k}
     if len(done) < 3:
         return {**out, "kendall_tau": math.nan, "spearman_rho": math.nan}
     out["kendall_tau"] = kendall_tau(inherited, alone)
