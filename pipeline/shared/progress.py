@@ -16,11 +16,15 @@ def say(line: str) -> None:
 
 def quiet_tune() -> None:
     """Ray Tune on the driver: no result tables (our own lines are the progress), warnings only, and without its
-    "Resume experiment with: Tuner.restore(path=..., trainable=...)" hint, which CLI users cannot act on: the
-    command's own message says how to resume (the same command, with ``--resume`` for a search)."""
+    "Resume experiment with: Tuner.restore(path=..., trainable=...)" hint or its notes on its own bookkeeping's
+    speed, which CLI users cannot act on: the command's own message says how to resume (the same command, with
+    ``--resume`` for a search)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     logging.getLogger("ray.tune.tune").addFilter(_without_restore_hint)
+    # Tune timing its own bookkeeping ("... took 1.004 s, which may be a performance bottleneck"): on a busy
+    # machine it fires during searches, and a CLI user has no Tune code to change.
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
 
 
 def _without_restore_hint(record: logging.LogRecord) -> bool:
