@@ -127,6 +127,16 @@ def test_the_console_drops_rays_harmless_lines_and_colour_codes_when_not_a_termi
         "constructor, but did not find any unused parameters in the forward pass. (function operator())",
         "\n",
         "\x1b[36m(RayTrainWorker pid=1)\x1b[0m [train] epoch 1/2  loss 2.3\n",
+        "(TrainController pid=9) Failed to register placement group with cleaner: The actor died unexpectedly",
+        "\n",
+        "(TrainController pid=9) \tclass_name: PlacementGroupCleaner",
+        "\n",
+        "(TrainController pid=9) \tpid: 31486",
+        "\n",
+        "(TrainController pid=9) The actor is dead ... Placement group may not be cleaned up if controller dies "
+        "ungracefully.",
+        "\n",
+        "[train] done in 27.8 s\n",
     ):
         console.write(text)
-    assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n"
+    assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n[train] done in 27.8 s\n"

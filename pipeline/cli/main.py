@@ -77,12 +77,27 @@ class _Console:
     HARMLESS = re.compile(
         r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
     )
+    # The same cleaner, when it has already left for that reason, makes the controller print a note spread over
+    # several forwarded lines: dropped from its first line to the one that ends it, at most MULTILINE_MAX lines.
+    MULTILINE = {"Failed to register placement group with cleaner": "may not be cleaned up if controller dies"}
+    MULTILINE_MAX = 12
 
     def __init__(self, stream: TextIO) -> None:
         self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
+        self._until: str | None = None
+        self._left = 0
 
     def write(self, text: str) -> int:
-        if self.HARMLESS.search(text) or (self._dropped and text == "\n"):
+        if self._until is not None and text != "\n":
+            self._left -= 1
+            if self._until in text or self._left <= 0:
+                self._until = None
+            self._dropped = True
+            return len(text)
+        end = next((last for first, last in self.MULTILINE.items() if first in text), None)
+        if end is not None and end not in text:
+            self._until, self._left = end, self.MULTILINE_MAX
+        if end is not None or self.HARMLESS.search(text) or (self._dropped and text == "\n"):
             self._dropped = text != "\n"
             return len(text)
         self._dropped = False
