@@ -9,10 +9,18 @@ LIMIT=400000  # the parameter limit of the Table 2 analogue (the space spans 150
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 mkdir -p "$RUNS"
 
-step() {  # step NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists; log its wall time
+done_already() {  # done_already FILE: it exists and, for a fidelity report, covers every planned architecture
+  [ -e "$1" ] || return 1
+  case "$1" in
+    */fidelity.json) $PY -c "import json, sys; d = json.load(open(sys.argv[1]))
+sys.exit(d['architectures'] < d['planned'])" "$1" ;;
+  esac
+}
+
+step() {  # step NAME DONE_FILE COMMAND...: run COMMAND unless done_already DONE_FILE; log its wall time
   local name=$1 done=$2
   shift 2
-  if [ -e "$done" ]; then echo "== $name: done already ($done)"; return 0; fi
+  if done_already "$done"; then echo "== $name: done already ($done)"; return 0; fi
   echo "== $name: $*"
   local start=$SECONDS
   "$@"

@@ -57,7 +57,7 @@ EOF
 # 1. The entangled supernet; fidelity over 16 architectures spread over the size range, each retrained 15 epochs
 #    (half the supernet's schedule, to fit the machine: the report is about ranks).
 supernet entangled
-step fidelity "$RUNS/cifar-fidelity/fidelity.parquet" \
+step fidelity "$RUNS/cifar-fidelity/fidelity.json" \
   $AF fidelity --supernet "$RUNS/cifar-entangled/supernet" --archs 16 --set data.root="$DATA" \
   --set retrain.epochs=15 --set retrain.warmup_epochs=1 --storage "$RUNS" --name cifar-fidelity --cpus-per-trial 1
 
