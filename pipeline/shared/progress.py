@@ -25,6 +25,9 @@ def quiet_tune() -> None:
     # Tune timing its own bookkeeping ("... took 1.004 s, which may be a performance bottleneck"): on a busy
     # machine it fires during searches, and a CLI user has no Tune code to change.
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+    # On a resumed experiment, a list of every trial that had not started yet ("Failed to fetch metrics ...: both
+    # result.json and progress.csv were not found"): those trials run now, and each command counts what finished.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 def _without_restore_hint(record: logging.LogRecord) -> bool:
