@@ -15,17 +15,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from pipeline.core.arch import Architecture, validate_fits, validate_in_space
 from pipeline.core.latency_model import LatencyModel
 from pipeline.core.space import SearchSpace
 from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
 from pipeline.data.arrays import check_same_splits
-from pipeline.fidelity.experiment import check_plan, fidelity_plan, run_fidelity
+from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan, read_plan, run_fidelity, write_plan
+from pipeline.fidelity.inherited import rescored_results
 from pipeline.fidelity.summary import describe, summarize
 from pipeline.latency.build import BuildSettings, open_profiler
-from pipeline.model.supernet_dir import EXPORT_DIR, local_supernet, read_supernet_config, trained_supernet_config
-from pipeline.results.fidelity import fidelity_rows, write_fidelity
+from pipeline.model.supernet_dir import (
+    EXPORT_DIR,
+    load_supernet,
+    local_supernet,
+    read_supernet_config,
+    trained_supernet_config,
+)
+from pipeline.results.fidelity import FIDELITY_FILE, fidelity_rows, read_fidelity, write_fidelity
 from pipeline.results.report import SearchReport, write_report
 from pipeline.results.tables import PARETO_FILE, read_table
 from pipeline.search.experiment import saved_strategy, search_exists
@@ -167,7 +176,7 @@ class FidelityRun:
 
 def fidelity_report(
     supernet: str,
-    archs: int = 16,
+    archs: int | None = None,
     candidates: str | None = None,
     storage: str | None = None,
     name: str | None = None,
@@ -175,13 +184,20 @@ def fidelity_report(
     cpus_per_trial: float = 1.0,
     gpu: bool = False,
     seed: int = 0,
+    standalone: str | None = None,
 ) -> FidelityRun:
-    """Inherited against stand-alone top-1 for ``archs`` architectures spread over the supernet's size range
-    (plus the Pareto front of a search's ``candidates`` run), as a resumable Tune experiment; writes
-    ``fidelity.parquet``, ``fidelity.json`` and ``fidelity.png`` into the run."""
+    """Inherited against stand-alone top-1 for ``archs`` architectures (default 16) spread over the supernet's size
+    range (plus the Pareto front of a search's ``candidates`` run), as a resumable Tune experiment; writes
+    ``fidelity.parquet``, ``fidelity.json`` and ``fidelity.png`` into the run. With ``standalone`` (an earlier
+    fidelity run of the same task and retrain recipe), its architectures and stand-alone scores are reused and
+    only this supernet's inherited scores are computed: minutes instead of hours, and one ground truth for every
+    supernet compared against it."""
     start = time.perf_counter()
     if cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial {cpus_per_trial}: must be positive")
+    if standalone is not None and (archs is not None or candidates is not None):
+        raise UserError("--standalone takes its run's architectures: leave out --archs and --candidates")
+    archs = 16 if archs is None else archs
     with local_supernet(supernet) as directory:
         config = read_supernet_config(directory)
     if not config.get("task"):
@@ -189,7 +205,13 @@ def fidelity_report(
     task = local_data_root(Task.from_dict(config["task"]).with_overrides(overrides or []))
     space = SearchSpace.from_dict(config["space"], source=f"supernet {supernet!r}")
     fits = validate_fits if config["sharing"] == "entangled" else validate_in_space
-    picked = [(a, "stratum") for a in spread_by_params(space, archs, seed)]
+    if standalone is not None:
+        source_rows = _standalone_rows(standalone, task)
+        picked = [(Architecture.from_json(r["architecture"]), r["picked"]) for r in source_rows]
+        for arch, _ in picked:
+            fits(arch, space)
+    else:
+        picked = [(a, "stratum") for a in spread_by_params(space, archs, seed)]
     if candidates is not None:
         for arch in _front_architectures(candidates):
             fits(arch, space)
@@ -202,22 +224,63 @@ def fidelity_report(
     name = safe_run_name(name or f"{task.name}-fidelity")
     run_path = join(storage, name)
     recipe = task.recipe("retrain")
-    say(
-        f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
-        f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained {recipe['epochs']} "
-        f"epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; run {run_path}"
-    )
-    check_plan(run_path, fidelity_plan(supernet, task, picked))  # a taken run name is refused before Ray starts
-    with run_lock(run_path, "fidelity run"):
-        connect(gpu, "fidelity")
-        results = run_fidelity(
-            supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu
+    plan = fidelity_plan(supernet, task, picked)
+    if standalone is not None:
+        plan["standalone"] = standalone
+        say(
+            f"[fidelity] {len(picked)} architectures with the stand-alone scores of {standalone} "
+            f"({recipe['epochs']} epochs each); scoring their inherited weights; run {run_path}"
         )
+    else:
+        say(
+            f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
+            f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained "
+            f"{recipe['epochs']} epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; "
+            f"run {run_path}"
+        )
+    check_plan(run_path, plan)  # a taken run name is refused before Ray starts
+    with run_lock(run_path, "fidelity run"):
+        if standalone is not None:
+            device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+            model, _ = load_supernet(supernet, map_location=device)
+            results = rescored_results(model, task.for_phase("retrain"), source_rows, device, say)
+            write_plan(run_path, plan)
+        else:
+            connect(gpu, "fidelity")
+            results = run_fidelity(
+                supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu
+            )
     rows = fidelity_rows(results)
     summary = summarize(rows, seed=seed, planned=len(picked))
     summary.update(supernet=supernet, retrain_epochs=recipe["epochs"], seed=seed)
+    if standalone is not None:
+        summary["standalone"] = standalone
     write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
     return FidelityRun(run_path, rows, summary, time.perf_counter() - start)
+
+
+def _standalone_rows(source: str, task: Task) -> list[dict]:
+    """The finished rows of the fidelity run ``source``, after checking that its stand-alone trainings are the
+    ones this task would run: the same retrain recipe and the same splits."""
+    plan, rows = read_plan(source), read_fidelity(source)
+    if plan is None or rows is None:
+        raise UserError(f"--standalone: {source!r} is not a fidelity run (no {PLAN_FILE} and {FIDELITY_FILE})")
+    if plan.get("standalone"):
+        source = plan["standalone"]  # its scores came from there: name the run that trained them
+    for key, here in (("recipe", task.recipe("retrain")), ("splits", task.splits)):
+        there = plan.get(key) or {}
+        differ = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
+        if differ:
+            what = ", ".join(f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in differ)
+            label = "retrain" if key == "recipe" else "splits"
+            raise UserError(f"--standalone: {source!r} was trained with other {label} settings ({what})")
+    unfinished = [r["key"] for r in rows if r["status"] != "done"]
+    if unfinished:
+        raise UserError(
+            f"--standalone: {source!r} has {len(rows) - len(unfinished)} of {len(rows)} architectures finished; "
+            f"run its fidelity command again to finish it first"
+        )
+    return rows
 
 
 def _front_architectures(candidates: str) -> list[Architecture]:

@@ -219,3 +219,74 @@ def test_fidelity_report_end_to_end_and_resumed(tmp_path: Path, digits_supernet:
     # the same name with other settings is refused, and the run is left as it was
     out = _cli(*command[:4], "4", *command[5:])
     _refused(out, "run '" + str(runs / "fid") + "' already exists with different architectures")
+
+
+def _biased_supernet(path: Path, label: int) -> Path:
+    """A digits supernet whose head always answers ``label``: every architecture's inherited top-1 is that
+    label's share of the split, unlike the plain untrained supernet's."""
+    import torch
+
+    from pipeline.model.supernet import Supernet
+    from pipeline.model.supernet_dir import save_supernet
+    from pipeline.training.launch import validate_data
+
+    task = load_task("digits")
+    checked = validate_data(task)
+    model = Supernet(checked["space"])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[label] = 10.0
+    save_supernet(model, path, task=task.to_dict(), splits=checked["splits"], epochs=0)
+    return path
+
+
+@pytest.mark.slow
+def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(tmp_path: Path, digits_supernet: Path) -> None:
+    runs = tmp_path / "runs"
+    base = ["fidelity", "--storage", str(runs), "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0"]
+    _ok(_cli(*base, "--supernet", str(digits_supernet), "--archs", "3", "--name", "fid", "--cpus-per-trial", "0.5"))
+    source = pq.read_table(runs / "fid" / "fidelity.parquet").to_pylist()
+
+    # the same supernet again: the Tune trials' inherited scores, in the driver, and the stand-alone ones as they were
+    out = _cli(*base, "--supernet", str(digits_supernet), "--standalone", str(runs / "fid"), "--name", "same")
+    _ok(out)
+    assert "epoch 1/1" not in out.stdout + out.stderr  # nothing is trained
+    assert pq.read_table(runs / "same" / "fidelity.parquet").to_pylist() == source
+    assert json.loads((runs / "same" / "fidelity.json").read_text())["standalone"] == str(runs / "fid")
+
+    # another supernet: its own inherited scores beside the same stand-alone ones
+    biased = _biased_supernet(tmp_path / "biased", label=3)
+    out = _cli(*base, "--supernet", str(biased), "--standalone", str(runs / "fid"), "--name", "biased")
+    _ok(out)
+    rows = pq.read_table(runs / "biased" / "fidelity.parquet").to_pylist()
+    labels = load_split(load_task("digits"), "search").labels
+    assert [r["key"] for r in rows] == [r["key"] for r in source]
+    for row, before in zip(rows, source):
+        assert row["inherited_search_top1"] == pytest.approx(float(np.mean(np.asarray(labels) == 3)))
+        assert row["standalone_search_top1"] == before["standalone_search_top1"] and row["epochs"] == 1
+
+    # bad inputs: one line, nothing written
+    _refused(
+        _cli(*base, "--supernet", str(biased), "--standalone", str(runs / "fid"), "--archs", "4", "--name", "x"),
+        "--standalone takes its run's architectures",
+    )
+    _refused(
+        _cli(
+            *base[:3],
+            "--set",
+            "retrain.epochs=2",
+            "--set",
+            "retrain.warmup_epochs=0",
+            "--supernet",
+            str(biased),
+            "--standalone",
+            str(runs / "fid"),
+        ),
+        "was trained with other retrain settings (epochs 1 there, 2 here",
+    )
+    _refused(
+        _cli(*base, "--supernet", str(biased), "--standalone", str(tmp_path / "biased"), "--name", "x"),
+        "is not a fidelity run",
+    )
+    assert sorted(p.name for p in runs.iterdir()) == ["biased", "fid", "same"]

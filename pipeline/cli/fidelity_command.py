@@ -18,12 +18,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fidelity.json and fidelity.png. Re-running the same command continues the unfinished trials.",
     )
     p.add_argument("--supernet", required=True, help="supernet directory (path or URI) from 'autoformer train'")
-    p.add_argument("--archs", type=int, default=16, help="architectures spread over the size range (default 16)")
+    p.add_argument("--archs", type=int, default=None, help="architectures spread over the size range (default 16)")
     p.add_argument(
         "--candidates",
         default=None,
         metavar="RUN",
         help="also the Pareto front of this search run (its pareto.parquet)",
+    )
+    p.add_argument(
+        "--standalone",
+        default=None,
+        metavar="RUN",
+        help="reuse the architectures and stand-alone scores of this finished fidelity run (same task, splits and "
+        "retrain recipe): only this supernet's inherited scores are computed, to compare supernets on one ground truth",
     )
     p.add_argument(
         "--storage", default=None, help="run storage: a local directory (default ./runs) or s3://, gs:// URI"
@@ -50,6 +57,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         gpu=args.gpu,
         seed=args.seed,
+        standalone=args.standalone,
     )
     print(f"{'params':>8} {'picked':>8}  {'inherited':>9}  {'stand-alone':>11}  {'test inh.':>9}  {'test s-a':>8}  key")
     for r in run.rows:

@@ -20,7 +20,7 @@ from ray import tune
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.task import Task
-from pipeline.data.arrays import load_split, score
+from pipeline.fidelity.inherited import inherited_top1
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import quiet_tune, say
@@ -35,15 +35,7 @@ def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bo
     """Search and test top-1 of ``arch`` with its weights inherited from the supernet (no training)."""
     device = tune_session(gpu).device
     supernet, _ = load_supernet(supernet_path, map_location=device)
-    model = supernet.extract(arch).to(device)
-    normalization = {"mean": task.data["mean"], "std": task.data["std"]}
-    out = {}
-    for role in ("search", "test"):
-        split = load_split(task, role, batch_size=task.search["batch_size"])
-        scores = score(model, split, normalization, device, task.search["batch_size"])
-        out[f"inherited_{role}_top1"] = scores["top1"]
-        out[f"{role}_images"] = len(split.labels)
-    return out
+    return inherited_top1(supernet, arch, task, device)
 
 
 def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, Any], gpu: bool, threads: int) -> None:
@@ -69,16 +61,28 @@ def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, A
     )
 
 
+def read_plan(run_path: str) -> dict[str, Any] | None:
+    """The plan an experiment at ``run_path`` was started with, or None when there is none."""
+    try:
+        return json.loads(read_bytes(join(run_path, PLAN_FILE)).decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_plan(run_path: str, plan: dict[str, Any]) -> None:
+    if not is_uri(run_path):
+        os.makedirs(run_path, exist_ok=True)
+    write_bytes(join(run_path, PLAN_FILE), (json.dumps(plan, indent=2) + "\n").encode("utf-8"))
+
+
 def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     """True when ``run_path`` holds an experiment started with this plan (resume it); False when there is none.
     A run name already used for another plan is refused, naming what differs."""
-    target = join(run_path, PLAN_FILE)
-    try:
-        recorded = json.loads(read_bytes(target).decode("utf-8"))
-    except (FileNotFoundError, OSError):
+    recorded = read_plan(run_path)
+    if recorded is None:
         return False
-    for key in plan:
-        if recorded.get(key) != plan[key]:
+    for key in sorted(set(plan) | set(recorded)):
+        if recorded.get(key) != plan.get(key):
             raise UserError(
                 f"run {run_path!r} already exists with different {key}; re-run with the same settings "
                 f"to resume it, or choose a new run with --name"
@@ -144,9 +148,7 @@ def run_fidelity(
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda t: f"arch_{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
         )
-        if not is_uri(storage):
-            os.makedirs(run_path, exist_ok=True)
-        write_bytes(join(run_path, PLAN_FILE), (json.dumps(plan, indent=2) + "\n").encode("utf-8"))
+        write_plan(run_path, plan)
     grid = tuner.fit()
     rows = []
     for result in grid:

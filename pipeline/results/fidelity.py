@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.agreement import wilson_interval
 from pipeline.results.tables import ARCH_COLUMNS, arch_fields
-from pipeline.shared.storage import join, write_bytes
+from pipeline.shared.storage import join, read_bytes, write_bytes
 
 FIDELITY_FILE = "fidelity.parquet"
 SUMMARY_FILE = "fidelity.json"
@@ -67,6 +67,15 @@ def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{score}_low"], row[f"{score}_high"] = low, high
         rows.append(row)
     return sorted(rows, key=lambda r: (r["params"], r["key"]))
+
+
+def read_fidelity(run_path: str) -> list[dict[str, Any]] | None:
+    """The rows of the report at ``run_path``, or None when it has none."""
+    try:
+        data = read_bytes(join(run_path, FIDELITY_FILE))
+    except (FileNotFoundError, OSError):
+        return None
+    return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
 def write_fidelity(run_path: str, rows: list[dict[str, Any]], summary: dict[str, Any], title: str) -> None:
