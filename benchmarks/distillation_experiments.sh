@@ -4,8 +4,9 @@
 # rule with in-place distillation (KL and alpha-divergence), and distillation from a teacher (the largest
 # architecture of the front, retrained: step 3 of fidelity_experiments.sh); at the same epochs, and the sandwich
 # with in-place KL also at the uniform run's wall-clock (fewer epochs: a sandwich step trains 4 subnets).
-# Each supernet gets a front search (the same protocol as cifar-front) and a fidelity report over the same 16
-# architectures (the picks depend only on the space and the seed).
+# Each supernet gets a front search (the same protocol as cifar-front) and a fidelity report against the stand-alone
+# trainings of cifar-fidelity (fidelity --standalone: the same 16 architectures, scored with this supernet's
+# inherited weights; the trainings do not depend on the supernet).
 #
 #   RUNS=/work/bench-runs nohup bash benchmarks/distillation_experiments.sh > RUNS/distillation.log 2>&1 &
 #
@@ -31,9 +32,9 @@ variant() {  # variant NAME SETTINGS...: a supernet trained with SETTINGS, its f
     --name "cifar-front-$name" "${resume[@]}" --objective pareto --population 30 --generations 6 \
     --max-params $LIMIT --evaluators 2 --cpus-per-evaluator 1
   step "fidelity-$name" "$RUNS/cifar-fidelity-$name/fidelity.json" \
-    $AF fidelity --supernet "$RUNS/cifar-$name/supernet" --archs 16 --set data.root="$DATA" \
-    --set retrain.epochs=15 --set retrain.warmup_epochs=1 \
-    --set retrain.teacher=none --storage "$RUNS" --name "cifar-fidelity-$name" --cpus-per-trial 1
+    $AF fidelity --supernet "$RUNS/cifar-$name/supernet" --standalone "$RUNS/cifar-fidelity" \
+    --set data.root="$DATA" --set retrain.epochs=15 --set retrain.warmup_epochs=1 --set retrain.teacher=none \
+    --storage "$RUNS" --name "cifar-fidelity-$name"
 }
 
 # Same epochs as the uniform supernet (30).

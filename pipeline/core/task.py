@@ -216,6 +216,9 @@ SUPERNET_ONLY_KEYS = (
     "alpha_max",
     "alpha_clip",
 )
+# Train keys that change how a run is kept and shown, not what it learns: two stand-alone trainings that differ
+# only in these (and in SUPERNET_ONLY_KEYS, which a single model ignores) give the same model.
+BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "eval_batch_size", "log_every_steps", "max_failures")
 RECIPE_PHASES = ("train", "retrain", "finetune")
 _INHERITED = {k: (None, _opt(check)) for k, (_, check) in SCHEMA["train"].items() if k not in SUPERNET_ONLY_KEYS}
 SCHEMA["retrain"] = dict(_INHERITED)
