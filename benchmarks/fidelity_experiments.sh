@@ -83,6 +83,11 @@ done
 # 5. Table 2: the classical supernets (both modes) at the same epochs; the best under the limit of each.
 for sharing in classical classical_strict; do
   supernet $sharing
+  # its ranking against the same stand-alone trainings as the entangled supernet's report (step 1): minutes
+  step "fidelity-$sharing" "$RUNS/cifar-fidelity-$sharing/fidelity.json" \
+    $AF fidelity --supernet "$RUNS/cifar-$sharing/supernet" --standalone "$RUNS/cifar-fidelity" \
+    --set data.root="$DATA" --set retrain.epochs=15 --set retrain.warmup_epochs=1 --storage "$RUNS" \
+    --name "cifar-fidelity-$sharing"
   search $sharing "cifar-best-$sharing" --objective constrained --population 20 --generations 5 --max-params $LIMIT \
     --evaluators 2 --cpus-per-evaluator 1
 done

@@ -45,20 +45,31 @@ def _times(runs: Path) -> dict[str, int]:
     return out
 
 
+def _tau(runs: Path, name: str) -> str:
+    """Kendall tau [95 %] of the fidelity report of supernet ``name`` (``entangled`` owns the trainings; every
+    other supernet is scored against them with ``fidelity --standalone``)."""
+    summary = _config(runs / ("cifar-fidelity" if name == "entangled" else f"cifar-fidelity-{name}") / "fidelity.json")
+    if not summary or not summary.get("kendall_tau_95") or summary["architectures"] < summary["planned"]:
+        return "-"
+    lo, hi = summary["kendall_tau_95"]
+    return f"{summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def supernets(runs: Path, times: dict[str, int]) -> None:
-    print("| supernet | epochs | smallest | largest | tracked subnet | images/s | wall |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| supernet | epochs | smallest | largest | tracked subnet | images/s | wall | Kendall tau [95 %] |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for sharing in SHARINGS:
         config = _config(runs / f"cifar-{sharing}" / "supernet" / "config.json")
         if config is None:
-            print(f"| {sharing} | not trained yet | | | | | |")
+            print(f"| {sharing} | not trained yet | | | | | | |")
             continue
         m = config["metrics"]
         speed = statistics.median(h["images_per_s"] for h in config["history"])
         wall = times.get(f"train-{sharing}")
         print(
             f"| {sharing} | {config['epochs']} | {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} "
-            f"| {_pct(m['search_top1/subnet0'])} | {speed:.0f} | {f'{wall / 60:.0f} min' if wall else '-'} |"
+            f"| {_pct(m['search_top1/subnet0'])} | {speed:.0f} | {f'{wall / 60:.0f} min' if wall else '-'} "
+            f"| {_tau(runs, sharing)} |"
         )
 
 
@@ -167,14 +178,7 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
             if front.is_file()
             else None
         )
-        summary = _config(
-            runs / ("cifar-fidelity" if name == "entangled" else f"cifar-fidelity-{name}") / "fidelity.json"
-        )
-        tau = (
-            f"{summary['kendall_tau']:.2f} [{summary['kendall_tau_95'][0]:.2f}, {summary['kendall_tau_95'][1]:.2f}]"
-            if summary and summary.get("kendall_tau_95")
-            else "-"
-        )
+        tau = _tau(runs, name)
         wall = times.get(f"train-{name}")
         print(
             f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} | {_pct(mean)} "
