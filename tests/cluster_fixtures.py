@@ -1,6 +1,8 @@
 """A 3-node Ray cluster and an S3 server on this machine, for the cluster drills (tests/test_cluster_e2e.py).
 
-Both start once per test session, and only when a test asks for them:
+Both start once per test module that asks for them, and stop when it ends: a Ray cluster left running beside
+the later tests' own local Ray instances disturbs them (Ray Train's placement-group cleaner then cannot follow
+its controller and prints tracebacks into those runs' consoles, which the console tests rightly refuse):
 
 - ``ray_cluster``: a CPU-less head and two 1-CPU worker nodes (``ray.cluster_utils.Cluster``), run by a helper
   process (this file run as a script) that takes one command a line on stdin: ``add`` (a node, as an
@@ -171,7 +173,7 @@ def start_s3() -> S3Server:
     return s3
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory) -> Iterator[RayCluster]:
     log = tmp_path_factory.mktemp("ray-cluster") / "helper.log"
     cluster = start_cluster(log)
@@ -181,7 +183,7 @@ def ray_cluster(tmp_path_factory) -> Iterator[RayCluster]:
         cluster.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server() -> Iterator[S3Server]:
     s3 = start_s3()
     try:

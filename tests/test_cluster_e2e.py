@@ -1,7 +1,7 @@
 """The tool on a multi-node Ray cluster with an S3 store, as a user runs it there: slow, run in CI.
 
 The cluster (a CPU-less head and two 1-CPU worker nodes on this machine) and the S3 server (moto) come from
-tests/cluster_fixtures.py, once per session. Every command runs as ``autoformer`` does on a cluster's head:
+tests/cluster_fixtures.py, once for this module. Every command runs as ``autoformer`` does on a cluster's head:
 ``RAY_ADDRESS`` names the cluster, and the S3 settings are in the driver's environment only (the cluster was
 started without them), so they reach Ray's processes only through the job. The drills: DDP over two nodes,
 a search with one evaluator per node, a driver killed or interrupted (the same command, or ``--resume``,
