@@ -20,7 +20,7 @@ from ray import tune
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.task import Task
-from pipeline.fidelity.inherited import inherited_top1
+from pipeline.fidelity.inherited import inherited_top1, scoring_splits
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import quiet_tune, say
@@ -35,7 +35,7 @@ def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bo
     """Search and test top-1 of ``arch`` with its weights inherited from the supernet (no training)."""
     device = tune_session(gpu).device
     supernet, _ = load_supernet(supernet_path, map_location=device)
-    return inherited_top1(supernet, arch, task, device)
+    return inherited_top1(supernet, arch, task, scoring_splits(task), device)
 
 
 def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, Any], gpu: bool, threads: int) -> None:

@@ -15,18 +15,24 @@ import torch
 
 from pipeline.core.arch import Architecture
 from pipeline.core.task import Task
-from pipeline.data.arrays import load_split, score
+from pipeline.data.arrays import SplitArrays, load_split, score
 from pipeline.model.supernet import Supernet
 
 
-def inherited_top1(supernet: Supernet, arch: Architecture, task: Task, device: torch.device) -> dict[str, float]:
+def scoring_splits(task: Task) -> dict[str, SplitArrays]:
+    """The search and test splits inherited weights are scored on, loaded once for every architecture."""
+    return {role: load_split(task, role, batch_size=task.search["batch_size"]) for role in ("search", "test")}
+
+
+def inherited_top1(
+    supernet: Supernet, arch: Architecture, task: Task, splits: dict[str, SplitArrays], device: torch.device
+) -> dict[str, float]:
     """Search and test top-1 of ``arch`` with its weights inherited from ``supernet`` (no training), and the
     number of images each was scored on."""
     model = supernet.extract(arch).to(device)
     normalization = {"mean": task.data["mean"], "std": task.data["std"]}
     out = {}
-    for role in ("search", "test"):
-        split = load_split(task, role, batch_size=task.search["batch_size"])
+    for role, split in splits.items():
         scores = score(model, split, normalization, device, task.search["batch_size"])
         out[f"inherited_{role}_top1"] = scores["top1"]
         out[f"{role}_images"] = len(split.labels)
@@ -42,6 +48,7 @@ def rescored_results(
 ) -> list[dict[str, Any]]:
     """Results in the shape ``run_fidelity`` returns, for the finished rows of an earlier ``fidelity.parquet``:
     their stand-alone scores and epochs as they were, the inherited scores from ``supernet``."""
+    splits = scoring_splits(task)
     results = []
     for i, row in enumerate(standalone, 1):
         arch = Architecture.from_json(row["architecture"], source=f"stand-alone row {row['key']}")
@@ -51,7 +58,7 @@ def rescored_results(
             "search_top1": row["standalone_search_top1"],
             "test_top1": row["standalone_test_top1"],
             "epoch": row["epochs"],
-            **inherited_top1(supernet, arch, task, device),
+            **inherited_top1(supernet, arch, task, splits, device),
         }
         progress(f"[fidelity] {i}/{len(standalone)} {arch.key}: inherited {metrics['inherited_search_top1']:.4f}")
         results.append({"arch": arch, "picked": row["picked"], "metrics": metrics, "done": True})
