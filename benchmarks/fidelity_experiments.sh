@@ -8,8 +8,8 @@
 # re-running, or with --resume for searches), so the whole chain continues across sessions. Then
 #   python benchmarks/fidelity_tables.py --runs $RUNS
 # prints the tables of docs/fidelity.md from the files the steps wrote. Wall times of every step go to
-# $RUNS/times.txt. On 2 CPU cores, alone on the machine: a 30-epoch supernet about 17 minutes, a search of 100
-# candidates about 5 minutes, a 30-epoch stand-alone training 8-15 minutes.
+# $RUNS/times.txt. On 2 CPU cores, alone on the machine: an entangled 30-epoch supernet took 61 minutes, a 15-epoch
+# stand-alone training 20-35 minutes at 1 CPU (two side by side), a search of 100 candidates about 5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/experiment_steps.sh  # RUNS, DATA, TASK, AF, PY, LIMIT and step
@@ -65,14 +65,7 @@ step fidelity "$RUNS/cifar-fidelity/fidelity.json" \
 search entangled cifar-front --objective pareto --population 30 --generations 6 --max-params $LIMIT --evaluators 2 \
   --cpus-per-evaluator 1
 
-# 3. Table 4: three architectures of the front, inherited vs finetuned (5 epochs: the paper's 40 of 300, scaled)
-#    vs retrained (30 epochs, the supernet's schedule).
-for key in $(picks); do
-  finetune_key "$key" "cifar-finetune-$key"
-  retrain_key "$key" cifar-front "cifar-retrain-$key"
-done
-
-# 4. Evolution against random search at the same budget (100 evaluations), 3 seeds, under the limit.
+# 3. Evolution against random search at the same budget (100 evaluations), 3 seeds, under the limit.
 for seed in 0 1 2; do
   for algorithm in evolution random; do
     search entangled "cifar-$algorithm-$seed" --algorithm $algorithm --objective constrained \
@@ -80,14 +73,25 @@ for seed in 0 1 2; do
   done
 done
 
-# 5. Table 2: the classical supernets (both modes) at the same epochs; the best under the limit of each.
+# 4. Table 2: the classical supernets (both modes) at the same epochs, ranked against step 1's stand-alone scores.
 for sharing in classical classical_strict; do
   supernet $sharing
-  # its ranking against the same stand-alone trainings as the entangled supernet's report (step 1): minutes
+  # --standalone: only the inherited scores are new (minutes)
   step "fidelity-$sharing" "$RUNS/cifar-fidelity-$sharing/fidelity.json" \
     $AF fidelity --supernet "$RUNS/cifar-$sharing/supernet" --standalone "$RUNS/cifar-fidelity" \
     --set data.root="$DATA" --set retrain.epochs=15 --set retrain.warmup_epochs=1 --storage "$RUNS" \
     --name "cifar-fidelity-$sharing"
+done
+
+# 5. Table 4: three architectures of the front, inherited vs finetuned (5 epochs: the paper's 40 of 300, scaled)
+#    vs retrained (30 epochs, the supernet's schedule).
+for key in $(picks); do
+  finetune_key "$key" "cifar-finetune-$key"
+  retrain_key "$key" cifar-front "cifar-retrain-$key"
+done
+
+# 6. Table 2, last row: the best architecture under the limit of each supernet, inherited vs retrained.
+for sharing in classical classical_strict; do
   search $sharing "cifar-best-$sharing" --objective constrained --population 20 --generations 5 --max-params $LIMIT \
     --evaluators 2 --cpus-per-evaluator 1
 done
