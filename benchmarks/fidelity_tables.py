@@ -81,9 +81,11 @@ def best_row(run: Path) -> dict | None:
 
 
 def evolution_vs_random(runs: Path) -> None:
-    print("| seed | evolution | random |")
+    """Each search's pick: its search top-1 (the score it was picked by, so biased upwards by the pick) with its
+    interval, and its test top-1 (scored once, after the search: the unbiased comparison)."""
+    print("| seed | evolution: search [95 %] / test (params) | random: search [95 %] / test (params) |")
     print("| --- | --- | --- |")
-    found = {"evolution": [], "random": []}
+    found: dict[str, list[tuple[float, float | None]]] = {"evolution": [], "random": []}
     for seed in (0, 1, 2):
         cells = []
         for algorithm in ("evolution", "random"):
@@ -91,14 +93,19 @@ def evolution_vs_random(runs: Path) -> None:
             if row is None:
                 cells.append("not run yet")
                 continue
-            found[algorithm].append(row["top1"])
+            found[algorithm].append((row["top1"], row.get("test_top1")))
             cells.append(
-                f"{_pct(row['top1'])} [{_pct(row['top1_low'])}, {_pct(row['top1_high'])}] ({row['params'] / 1e6:.2f}M)"
+                f"{_pct(row['top1'])} [{_pct(row['top1_low'])}, {_pct(row['top1_high'])}] / "
+                f"{_pct(row.get('test_top1'))} ({row['params'] / 1e6:.2f}M)"
             )
         print(f"| {seed} | {cells[0]} | {cells[1]} |")
     if found["evolution"] and found["random"]:
-        ev, rnd = statistics.mean(found["evolution"]), statistics.mean(found["random"])
-        print(f"| mean | {_pct(ev)} | {_pct(rnd)} |")
+        cells = []
+        for algorithm in ("evolution", "random"):
+            search = statistics.mean(s for s, _ in found[algorithm])
+            tests = [t for _, t in found[algorithm] if t is not None]
+            cells.append(f"{_pct(search)} / {_pct(statistics.mean(tests)) if tests else '-'}")
+        print(f"| mean | {cells[0]} | {cells[1]} |")
 
 
 def best_per_sharing(runs: Path) -> None:
