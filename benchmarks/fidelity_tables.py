@@ -148,45 +148,44 @@ def table4(runs: Path) -> None:
 
 
 def fidelity(runs: Path) -> None:
+    """The report's rows and its rank agreement; for a report whose command has not finished (it writes its files
+    when it ends), the finished trials' last results, read from their ``result.json``."""
     run = runs / "cifar-fidelity"
     summary = _config(run / "fidelity.json")
-    if summary is None or summary["architectures"] < summary["planned"]:
-        interim_fidelity(run)
-        return
-    print("```")
-    print(json.dumps(summary, indent=2))
-    print("```")
-    for r in pq.read_table(run / "fidelity.parquet").to_pylist():
+    if summary is not None and summary["architectures"] >= summary["planned"]:
+        rows = pq.read_table(run / "fidelity.parquet").to_pylist()
+    else:
+        rows = []
+        for path in sorted(run.glob("arch_*/result.json")):
+            finished = [r for r in map(json.loads, path.read_text().splitlines()) if "test_top1" in r]
+            rows += [
+                {**r, "standalone_search_top1": r["search_top1"], "standalone_test_top1": r["test_top1"]}
+                for r in finished[-1:]
+            ]
+        print(f"(unfinished: {len(rows)} architectures finished; from the trials' result.json)\n")
+    print("| architecture | params | inherited search | stand-alone search | inherited test | stand-alone test |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: r["params"]):
         print(
             f"| {r['key']} | {r['params'] / 1e6:.2f}M | {_pct(r['inherited_search_top1'])} | "
             f"{_pct(r['standalone_search_top1'])} | {_pct(r['inherited_test_top1'])} | {_pct(r['standalone_test_top1'])} |"
         )
+    if len(rows) >= 3:
+        print(f"\n{_agreement(rows)}")
 
 
-def interim_fidelity(run: Path) -> None:
-    """An unfinished report (the command writes its files when it ends): the finished trials' last results, read
-    from their ``result.json``, and the rank agreement over them."""
+def _agreement(rows: list[dict]) -> str:
     from pipeline.core.agreement import bootstrap_interval, kendall_tau, spearman_rho
 
-    rows = []
-    for path in sorted(run.glob("arch_*/result.json")):
-        finished = [r for r in map(json.loads, path.read_text().splitlines()) if "test_top1" in r]
-        rows += finished[-1:]
-    print(f"(unfinished: {len(rows)} architectures finished; from the trials' result.json)\n")
-    for r in sorted(rows, key=lambda r: r["params"]):
-        print(
-            f"| {r['key']} | {r['params'] / 1e6:.2f}M | {_pct(r['inherited_search_top1'])} | {_pct(r['search_top1'])} "
-            f"| {_pct(r['inherited_test_top1'])} | {_pct(r['test_top1'])} |"
-        )
-    if len(rows) >= 3:
-        inherited, alone = [r["inherited_search_top1"] for r in rows], [r["search_top1"] for r in rows]
-        lo, hi = bootstrap_interval(kendall_tau, inherited, alone, seed=0)
-        test = kendall_tau([r["inherited_test_top1"] for r in rows], [r["test_top1"] for r in rows])
-        gap = statistics.fmean(i - a for i, a in zip(inherited, alone))
-        print(
-            f"\nKendall tau {kendall_tau(inherited, alone):.2f} [{lo:.2f}, {hi:.2f}], Spearman rho "
-            f"{spearman_rho(inherited, alone):.2f}, test-split tau {test:.2f}, mean gap {100 * gap:+.1f} pt"
-        )
+    inherited, alone = [r["inherited_search_top1"] for r in rows], [r["standalone_search_top1"] for r in rows]
+    lo, hi = bootstrap_interval(kendall_tau, inherited, alone, seed=0)
+    test = kendall_tau([r["inherited_test_top1"] for r in rows], [r["standalone_test_top1"] for r in rows])
+    gap = statistics.fmean(i - a for i, a in zip(inherited, alone))
+    return (
+        f"Kendall tau {kendall_tau(inherited, alone):.2f} [{lo:.2f}, {hi:.2f}], Spearman rho "
+        f"{spearman_rho(inherited, alone):.2f}, test-split tau {test:.2f}, mean gap {100 * gap:+.1f} pt "
+        f"over {len(rows)} architectures"
+    )
 
 
 VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # distillation_experiments.sh
