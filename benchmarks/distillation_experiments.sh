@@ -30,7 +30,7 @@ variant() {  # variant NAME SETTINGS...: a supernet trained with SETTINGS, its f
   step "search-front-$name" "$RUNS/cifar-front-$name/pareto.parquet" \
     $AF search $TASK --set data.root="$DATA" --supernet "$RUNS/cifar-$name/supernet" --storage "$RUNS" \
     --name "cifar-front-$name" "${resume[@]}" --objective pareto --population 30 --generations 6 \
-    --max-params $LIMIT --evaluators 2 --cpus-per-evaluator 1
+    --max-params $LIMIT --evaluators 2 --cpus-per-evaluator 0.99
   step "fidelity-$name" "$RUNS/cifar-fidelity-$name/fidelity.json" \
     $AF fidelity --supernet "$RUNS/cifar-$name/supernet" --standalone "$RUNS/cifar-fidelity" \
     --set data.root="$DATA" --set retrain.epochs=15 --set retrain.warmup_epochs=1 --set retrain.teacher=none \

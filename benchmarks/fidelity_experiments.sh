@@ -63,13 +63,13 @@ step fidelity "$RUNS/cifar-fidelity/fidelity.json" \
 
 # 2. The search of the entangled supernet's front (the Table 4 picks).
 search entangled cifar-front --objective pareto --population 30 --generations 6 --max-params $LIMIT --evaluators 2 \
-  --cpus-per-evaluator 1
+  --cpus-per-evaluator 0.99
 
 # 3. Evolution against random search at the same budget (100 evaluations), 3 seeds, under the limit.
 for seed in 0 1 2; do
   for algorithm in evolution random; do
     search entangled "cifar-$algorithm-$seed" --algorithm $algorithm --objective constrained \
-      --population 20 --generations 5 --max-params $LIMIT --seed $seed --evaluators 2 --cpus-per-evaluator 1
+      --population 20 --generations 5 --max-params $LIMIT --seed $seed --evaluators 2 --cpus-per-evaluator 0.99
   done
 done
 
@@ -93,10 +93,10 @@ done
 # 6. Table 2, last row: the best architecture under the limit of each supernet, inherited vs retrained.
 for sharing in classical classical_strict; do
   search $sharing "cifar-best-$sharing" --objective constrained --population 20 --generations 5 --max-params $LIMIT \
-    --evaluators 2 --cpus-per-evaluator 1
+    --evaluators 2 --cpus-per-evaluator 0.99
 done
 search entangled cifar-best-entangled --objective constrained --population 20 --generations 5 --max-params $LIMIT \
-  --evaluators 2 --cpus-per-evaluator 1
+  --evaluators 2 --cpus-per-evaluator 0.99
 for sharing in entangled classical classical_strict; do
   key=$($PY -c "import sys, pyarrow.parquet as pq; print(min(pq.read_table(sys.argv[1]).to_pylist(),
     key=lambda r: r['rank'])['key'])" "$RUNS/cifar-best-$sharing/pareto.parquet" 2>/dev/null)

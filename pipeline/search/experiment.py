@@ -55,6 +55,9 @@ def candidate_dirname(trial) -> str:
     return f"candidate_{trial.trial_id}"
 
 
+TRIAL_MIN_CPU = 0.01  # Tune rejects 0-CPU trials; what a trial, a light client of the evaluators, needs at least
+
+
 def trial_cpus(evaluators_cpus: float, concurrency: int) -> float:
     """CPUs per trial: the cluster's CPUs left beside the evaluators, shared by the concurrent trials (at most 1).
 
@@ -63,7 +66,7 @@ def trial_cpus(evaluators_cpus: float, concurrency: int) -> float:
     leftover CPUs exactly leaves no room for it.
     """
     left = ray.cluster_resources().get("CPU", 1) - evaluators_cpus
-    return round(min(1.0, max(0.01, left / concurrency)), 2)
+    return round(min(1.0, max(TRIAL_MIN_CPU, left / concurrency)), 2)
 
 
 def run_experiment(

@@ -29,7 +29,7 @@ from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
-from pipeline.search.experiment import extend_saved_search, run_experiment, search_exists, trial_cpus
+from pipeline.search.experiment import TRIAL_MIN_CPU, extend_saved_search, run_experiment, search_exists, trial_cpus
 from pipeline.search.preflight import (
     check_latency_feasible,
     check_population,
@@ -87,23 +87,24 @@ def recorded_settings(settings: SearchSettings, supernet: str) -> dict[str, Any]
     return json.loads(json.dumps(record))
 
 
-def check_recorded_settings(run_path: str, settings: dict[str, Any], resume: bool) -> int | None:
+def check_recorded_settings(
+    run_path: str, settings: dict[str, Any], resume: bool
+) -> tuple[int | None, dict[str, Any] | None]:
     """A new search records its settings; a resumed one must match them (one line naming what differs), so
     the results, their Parquet footers and the report never mix settings or claim ones they were not run with.
 
     The one change that extends a run instead of altering it is more generations: the candidates evaluated so
     far are exactly those the longer run would have evaluated first (the strategy's random stream continues).
-    It is allowed and recorded (``extensions`` in the settings file); the earlier generation count is returned
-    so the saved search can be extended. Otherwise None.
+    It is allowed and recorded (``extensions`` in the settings file). Returns the earlier generation count when
+    the run is extended (else None) and the settings file's new content (None when it stays as it is); nothing
+    is written here, so a check that fails later (resources) leaves the run as it was.
     """
-    target = join(run_path, SETTINGS_FILE)
     if not resume:
-        write_bytes(target, (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
-        return None
+        return None, settings
     try:
-        recorded = json.loads(read_bytes(target).decode("utf-8"))
+        recorded = json.loads(read_bytes(join(run_path, SETTINGS_FILE)).decode("utf-8"))
     except (FileNotFoundError, OSError):
-        return None  # a search from before settings were recorded: nothing to compare with
+        return None, None  # a search from before settings were recorded: nothing to compare with
     extended_from = None
     for key, value in settings.items():
         old = recorded.get(key)
@@ -117,13 +118,13 @@ def check_recorded_settings(run_path: str, settings: dict[str, Any], resume: boo
             f"fixed when it starts (only search.generations may grow): resume with the same settings, or start "
             f"another --name"
         )
-    if extended_from is not None:
-        recorded["search.generations"] = settings["search.generations"]
-        recorded.setdefault("extensions", []).append(
-            {"generations_from": extended_from, "generations_to": settings["search.generations"], "at": _now()}
-        )
-        write_bytes(target, (json.dumps(recorded, indent=2) + "\n").encode("utf-8"))
-    return extended_from
+    if extended_from is None:
+        return None, None
+    recorded["search.generations"] = settings["search.generations"]
+    recorded.setdefault("extensions", []).append(
+        {"generations_from": extended_from, "generations_to": settings["search.generations"], "at": _now()}
+    )
+    return extended_from, recorded
 
 
 def _now() -> str:
@@ -178,17 +179,20 @@ def run_search(
         weights = read_weights(supernet_dir, sconf, load_file)
 
     with run_lock(run_path, "search"):
-        extended_from = check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
+        extended_from, settings_file = check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
+        joined = connect(resources.gpu, "search")
+        count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
+        unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
+        trials = ("the search's trials", {"CPU": TRIAL_MIN_CPU})
+        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined, trials)
+        if settings_file is not None:
+            write_bytes(join(run_path, SETTINGS_FILE), (json.dumps(settings_file, indent=2) + "\n").encode("utf-8"))
         if extended_from is not None:
             extend_saved_search(run_path, settings.strategy.generations)
             say(
                 f"[search] extending {run_path} from {extended_from} to {settings.strategy.generations} generations "
                 f"(recorded in {SETTINGS_FILE})"
             )
-        joined = connect(resources.gpu, "search")
-        count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
-        unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
-        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
         evaluator_kwargs = {
             "supernet_config": {k: sconf[k] for k in ("space", "sharing", "regularization")},
             "normalization": {"mean": task.data["mean"], "std": task.data["std"]},

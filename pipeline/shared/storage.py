@@ -159,6 +159,7 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
             yield
         return
     path = Path(run_path) / LOCK_FILE
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     me = f"{socket.gethostname()}:{os.getpid()}"
     for _ in range(2):
@@ -182,6 +183,8 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+        if created and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # a run refused before it wrote anything leaves no empty directory behind
 
 
 def _gone(holder: str) -> bool:
