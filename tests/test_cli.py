@@ -140,3 +140,23 @@ def test_the_console_drops_rays_harmless_lines_and_colour_codes_when_not_a_termi
     ):
         console.write(text)
     assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n[train] done in 27.8 s\n"
+
+
+def test_rays_native_restart_caution_is_dropped_and_every_other_stderr_line_kept(capfd) -> None:
+    """Ray's C++ side prints its restart caution straight to file descriptor 2 when the search's router starts;
+    only that line goes, whatever else was written meanwhile comes out in order."""
+    import os
+
+    from pipeline.search.evaluator_pool import RESTART_CAUTION
+    from pipeline.shared.progress import without_native_lines
+
+    with without_native_lines(RESTART_CAUTION):
+        os.write(2, b"before\n")
+        os.write(
+            2,
+            b"[2026-12-02 02:50:53,492 E 19682 19682] core_worker.cc:2465: Actor autoformer-router-x with class name: "
+            b"'Router' and ID: 'f4c4' has constructor arguments in the object store and max_restarts > 0. If ...\n",
+        )
+        os.write(2, b"after\n")
+    os.write(2, b"outside\n")
+    assert capfd.readouterr().err == "before\nafter\noutside\n"

@@ -17,6 +17,7 @@ failed because the router died.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -28,9 +29,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.data.arrays import SplitArrays
 from pipeline.search.evaluator import Evaluator
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
-from pipeline.shared.progress import say
+from pipeline.shared.progress import say, without_native_lines
 
 ROUTER_RESTARTS = 3  # then the search stops with the trials' errors
+# Ray's caution, printed by its C++ side when an actor that may restart gets object-store arguments, that a
+# restart fails once they are gone (ray-project/ray#53727): ``start_pool``'s caller holds them until the search
+# ends, so they are not, and router restarts are tested. The line would greet every search as an error.
+RESTART_CAUTION = re.compile(r"core_worker\.cc:\d+: Actor .*has constructor arguments in the object store")
 
 
 @ray.remote(num_cpus=0)
@@ -116,9 +121,10 @@ def start_pool(
     # candidate in flight re-run) instead of replacing the one evaluator that was there. Not soft: Ray 2.60
     # places a soft-pinned 0-CPU actor on another node when the driver's has no CPUs (a CPU-less head).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    router = Router.options(
-        name=router_name, max_restarts=ROUTER_RESTARTS, max_task_retries=-1, scheduling_strategy=here
-    ).remote(options, kwargs, refs, count)
+    with without_native_lines(RESTART_CAUTION):
+        router = Router.options(
+            name=router_name, max_restarts=ROUTER_RESTARTS, max_task_retries=-1, scheduling_strategy=here
+        ).remote(options, kwargs, refs, count)
     say(
         f"[search] starting {count} evaluator(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), "
         f"loading the supernet and {len(split.labels):,} search images into each"

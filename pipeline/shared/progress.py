@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def say(line: str) -> None:
@@ -32,3 +36,24 @@ def quiet_tune() -> None:
 
 def _without_restore_hint(record: logging.LogRecord) -> bool:
     return "Tuner.restore(" not in record.getMessage()
+
+
+@contextmanager
+def without_native_lines(pattern: re.Pattern[str]) -> Iterator[None]:
+    """Run the body with file descriptor 2 captured, then pass every captured line on except those matching
+    ``pattern``. For a line that native code (Ray's C++ core worker) prints synchronously to the process's stderr,
+    where neither Python's streams nor its loggers see it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+                if not pattern.search(line):
+                    os.write(2, line.encode("utf-8"))
