@@ -217,6 +217,12 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
             f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} | {_pct(mean)} "
             f"| {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} | {tau} |"
         )
+    teacher = _model_scores(runs / "cifar-retrain-largest")
+    if teacher is not None:
+        print(
+            f"\nThe teacher (the space's largest architecture retrained, 30 epochs): search {_pct(teacher[0])}, "
+            f"test {_pct(teacher[1])}"
+        )
 
 
 def main() -> None:
