@@ -27,13 +27,13 @@ def pareto_png(
         points = ax.scatter(
             [r["params"] / 1e6 for r in scored],
             [100 * r["top1"] for r in scored],
-            c=[r["generation"] + 1 for r in scored],
+            c=[r["generation"] for r in scored],
             cmap="viridis",
             s=14,
             alpha=0.75,
             linewidths=0,
         )
-        fig.colorbar(points, ax=ax, label="generation")
+        fig.colorbar(points, ax=ax, label="generation (0: the random start)")
     front = pareto_front(records, "params")
     if front:
         xs, ys = [r["params"] / 1e6 for r in front], [100 * r["top1"] for r in front]
