@@ -131,6 +131,8 @@ def front_table(front: list[dict]) -> str:
             f"{r['rank']:>4}  {si(r['params']):>7}  {si(r['macs']):>7}  {r['latency_ms']:7.2f}ms  {r['top1']:6.3f} "
             f"{interval:>14}  {test_text}  {r['key']}"
         )
+    if any(r.get("on_params_front") is False for r in front):
+        lines.append("(test -: on the MACs front only; the parameter front's models are exported and scored on test)")
     return "\n".join(lines)
 
 
