@@ -139,7 +139,8 @@ def test_a_run_in_use_is_refused_naming_its_holder_and_a_dead_holder_is_taken_ov
         with pytest.raises(UserError, match=f"search '{run}' is in use by another driver \\({holder}\\)"):
             with run_lock(str(run), "search"):
                 pass
-    assert not (run / LOCK_FILE).exists()
+    assert not run.exists()  # the lock made the run directory and nothing was written into it: none is left
+    run.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (run / LOCK_FILE).write_text(f"{socket.gethostname()}:{dead.stdout.strip()}\n")
     with run_lock(str(run), "search"):  # its driver is gone: taken over
