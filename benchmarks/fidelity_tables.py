@@ -80,6 +80,39 @@ def best_row(run: Path) -> dict | None:
     return min(pq.read_table(path).to_pylist(), key=lambda r: r["rank"])
 
 
+def sharing_comparison(runs: Path) -> None:
+    """The same architectures (the fidelity report's) scored with each supernet's inherited weights: the mean,
+    the gap to stand-alone training and the per-architecture margin of entanglement over each other mode."""
+    reports = {}
+    for sharing in SHARINGS:
+        path = runs / ("cifar-fidelity" if sharing == "entangled" else f"cifar-fidelity-{sharing}") / "fidelity.parquet"
+        if path.is_file():
+            reports[sharing] = {r["key"]: r for r in pq.read_table(path).to_pylist()}
+    print(
+        "| supernet | mean inherited top-1 (search / test) | inherited - stand-alone | Kendall tau [95 %] "
+        "| entangled - this, per architecture (search: mean [min, max]) |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for sharing in SHARINGS:
+        rows = reports.get(sharing)
+        if rows is None:
+            print(f"| {sharing} | not scored yet | | | |")
+            continue
+        mean = {
+            f: statistics.fmean(r[f] for r in rows.values())
+            for f in ("inherited_search_top1", "inherited_test_top1", "standalone_search_top1")
+        }
+        margin = "-"
+        if sharing != "entangled" and "entangled" in reports:
+            d = [reports["entangled"][k]["inherited_search_top1"] - r["inherited_search_top1"] for k, r in rows.items()]
+            margin = f"{100 * statistics.fmean(d):+.1f} [{100 * min(d):+.1f}, {100 * max(d):+.1f}]"
+        gap = mean["inherited_search_top1"] - mean["standalone_search_top1"]
+        print(
+            f"| {sharing} | {_pct(mean['inherited_search_top1'])} / {_pct(mean['inherited_test_top1'])} "
+            f"| {100 * gap:+.1f} pt | {_tau(runs, sharing)} | {margin} |"
+        )
+
+
 def evolution_vs_random(runs: Path) -> None:
     """Each search's pick: its search top-1 (the score it was picked by, so biased upwards by the pick) with its
     interval, and its test top-1 (scored once, after the search: the unbiased comparison)."""
@@ -232,6 +265,10 @@ def main() -> None:
     times = _times(runs)
     for title, part in (
         ("Supernets", lambda: supernets(runs, times)),
+        (
+            "Entangled against classical sharing, on the fidelity report's architectures",
+            lambda: sharing_comparison(runs),
+        ),
         ("Evolution against random search", lambda: evolution_vs_random(runs)),
         ("The best architecture under the limit, per sharing mode", lambda: best_per_sharing(runs)),
         ("Table 4 analogue", lambda: table4(runs)),
