@@ -44,7 +44,11 @@ def without_native_lines(pattern: re.Pattern[str]) -> Iterator[None]:
     ``pattern``. For a line that native code (Ray's C++ core worker) prints synchronously to the process's stderr,
     where neither Python's streams nor its loggers see it."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a daemon with fd 2 closed): nothing to filter
+        yield
+        return
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
