@@ -94,6 +94,15 @@ def _room_beside(unit: dict[str, float], count: int, beside: dict[str, float], n
     return False
 
 
+def _fits(
+    unit: dict[str, float], count: int, beside: tuple[str, dict[str, float]] | None
+) -> tuple[bool, int, list[dict[str, float]]]:
+    """Whether ``count`` units, and ``beside`` next to them, fit the live nodes; how many units fit; the nodes."""
+    placeable, nodes = _placeable(unit, count)
+    fits = placeable >= count and (beside is None or _room_beside(unit, count, beside[1], nodes))
+    return fits, placeable, nodes
+
+
 def _describe(resources: dict[str, float]) -> str:
     return " + ".join(f"{v:g} {k}" for k, v in resources.items() if v > 0)
 
@@ -112,20 +121,19 @@ def check_resources(
     ``WAIT_LINE_EVERY_S`` seconds until the cluster is large enough. ``beside`` names what must still fit next
     to the units (a search's trial clients, which only wait on the evaluators but still need a sliver of a CPU:
     evaluators that take every CPU would leave the search waiting forever)."""
-    placeable, nodes = _placeable(unit, count)
+    fits, placeable, nodes = _fits(unit, count, beside)
+    if fits:
+        return
     asked = _describe(unit)
     have = ", ".join(f"{sum(n.get(k, 0) for n in nodes):g} {k}" for k in {**unit, **(beside[1] if beside else {})})
-    if placeable >= count and (beside is None or _room_beside(unit, count, beside[1], nodes)):
-        return
-    if placeable >= count:
+    mend = "ask for fewer or smaller units"
+    if placeable < count:
+        problem = f"{count} x ({asked}) asked for, but this machine has {have} ({placeable} fit)"
+    else:  # the units fit, what must run beside them does not
         problem = f"{count} x ({asked}) leave no room for {beside[0]} ({_describe(beside[1])})"
-        mend = "ask for fewer or smaller units"
         if set(unit) == {"CPU"} == set(beside[1]):
             total = sum(n.get("CPU", 0) for n in nodes)
             mend += f" (at most {int(100 * (total - beside[1]['CPU']) / count) / 100:g} CPU each for {count})"
-    else:
-        problem = f"{count} x ({asked}) asked for, but this machine has {have} ({placeable} fit)"
-        mend = "ask for fewer or smaller units"
     if not joined:
         raise UserError(f"{what}: {problem}; {mend}, or run on a cluster (RAY_ADDRESS)")
     wanted = f"{count} x ({asked})" + (f" and {beside[0]} ({_describe(beside[1])})" if beside else "")
@@ -140,10 +148,10 @@ def _say_while_waiting(
     while True:
         time.sleep(WAIT_LINE_EVERY_S)
         try:
-            placeable, nodes = _placeable(unit, count)
+            fits, placeable, _ = _fits(unit, count, beside)
         except Exception:  # Ray shut down: the phase is over
             return
-        if placeable >= count and (beside is None or _room_beside(unit, count, beside[1], nodes)):
+        if fits:
             say(f"[{phase}] the cluster now has room for {wanted}")
             return
         say(
