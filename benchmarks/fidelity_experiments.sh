@@ -90,7 +90,8 @@ for key in $(picks); do
   retrain_key "$key" cifar-front "cifar-retrain-$key"
 done
 
-# 6. Table 2, last row: the best architecture under the limit of each supernet, inherited vs retrained.
+# 6. Table 2, last row: the best architecture under the limit of each supernet, inherited vs retrained (a pick
+#    that step 5 retrained already is not retrained again: stand-alone training does not depend on the supernet).
 for sharing in classical classical_strict; do
   search $sharing "cifar-best-$sharing" --objective constrained --population 20 --generations 5 --max-params $LIMIT \
     --evaluators 2 --cpus-per-evaluator 0.99
@@ -100,6 +101,6 @@ search entangled cifar-best-entangled --objective constrained --population 20 --
 for sharing in entangled classical classical_strict; do
   key=$($PY -c "import sys, pyarrow.parquet as pq; print(min(pq.read_table(sys.argv[1]).to_pylist(),
     key=lambda r: r['rank'])['key'])" "$RUNS/cifar-best-$sharing/pareto.parquet" 2>/dev/null)
-  [ -n "$key" ] && retrain_key "$key" "cifar-best-$sharing" "cifar-retrain-best-$sharing"
+  [ -n "$key" ] && retrain_key "$key" "cifar-best-$sharing" "cifar-retrain-$key"
 done
 echo "== all steps done"

@@ -151,7 +151,7 @@ def best_per_sharing(runs: Path) -> None:
         if row is None:
             print(f"| {sharing} | not searched yet | | | | | |")
             continue
-        retrained = _model_scores(runs / f"cifar-retrain-best-{sharing}")
+        retrained = _model_scores(runs / f"cifar-retrain-{row['key']}")
         print(
             f"| {sharing} | {row['key']} | {row['params'] / 1e6:.2f}M | {_pct(row['top1'])} | {_pct(row.get('test_top1'))} "
             f"| {_pct(retrained[0]) if retrained else '-'} | {_pct(retrained[1]) if retrained else '-'} |"
@@ -163,7 +163,7 @@ def table4(runs: Path) -> None:
     if not front.is_file():
         print("(the front search has not run yet)")
         return
-    rows = {r["key"]: r for r in pq.read_table(front).to_pylist()}
+    rows = {r["key"]: r for r in pq.read_table(front).to_pylist() if r["on_params_front"]}
     print("| architecture | params | inherited (search / test) | finetuned | retrained |")
     print("| --- | --- | --- | --- | --- |")
     for run in sorted(runs.glob("cifar-retrain-e*")):
