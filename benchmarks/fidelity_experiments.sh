@@ -12,22 +12,7 @@
 # stand-alone training 20-35 minutes at 1 CPU (two side by side), a search of 100 candidates about 5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/experiment_steps.sh  # RUNS, DATA, TASK, AF, PY, LIMIT and step
-
-supernet() {  # supernet SHARING: the task's recipe (30 epochs)
-  step "train-$1" "$RUNS/cifar-$1/supernet/config.json" \
-    $AF train $TASK --set data.root="$DATA" --set model.sharing="$1" --storage "$RUNS" --name "cifar-$1"
-}
-
-search() {  # search SUPERNET_SHARING NAME FLAGS...: a search on that supernet (resumed if interrupted)
-  local sharing=$1 name=$2
-  shift 2
-  local resume=()
-  [ -d "$RUNS/$name" ] && resume=(--resume)
-  step "search-$name" "$RUNS/$name/pareto.parquet" \
-    $AF search $TASK --set data.root="$DATA" --supernet "$RUNS/cifar-$sharing/supernet" --storage "$RUNS" \
-    --name "$name" "${resume[@]}" "$@"
-}
+source benchmarks/experiment_steps.sh  # RUNS, DATA, TASK, AF, PY, LIMIT, FRONT and the shared steps
 
 retrain_key() {  # retrain_key KEY CANDIDATES_RUN NAME
   step "retrain-$3" "$RUNS/$3/model/config.json" \
@@ -57,13 +42,10 @@ EOF
 # 1. The entangled supernet; fidelity over 16 architectures spread over the size range, each retrained 15 epochs
 #    (half the supernet's schedule, to fit the machine: the report is about ranks).
 supernet entangled
-step fidelity "$RUNS/cifar-fidelity/fidelity.json" \
-  $AF fidelity --supernet "$RUNS/cifar-entangled/supernet" --archs 16 --set data.root="$DATA" \
-  --set retrain.epochs=15 --set retrain.warmup_epochs=1 --storage "$RUNS" --name cifar-fidelity --cpus-per-trial 1
+standalone_fidelity
 
 # 2. The search of the entangled supernet's front (the Table 4 picks).
-search entangled cifar-front --objective pareto --population 30 --generations 6 --max-params $LIMIT --evaluators 2 \
-  --cpus-per-evaluator 0.99
+search entangled cifar-front "${FRONT[@]}"
 
 # 3. Evolution against random search at the same budget (100 evaluations), 3 seeds, under the limit.
 for seed in 0 1 2; do
