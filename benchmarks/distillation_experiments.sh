@@ -64,6 +64,11 @@ PY
 [ -n "$epochs" ] && variant "sandwich-kl-${epochs}ep" train.sampling=sandwich train.inplace_distillation=kl \
   train.epochs="$epochs" train.warmup_epochs=1
 
+# What makes the difference at that budget: the same epochs (so the same optimizer steps and schedule) with
+# uniform sampling, and the sandwich rule without the in-place loss.
+[ -n "$epochs" ] && variant "uniform-${epochs}ep" train.epochs="$epochs" train.warmup_epochs=1
+[ -n "$epochs" ] && variant "sandwich-${epochs}ep" train.sampling=sandwich train.epochs="$epochs" train.warmup_epochs=1
+
 # 3. Teacher distillation at the uniform supernet's epochs; the teacher is the space's largest architecture,
 #    retrained from scratch with the task's recipe (30 epochs).
 $AF arch sample --space compact-32 --largest > "$RUNS/largest-architecture.json"
@@ -73,14 +78,13 @@ step retrain-largest "$RUNS/cifar-retrain-largest/model/config.json" \
 [ -e "$RUNS/cifar-retrain-largest/model/config.json" ] && variant teacher \
   train.teacher="$RUNS/cifar-retrain-largest/model" train.distill=hard
 
-# 4. What the in-place loss adds at the same wall-clock: the sandwich rule alone, and with alpha-divergence.
-[ -n "$epochs" ] && variant "sandwich-${epochs}ep" train.sampling=sandwich train.epochs="$epochs" train.warmup_epochs=1
+# 4. In-place alpha-divergence at the same wall-clock.
 [ -n "$epochs" ] && variant "sandwich-alpha-${epochs}ep" train.sampling=sandwich \
   train.inplace_distillation=alpha_divergence train.epochs="$epochs" train.warmup_epochs=1
 
 # 5. Kendall tau: the stand-alone trainings, then every supernet's inherited scores of their architectures.
 standalone_fidelity
-for run in "$RUNS"/cifar-sandwich*ep "$RUNS/cifar-teacher"; do
+for run in "$RUNS"/cifar-sandwich*ep "$RUNS"/cifar-uniform-*ep "$RUNS/cifar-teacher"; do
   variant_fidelity "${run##*/cifar-}"
 done
 

@@ -227,7 +227,8 @@ VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")
 def distillation(runs: Path, times: dict[str, int]) -> None:
     """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
     search top-1, the extreme subnets, Kendall tau and the training speed."""
-    names = list(VARIANTS) + sorted(p.name.removeprefix("cifar-") for p in runs.glob("cifar-sandwich*-*ep"))
+    short = [*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep")]  # at the uniform run's wall-clock
+    names = list(VARIANTS) + sorted(p.name.removeprefix("cifar-") for p in short)
     print("| supernet | epochs | wall | images/s | front mean top-1 | smallest | largest | Kendall tau [95 %] |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
