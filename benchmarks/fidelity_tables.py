@@ -222,13 +222,14 @@ def _agreement(rows: list[dict]) -> str:
 
 
 VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # distillation_experiments.sh
+RULES = ("uniform", "sandwich", "sandwich-kl", "sandwich-alpha")  # its short runs: RULE-<epochs>ep
 
 
 def distillation(runs: Path, times: dict[str, int]) -> None:
     """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
     search top-1, the extreme subnets, Kendall tau and the training speed."""
-    short = [*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep")]  # at the uniform run's wall-clock
-    names = list(VARIANTS) + sorted(p.name.removeprefix("cifar-") for p in short)
+    short = [p.name.removeprefix("cifar-") for p in (*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep"))]
+    names = list(VARIANTS) + sorted(short, key=lambda n: RULES.index(n.rsplit("-", 1)[0]))  # at uniform's wall-clock
     print("| supernet | epochs | wall | images/s | front mean top-1 | smallest | largest | Kendall tau [95 %] |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
