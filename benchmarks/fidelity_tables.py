@@ -227,10 +227,14 @@ RULES = ("uniform", "sandwich", "sandwich-kl", "sandwich-alpha")  # its short ru
 
 def distillation(runs: Path, times: dict[str, int]) -> None:
     """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
-    search top-1, the extreme subnets, Kendall tau and the training speed."""
+    top-1 (search split, and test split scored once after the search), the extreme subnets' search top-1, Kendall
+    tau and the training speed."""
     short = [p.name.removeprefix("cifar-") for p in (*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep"))]
     names = list(VARIANTS) + sorted(short, key=lambda n: RULES.index(n.rsplit("-", 1)[0]))  # at uniform's wall-clock
-    print("| supernet | epochs | wall | images/s | front mean top-1 | smallest | largest | Kendall tau [95 %] |")
+    print(
+        "| supernet | epochs | wall | images/s | front mean top-1 (search / test) | smallest | largest "
+        "| Kendall tau [95 %] |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         config = _config(runs / f"cifar-{name}" / "supernet" / "config.json")
@@ -241,15 +245,14 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
         speed = statistics.median(h["images_per_s"] for h in config["history"])
         front_run = runs / ("cifar-front" if name == "entangled" else f"cifar-front-{name}")
         front = front_run / "pareto.parquet"
-        mean = (
-            statistics.mean(r["top1"] for r in pq.read_table(front).to_pylist() if r["on_params_front"])
-            if front.is_file()
-            else None
-        )
+        rows = [r for r in pq.read_table(front).to_pylist() if r["on_params_front"]] if front.is_file() else []
+        mean = statistics.mean(r["top1"] for r in rows) if rows else None
+        mean_test = statistics.mean(r["test_top1"] for r in rows) if rows else None
         tau = _tau(runs, name)
         wall = times.get(f"train-{name}")
         print(
-            f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} | {_pct(mean)} "
+            f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} "
+            f"| {_pct(mean)} / {_pct(mean_test)} "
             f"| {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} | {tau} |"
         )
     teacher = _model_scores(runs / "cifar-retrain-largest")
