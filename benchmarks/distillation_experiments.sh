@@ -12,8 +12,8 @@
 # Runs on its own: the uniform supernet and its front are fidelity_experiments.sh's steps, run here first unless
 # that chain made them already. Every step is skipped when done and resumes when interrupted. The order is what
 # fits a session on a new machine first (run outputs do not outlive the machine): on 2 cores, alone, the steps
-# up to the teacher variant take about two hours, the stand-alone trainings two to three more, each 30-epoch
-# sandwich supernet about an hour and a half. Then
+# up to the teacher variant take about two hours, the stand-alone trainings an estimated one and a half more, each 30-epoch
+# sandwich supernet about an hour. Then
 #   python benchmarks/fidelity_tables.py --runs $RUNS
 # prints the comparison table with the others.
 set -uo pipefail

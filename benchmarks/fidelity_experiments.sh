@@ -8,8 +8,9 @@
 # re-running, or with --resume for searches), so the whole chain continues across sessions. Then
 #   python benchmarks/fidelity_tables.py --runs $RUNS
 # prints the tables of docs/fidelity.md from the files the steps wrote. Wall times of every step go to
-# $RUNS/times.txt. On 2 CPU cores, alone on the machine: an entangled 30-epoch supernet took 61 minutes, a 15-epoch
-# stand-alone training 20-35 minutes at 1 CPU (two side by side), a search of 100 candidates about 5 minutes.
+# $RUNS/times.txt. On 2 CPU cores: an entangled 30-epoch supernet takes 15 minutes alone on the machine; a 15-epoch
+# stand-alone training took 20-35 minutes at 1 CPU (two side by side, the machine shared); a search of 100
+# candidates about 5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/experiment_steps.sh  # RUNS, DATA, TASK, AF, PY, LIMIT, FRONT and the shared steps
