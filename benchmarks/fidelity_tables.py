@@ -11,11 +11,14 @@ runs are missing or unfinished is printed as such, so the tables can be made at 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from pipeline.shared.storage import write_bytes
 
 SHARINGS = ("entangled", "classical", "classical_strict")
 
@@ -236,6 +239,7 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
         "| Kendall tau [95 %] |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    fronts: dict[str, list[dict]] = {}
     for name in names:
         config = _config(runs / f"cifar-{name}" / "supernet" / "config.json")
         if config is None:
@@ -248,6 +252,8 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
         rows = [r for r in pq.read_table(front).to_pylist() if r["on_params_front"]] if front.is_file() else []
         mean = statistics.mean(r["top1"] for r in rows) if rows else None
         mean_test = statistics.mean(r["test_top1"] for r in rows) if rows else None
+        if rows:
+            fronts[f"{'uniform' if name == 'entangled' else name} ({config['epochs']} epochs)"] = rows
         tau = _tau(runs, name)
         wall = times.get(f"train-{name}")
         print(
@@ -255,12 +261,39 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
             f"| {_pct(mean)} / {_pct(mean_test)} "
             f"| {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} | {tau} |"
         )
+    if fronts:
+        fronts_png(fronts, runs / "distillation-fronts.png")
+        print(f"\nThe fronts side by side: {runs / 'distillation-fronts.png'}")
     teacher = _model_scores(runs / "cifar-retrain-largest")
     if teacher is not None:
         print(
             f"\nThe teacher (the space's largest architecture retrained, 30 epochs): search {_pct(teacher[0])}, "
             f"test {_pct(teacher[1])}"
         )
+
+
+def fronts_png(fronts: dict[str, list[dict]], target: Path) -> None:
+    """Each supernet's front (inherited search top-1 against parameters) on one plot: the comparison at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for label, rows in fronts.items():
+        rows = sorted(rows, key=lambda r: r["params"])
+        xs, ys = [r["params"] / 1e6 for r in rows], [100 * r["top1"] for r in rows]
+        ax.step(xs, ys, where="post", marker="o", markersize=4, label=label)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("search-split top-1 (%), inherited weights")
+    ax.set_title("Front per supernet-training rule (CIFAR-10 subset, compact-32)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes(str(target), buffer.getvalue())
 
 
 def main() -> None:
