@@ -77,6 +77,17 @@ step retrain-largest "$RUNS/cifar-retrain-largest/model/config.json" \
   --name cifar-retrain-largest --cpus-per-worker 2
 [ -e "$RUNS/cifar-retrain-largest/model/config.json" ] && variant teacher \
   train.teacher="$RUNS/cifar-retrain-largest/model" train.distill=hard
+# ... and at the uniform supernet's wall-clock, the teacher given (its forward pass slows every step): the epochs
+# from both 30-epoch runs' training speeds, each measured alone.
+short=$($PY - "$RUNS" <<'PY'
+import json, statistics, sys
+speed = lambda name: statistics.median(
+    h["images_per_s"] for h in json.load(open(f"{sys.argv[1]}/cifar-{name}/supernet/config.json"))["history"])
+print(max(1, round(30 * speed("teacher") / speed("entangled"))))
+PY
+)
+[ -n "$short" ] && variant "teacher-${short}ep" train.teacher="$RUNS/cifar-retrain-largest/model" \
+  train.distill=hard train.epochs="$short"
 
 # 4. In-place alpha-divergence at the same wall-clock.
 [ -n "$epochs" ] && variant "sandwich-alpha-${epochs}ep" train.sampling=sandwich \
@@ -84,7 +95,7 @@ step retrain-largest "$RUNS/cifar-retrain-largest/model/config.json" \
 
 # 5. Kendall tau: the stand-alone trainings, then every supernet's inherited scores of their architectures.
 standalone_fidelity
-for run in "$RUNS"/cifar-sandwich*ep "$RUNS"/cifar-uniform-*ep "$RUNS/cifar-teacher"; do
+for run in "$RUNS"/cifar-sandwich*ep "$RUNS"/cifar-uniform-*ep "$RUNS"/cifar-teacher*; do
   variant_fidelity "${run##*/cifar-}"
 done
 

@@ -225,14 +225,17 @@ def _agreement(rows: list[dict]) -> str:
 
 
 VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # distillation_experiments.sh
-RULES = ("uniform", "sandwich", "sandwich-kl", "sandwich-alpha")  # its short runs: RULE-<epochs>ep
+RULES = ("uniform", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # its short runs: RULE-<epochs>ep
 
 
 def distillation(runs: Path, times: dict[str, int]) -> None:
     """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
     top-1 (search split, and test split scored once after the search), the extreme subnets' search top-1, Kendall
     tau and the training speed."""
-    short = [p.name.removeprefix("cifar-") for p in (*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep"))]
+    short = [
+        p.name.removeprefix("cifar-")
+        for p in (*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep"), *runs.glob("cifar-teacher-*ep"))
+    ]
     names = list(VARIANTS) + sorted(short, key=lambda n: RULES.index(n.rsplit("-", 1)[0]))  # at uniform's wall-clock
     print(
         "| supernet | epochs | wall | images/s | front mean top-1 (search / test) | smallest | largest "
