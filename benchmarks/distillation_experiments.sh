@@ -38,6 +38,15 @@ variant_fidelity() {  # variant_fidelity NAME: its inherited scores of the stand
     --storage "$RUNS" --name "cifar-fidelity-$1"
 }
 
+same_time() {  # same_time RUN UNIFORM_RUN: the epochs of RUN's rule that train as long as 30 of UNIFORM_RUN's
+  # (from the training images/s each supernet's config.json records)
+  $PY - "$RUNS/$1" "$RUNS/$2" <<'PY'
+import json, sys
+speed = lambda run: json.load(open(f"{run}/supernet/config.json"))["training"]["images_per_s"]
+print(max(1, round(30 * speed(sys.argv[1]) / speed(sys.argv[2]))))
+PY
+}
+
 # 1. The uniform baseline: the entangled supernet (30 epochs) and its front.
 supernet entangled
 search entangled cifar-front "${FRONT[@]}"
@@ -55,12 +64,7 @@ speed_run() {  # speed_run NAME SETTINGS...
 }
 speed_run uniform train.sampling=uniform
 speed_run sandwich-kl train.sampling=sandwich train.inplace_distillation=kl
-epochs=$($PY - "$RUNS" <<'PY'
-import json, sys
-speed = lambda name: json.load(open(f"{sys.argv[1]}/cifar-speed-{name}/supernet/config.json"))["training"]["images_per_s"]
-print(max(1, round(30 * speed("sandwich-kl") / speed("uniform"))))
-PY
-)
+epochs=$(same_time cifar-speed-sandwich-kl cifar-speed-uniform)
 [ -n "$epochs" ] && variant "sandwich-kl-${epochs}ep" train.sampling=sandwich train.inplace_distillation=kl \
   train.epochs="$epochs" train.warmup_epochs=1
 
@@ -79,13 +83,7 @@ step retrain-largest "$RUNS/cifar-retrain-largest/model/config.json" \
   train.teacher="$RUNS/cifar-retrain-largest/model" train.distill=hard
 # ... and at the uniform supernet's wall-clock, the teacher given (its forward pass slows every step): the epochs
 # from both 30-epoch runs' training speeds, each measured alone.
-short=$($PY - "$RUNS" <<'PY'
-import json, statistics, sys
-speed = lambda name: statistics.median(
-    h["images_per_s"] for h in json.load(open(f"{sys.argv[1]}/cifar-{name}/supernet/config.json"))["history"])
-print(max(1, round(30 * speed("teacher") / speed("entangled"))))
-PY
-)
+short=$(same_time cifar-teacher cifar-entangled)
 [ -n "$short" ] && variant "teacher-${short}ep" train.teacher="$RUNS/cifar-retrain-largest/model" \
   train.distill=hard train.epochs="$short"
 
