@@ -97,6 +97,19 @@ for run in "$RUNS"/cifar-sandwich*ep "$RUNS"/cifar-uniform-*ep "$RUNS"/cifar-tea
   variant_fidelity "${run##*/cifar-}"
 done
 
+# 5b. Why in-place distillation hurts here: the in-place students' gradients point against the largest subnet's
+#     (NASViT's gradient conflict; measured on each supernet, and a fresh one), and the remedy NASViT gives,
+#     gradient projection, at the same wall-clock (it costs next to nothing per step).
+[ -n "$epochs" ] && variant "sandwich-kl-proj-${epochs}ep" train.sampling=sandwich train.inplace_distillation=kl \
+  train.gradient_projection=true train.epochs="$epochs" train.warmup_epochs=1 &&
+  variant_fidelity "sandwich-kl-proj-${epochs}ep"
+conflict=(--supernet init)
+for run in "$RUNS"/cifar-entangled "$RUNS"/cifar-sandwich*ep; do
+  [ -e "$run/supernet/config.json" ] && conflict+=(--supernet "$run/supernet")
+done
+[ -e "$RUNS/gradient-conflict.txt" ] || $PY benchmarks/gradient_conflict.py --task $TASK --set data.root="$DATA" \
+  "${conflict[@]}" --batches 8 > "$RUNS/gradient-conflict.tmp" && mv "$RUNS/gradient-conflict.tmp" "$RUNS/gradient-conflict.txt"
+
 # 6. The sandwich rules at the uniform supernet's 30 epochs (the same-epochs comparison; slow here).
 for name in sandwich-kl sandwich sandwich-alpha; do
   case $name in

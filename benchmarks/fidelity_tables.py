@@ -225,7 +225,14 @@ def _agreement(rows: list[dict]) -> str:
 
 
 VARIANTS = ("entangled", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # distillation_experiments.sh
-RULES = ("uniform", "sandwich", "sandwich-kl", "sandwich-alpha", "teacher")  # its short runs: RULE-<epochs>ep
+RULES = (
+    "uniform",
+    "sandwich",
+    "sandwich-kl",
+    "sandwich-kl-proj",
+    "sandwich-alpha",
+    "teacher",
+)  # its short runs: RULE-<epochs>ep
 
 
 def distillation(runs: Path, times: dict[str, int]) -> None:

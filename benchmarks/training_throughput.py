@@ -8,7 +8,8 @@ so machine noise hits all alike:
   plain optimizer step (the cost of slicing alone);
 * the static model of the largest architecture, plain optimizer step;
 * supernet, a sandwich step (largest, smallest and ``train.sandwich_random`` draws, gradients summed, one
-  exact step), with and without in-place distillation (KL to the largest subnet's predictions).
+  exact step), with and without in-place distillation (KL to the largest subnet's predictions), and with
+  gradient projection (the largest subnet's gradient kept apart, the others' projected where they conflict).
 
 The first is expected to be *faster* than the static largest model (sampled subnets are smaller on average);
 the second shows what slicing and the exact step cost; the sandwich lines give a sandwich step's cost relative
@@ -65,10 +66,10 @@ def main() -> None:
         loss_fn(supernet(images, arch), labels).backward()
         step_only_active(opt_super)
 
-    def sandwich(inplace: str) -> None:
+    def sandwich(inplace: str, projection: bool = False) -> None:
         archs = step_architectures(space, 0, 0, next(counter), "sandwich", task.train["sandwich_random"])
         opt_super.zero_grad(set_to_none=True)
-        recipe = {**task.train, "inplace_distillation": inplace}
+        recipe = {**task.train, "inplace_distillation": inplace, "gradient_projection": projection}
         forward_backward(supernet, supernet, archs, images, labels, None, loss_fn, nullcontext, recipe)
         step_only_active(opt_super)
 
@@ -94,6 +95,7 @@ def main() -> None:
         "static largest model": static_largest,
         "supernet, sandwich step": lambda: sandwich("off"),
         "  same, in-place KL": lambda: sandwich("kl"),
+        "  same, + gradient projection": lambda: sandwich("kl", True),
     }
     for fn in trainers.values():
         for _ in range(3):

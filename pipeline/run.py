@@ -21,7 +21,7 @@ from pipeline.core.arch import Architecture, validate_fits, validate_in_space
 from pipeline.core.latency_model import LatencyModel
 from pipeline.core.space import SearchSpace
 from pipeline.core.strata import spread_by_params
-from pipeline.core.task import BOOKKEEPING_KEYS, SUPERNET_ONLY_KEYS, Task
+from pipeline.core.task import Task, recipe_differences
 from pipeline.data.arrays import check_same_splits
 from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan, read_plan, run_fidelity, write_plan
 from pipeline.fidelity.inherited import rescored_results
@@ -267,19 +267,21 @@ def _standalone_rows(source: str, task: Task) -> list[dict]:
         raise UserError(f"--standalone: {source!r} is not a fidelity run (no {PLAN_FILE} and {FIDELITY_FILE})")
     if plan.get("standalone"):
         source = plan["standalone"]  # its scores came from there: name the run that trained them
-    ignored = (*SUPERNET_ONLY_KEYS, *BOOKKEEPING_KEYS)  # what a stand-alone model does not learn from
     for key, here in (("recipe", task.recipe("retrain")), ("splits", task.splits)):
         there = plan.get(key) or {}
-        keys = set(here) | set(there) if key == "splits" else (set(here) | set(there)) - set(ignored)
-        differ = sorted(k for k in keys if here.get(k) != there.get(k))
+        if key == "recipe":
+            differ = recipe_differences(there, here)
+        else:
+            differ = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
         if differ:
             what = ", ".join(f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in differ)
             label = "retrain" if key == "recipe" else "splits"
             raise UserError(f"--standalone: {source!r} was trained with other {label} settings ({what})")
-    unfinished = [r["key"] for r in rows if r["status"] != "done"]
-    if unfinished:
+    finished = sum(r["status"] == "done" for r in rows)
+    planned = max(len(plan.get("architectures", [])), len(rows))
+    if finished < planned:
         raise UserError(
-            f"--standalone: {source!r} has {len(rows) - len(unfinished)} of {len(rows)} architectures finished; "
+            f"--standalone: {source!r} has {finished} of {planned} architectures finished; "
             f"run its fidelity command again to finish it first"
         )
     return rows

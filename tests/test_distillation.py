@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from pipeline.core.arch import Architecture
 from pipeline.core.sampling import largest_architecture, smallest_architecture
@@ -22,7 +24,7 @@ from pipeline.shared.errors import UserError
 from pipeline.training.distill import adaptive_alpha_divergence, alpha_divergence, kl_to_targets
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_optimizer
-from pipeline.training.step import forward_backward, label_loss
+from pipeline.training.step import forward_backward, label_loss, project_conflicting
 from pipeline.training.subject import step_architectures
 from pipeline.training.teacher import load_teacher
 
@@ -108,6 +110,102 @@ def test_exact_step_with_several_subnets_leaves_what_none_touched() -> None:
     for key in after:
         if key.startswith(("blocks.2.", "blocks.3.")):
             assert torch.equal(before[key], after[key]), key
+
+
+def test_gradient_projection_needs_the_sandwich_rule() -> None:
+    with pytest.raises(UserError, match="train.gradient_projection.*needs train.sampling = sandwich"):
+        load_task("digits", ["train.gradient_projection=true"])
+
+
+def test_projection_removes_only_a_conflicting_component() -> None:
+    first = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
+    against = [torch.tensor([-2.0, 3.0]), torch.tensor([5.0])]
+    assert project_conflicting(first, against)
+    assert torch.equal(against[0], torch.tensor([0.0, 3.0])) and torch.equal(against[1], torch.tensor([5.0]))
+    assert torch.equal(first[0], torch.tensor([1.0, 0.0]))  # the largest subnet's gradient is never changed
+    along = [torch.tensor([2.0, 3.0]), torch.tensor([5.0])]
+    assert not project_conflicting(first, along) and torch.equal(along[0], torch.tensor([2.0, 3.0]))
+
+
+def _separate_gradients(net: Supernet, archs: list, images: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """The largest subnet's label gradient and the others' summed in-place KL gradient, each on its own."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.zero_grad(set_to_none=True)
+    out = net(images, archs[0])
+    loss_fn(out, labels).backward()
+    first = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    targets = torch.softmax(out.detach(), -1)
+    for arch in archs[1:]:
+        kl_to_targets(net(images, arch), targets).backward()
+    rest = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    return first, rest
+
+
+def _projected_sum(first: list[torch.Tensor], rest: list[torch.Tensor]) -> list[torch.Tensor]:
+    dot = sum((a * b).sum() for a, b in zip(first, rest))
+    norm = sum((a * a).sum() for a in first)
+    return [a + b - min(float(dot), 0.0) / float(norm) * a for a, b in zip(first, rest)]
+
+
+def test_projected_step_is_the_largest_gradient_plus_the_others_projected() -> None:
+    """In-place KL students pull against the largest subnet on a fresh supernet (benchmarks/gradient_conflict.py
+    measures the same on trained ones): the step keeps the largest's gradient whole and adds only the part of
+    the others' that does not oppose it."""
+    space = load_space("digits")
+    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", "train.gradient_projection=true"])
+    images, labels = _batch()
+    torch.manual_seed(1)
+    net = Supernet(space)
+    archs = step_architectures(space, 0, 0, 0, "sandwich", 2)
+    first, rest = _separate_gradients(net, archs, images, labels)
+    assert sum((a * b).sum() for a, b in zip(first, rest)) < 0  # a conflict to remove
+    forward_backward(net, net, archs, images, labels, None, torch.nn.CrossEntropyLoss(), nullcontext, task.train)
+    got = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    for g, want in zip(got, _projected_sum(first, rest)):
+        assert torch.allclose(g, want, atol=1e-5)
+    assert sum((g * a).sum() for g, a in zip(got, first)) > 0
+
+
+def _projected_rank(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    space = load_space("digits")
+    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", "train.gradient_projection=true"])
+    torch.manual_seed(1)
+    net = Supernet(space)
+    torch.manual_seed(10 + rank)  # each rank its own batch
+    images, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    archs = step_architectures(space, 0, 0, 0, "sandwich", 2)
+    forward_backward(net, net, archs, images, labels, None, torch.nn.CrossEntropyLoss(), nullcontext, task.train)
+    results[rank] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    dist.destroy_process_group()
+
+
+def test_ranks_project_the_averaged_gradients_and_agree() -> None:
+    """With DDP both parts are averaged over the ranks before the projection: every rank steps the same, and
+    the step is the projection of the averaged gradients (not the average of each rank's projection)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_projected_rank, args=(port, results), nprocs=2, join=True)
+        ranks = [results[0], results[1]]
+    space = load_space("digits")
+    torch.manual_seed(1)
+    net = Supernet(space)
+    archs = step_architectures(space, 0, 0, 0, "sandwich", 2)
+    parts = []
+    for rank in range(2):
+        torch.manual_seed(10 + rank)
+        parts.append(_separate_gradients(net, archs, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))))
+    first = [(a + b) / 2 for a, b in zip(parts[0][0], parts[1][0])]
+    rest = [(a + b) / 2 for a, b in zip(parts[0][1], parts[1][1])]
+    for g0, g1, want in zip(*ranks, _projected_sum(first, rest)):
+        assert torch.equal(g0, g1) and torch.allclose(g0, want, atol=1e-5)
 
 
 def _digits_model(tmp_path: Path, num_classes: int) -> Path:
@@ -207,6 +305,8 @@ def test_sandwich_inplace_and_teacher_train_with_two_workers(tmp_path: Path) -> 
             f"train.teacher={teacher}",
             "--set",
             "train.distill=soft",
+            "--set",
+            "train.gradient_projection=true",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -218,4 +318,5 @@ def test_sandwich_inplace_and_teacher_train_with_two_workers(tmp_path: Path) -> 
     mode = config["training"]
     assert mode["sampling"] == "sandwich" and mode["subnets_per_step"] == 4
     assert mode["inplace_distillation"] == "kl" and mode["teacher"] == str(teacher) and mode["distill"] == "soft"
+    assert mode["gradient_projection"] is True
     assert mode["images_per_s"] > 0 and config["workers"] == 2

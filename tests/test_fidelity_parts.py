@@ -168,3 +168,24 @@ def test_fidelity_summary_of_perfect_and_reversed_rankings() -> None:
     # interrupted: rows only for the trials that started, the count of what was planned from the plan
     partial = summarize([*rows[:4], {**rows[4], "standalone_search_top1": float("nan")}], planned=16)
     assert (partial["architectures"], partial["planned"]) == (4, 16)
+
+
+def test_a_fidelity_run_started_before_a_setting_existed_resumes(tmp_path) -> None:
+    """A run's recorded plan lacks the keys the tool gained since: at their defaults they change nothing, so the
+    run resumes; a changed setting that stand-alone training learns from is refused, naming it."""
+    from pipeline.core.task import recipe_differences
+    from pipeline.fidelity.experiment import check_plan, fidelity_plan, write_plan
+
+    task = load_task("digits")
+    plan = fidelity_plan("/s", task, [])
+    older = {**plan, "recipe": {k: v for k, v in plan["recipe"].items() if k not in ("gradient_projection", "lr")}}
+    older["recipe"]["lr"] = task.train["lr"]
+    write_plan(str(tmp_path), older)
+    assert check_plan(str(tmp_path), plan)
+    assert recipe_differences(older["recipe"], {**plan["recipe"], "gradient_projection": True}) == []  # supernets only
+    assert recipe_differences(older["recipe"], {**plan["recipe"], "checkpoint_every": 1}) == []  # bookkeeping
+    assert recipe_differences({**older["recipe"], "dropped_key": 1}, plan["recipe"]) == ["dropped_key"]
+    epochs = task.recipe("retrain")["epochs"]
+    changed = fidelity_plan("/s", load_task("digits", [f"retrain.epochs={epochs + 1}"]), [])
+    with pytest.raises(UserError, match=rf"already exists with retrain.epochs = {epochs} \(now {epochs + 1}\)"):
+        check_plan(str(tmp_path), changed)

@@ -165,6 +165,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "alpha_min": (-1.0, _num(-10.0, 0.0)),
         "alpha_max": (1.0, _num(0.0, 10.0)),
         "alpha_clip": (5.0, _num(1.0, 1e6)),
+        # Gradient projection (NASViT; sandwich only): where the other subnets' summed gradient points against the
+        # largest subnet's, its component along the largest's is removed before the step.
+        "gradient_projection": (False, _bool()),
         # An external teacher, in eval mode: none, a model directory of this tool, or timm:NAME@WEIGHTS_FILE (a
         # local file: nothing is downloaded). hard: DeiT's cross-entropy on its arg-max; soft: KL at distill_tau.
         # The loss is (1 - distill_alpha) x label loss + distill_alpha x teacher loss.
@@ -215,11 +218,27 @@ SUPERNET_ONLY_KEYS = (
     "alpha_min",
     "alpha_max",
     "alpha_clip",
+    "gradient_projection",
 )
 # Train keys that change how a run is kept and shown, not what it learns: two stand-alone trainings that differ
 # only in these (and in SUPERNET_ONLY_KEYS, which a single model ignores) give the same model.
 BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "eval_batch_size", "log_every_steps", "max_failures")
 RECIPE_PHASES = ("train", "retrain", "finetune")
+
+
+def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys in which two stand-alone recipes (``Task.recipe``) train different models. What a single model
+    ignores (SUPERNET_ONLY_KEYS) and how a run is kept (BOOKKEEPING_KEYS) do not count, nor a key the tool gained
+    after ``recorded`` was written, at its default (a run started by an older version resumes)."""
+    ignored = {*SUPERNET_ONLY_KEYS, *BOOKKEEPING_KEYS}
+    return sorted(
+        k
+        for k in (set(recorded) | set(current)) - ignored
+        if recorded.get(k) != current.get(k)
+        and not (k not in recorded and k in SCHEMA["train"] and current.get(k) == SCHEMA["train"][k][0])
+    )
+
+
 _INHERITED = {k: (None, _opt(check)) for k, (_, check) in SCHEMA["train"].items() if k not in SUPERNET_ONLY_KEYS}
 SCHEMA["retrain"] = dict(_INHERITED)
 SCHEMA["finetune"] = {
@@ -357,6 +376,11 @@ def _check_distillation(sections: dict[str, dict[str, Any]], where: str) -> None
     train = sections["train"]
     if train["teacher"] in ("none", ""):
         train["teacher"] = None
+    if train["gradient_projection"] and train["sampling"] != "sandwich":
+        raise UserError(
+            f"{where}: key 'train.gradient_projection': true needs train.sampling = sandwich (it protects the step's "
+            f"largest subnet's gradient from the others'); got {train['sampling']!r}"
+        )
     if train["inplace_distillation"] != "off" and train["sampling"] != "sandwich":
         raise UserError(
             f"{where}: key 'train.inplace_distillation': {train['inplace_distillation']!r} needs train.sampling = "

@@ -19,7 +19,7 @@ from ray import tune
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
-from pipeline.core.task import Task
+from pipeline.core.task import Task, recipe_differences
 from pipeline.fidelity.inherited import inherited_top1, scoring_splits
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.shared.errors import UserError
@@ -82,7 +82,15 @@ def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     if recorded is None:
         return False
     for key in sorted(set(plan) | set(recorded)):
-        if recorded.get(key) != plan.get(key):
+        if key == "recipe":
+            differ = recipe_differences(recorded.get(key) or {}, plan.get(key) or {})
+            if differ:
+                k = differ[0]
+                raise UserError(
+                    f"run {run_path!r} already exists with retrain.{k} = {recorded[key].get(k)!r} (now "
+                    f"{plan[key].get(k)!r}); re-run with the same settings to resume it, or choose a new run with --name"
+                )
+        elif recorded.get(key) != plan.get(key):
             raise UserError(
                 f"run {run_path!r} already exists with different {key}; re-run with the same settings "
                 f"to resume it, or choose a new run with --name"

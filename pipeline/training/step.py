@@ -6,6 +6,12 @@ pass adds to the same gradients without DDP's per-pass synchronisation (``no_syn
 are averaged over the ranks once, so the step costs one all-reduce whatever the number of subnets. Every rank
 draws the same subnets, so the same parameters carry gradients on every rank. With in-place distillation the
 largest subnet goes first, learns from the labels, and its detached predictions are what the others learn from.
+
+Gradient projection (NASViT): the largest subnet's gradient is kept apart from the others' sum; where the two
+conflict (negative dot product over all parameters), the others' sum loses its component along the largest's
+before they are added, so the smaller subnets cannot undo the largest subnet's step (in-place distillation's
+students do, measured in ``benchmarks/gradient_conflict.py``). Both are averaged over the ranks first (in the
+same all-reduce), so every rank projects the same vectors.
 """
 
 from __future__ import annotations
@@ -59,16 +65,58 @@ def _accumulating(net: nn.Module) -> Iterator[None]:
         yield
 
 
-def average_gradients(model: nn.Module) -> None:
-    """Average every gradient over the DDP ranks in one all-reduce (the ranks' gradients have the same layout)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def average_tensors(tensors: list[torch.Tensor]) -> None:
+    """Average tensors over the DDP ranks in place, in one all-reduce (the ranks' lists have the same layout)."""
+    if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
+    flat = torch._utils._flatten_dense_tensors(tensors)
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        grad.copy_(synced)
+    for tensor, synced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors)):
+        tensor.copy_(synced)
+
+
+def average_gradients(model: nn.Module) -> None:
+    """Average every gradient over the DDP ranks in one all-reduce."""
+    average_tensors([p.grad for p in model.parameters() if p.grad is not None])
+
+
+def take_gradients(model: nn.Module) -> list[torch.Tensor | None]:
+    """The parameters' gradients so far (None where none), removed from the parameters: the next backward passes
+    start a separate sum."""
+    taken = []
+    for p in model.parameters():
+        taken.append(p.grad)
+        p.grad = None
+    return taken
+
+
+@torch.no_grad()
+def project_conflicting(first: list[torch.Tensor], rest: list[torch.Tensor]) -> bool:
+    """When ``rest`` points against ``first`` (negative dot product over all the tensors), remove its component
+    along ``first``, in place; True when it did. ``first`` is never changed: it is the update that has priority."""
+    dot = sum((a.double() * b.double()).sum() for a, b in zip(first, rest))
+    norm = sum(a.double().pow(2).sum() for a in first)
+    if dot >= 0 or norm == 0:
+        return False
+    scale = float(dot / norm)
+    for a, b in zip(first, rest):
+        b.sub_(a, alpha=scale)
+    return True
+
+
+@torch.no_grad()
+def combine_projected(model: nn.Module, largest: list[torch.Tensor | None]) -> None:
+    """The step's gradient as the largest subnet's (``largest``, taken before the others' passes) plus the
+    others' (in the parameters' gradients now), projected where they conflict; averaged over the ranks first.
+    A parameter no subnet touched keeps no gradient (the exact step skips it)."""
+    pairs = [(p, g) for p, g in zip(model.parameters(), largest) if g is not None or p.grad is not None]
+    first = [g if g is not None else torch.zeros_like(p) for p, g in pairs]
+    rest = [p.grad if p.grad is not None else torch.zeros_like(p) for p, _ in pairs]
+    average_tensors(first + rest)
+    project_conflicting(first, rest)
+    for (p, _), a, b in zip(pairs, first, rest):
+        p.grad = a + b
 
 
 def forward_backward(
@@ -91,6 +139,7 @@ def forward_backward(
         return loss.detach()
     inplace = train["inplace_distillation"] != "off"
     soft_targets = None
+    largest_grads = None
     total = torch.zeros((), dtype=torch.float64, device=images.device)
     with _accumulating(net):
         for i, arch in enumerate(archs):
@@ -103,6 +152,11 @@ def forward_backward(
             if i == 0 and inplace:
                 soft_targets = F.softmax(out.detach().float(), dim=-1)
             loss.backward()
+            if i == 0 and train["gradient_projection"]:
+                largest_grads = take_gradients(model)
             total += loss.detach().double()
-    average_gradients(model)
+    if largest_grads is None:
+        average_gradients(model)
+    else:
+        combine_projected(model, largest_grads)
     return total / len(archs)

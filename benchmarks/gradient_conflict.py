@@ -1,0 +1,97 @@
+"""Do a sandwich step's smaller subnets pull the shared weights against the largest subnet? (one run, no timing)
+
+NASViT (Gong et al., ICLR 2022) traces the poor training of vision-transformer supernets with the sandwich rule
+and in-place distillation to conflicting gradients: the smaller subnets' gradients on the shared weights point
+away from the largest subnet's. This measures it on trained supernets (and a fresh one): for sandwich steps on
+the task's training images (seeded draws and augmentation, as in training), the cosine between the gradient of
+the largest subnet's label loss and the summed gradient of the other subnets' losses, once with their label
+losses (the plain sandwich rule) and once with KL to the largest subnet's detached predictions (in-place
+distillation), on the same weights and batches. A negative cosine means that the step's students, summed,
+undo part of the largest subnet's step. Run::
+
+    python benchmarks/gradient_conflict.py --task benchmarks/tasks/cifar10-subset.yaml \
+        --set data.root=../shared/data/cifar10-10k --supernet RUN/supernet ... [--supernet init] [--batches 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pipeline.core.task import load_task
+from pipeline.data.sources import open_sources
+from pipeline.data.splits import SplitDataset, plan_from_settings
+from pipeline.data.transforms import train_transform
+from pipeline.model.supernet import Supernet
+from pipeline.model.supernet_dir import load_supernet
+from pipeline.training.distill import kl_to_targets
+from pipeline.training.recipe import build_loss
+from pipeline.training.subject import step_architectures
+
+
+def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """The loss's gradient over every parameter as one vector (zeros where the subnet does not reach)."""
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
+
+
+def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> tuple:
+    """cos(largest's label gradient, students' label gradient), cos(largest's, students' in-place KL gradient)."""
+    largest_out = model(images, archs[0])
+    g_largest = flat_grad(model, loss_fn(largest_out, labels))
+    targets = F.softmax(largest_out.detach().float(), dim=-1)
+    g_label = sum(flat_grad(model, loss_fn(model(images, a), labels)) for a in archs[1:])
+    g_kl = sum(flat_grad(model, kl_to_targets(model(images, a), targets)) for a in archs[1:])
+    cos = torch.nn.functional.cosine_similarity
+    return float(cos(g_largest, g_label, dim=0)), float(cos(g_largest, g_kl, dim=0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--supernet", action="append", required=True, help="a supernet directory, or 'init'")
+    parser.add_argument("--batches", type=int, default=8)
+    args = parser.parse_args()
+    task = load_task(args.task, args.overrides)
+    tr = task.train
+    pool, own_test = open_sources(task.data)
+    plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
+    train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
+    loss_fn = build_loss(tr, None)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    print(f"{'supernet':<48} {'cos(largest, students: labels)':>32} {'cos(largest, students: in-place KL)':>37}")
+    for source in args.supernet:
+        torch.manual_seed(tr["seed"])
+        if source == "init":
+            space = task.space(num_classes=len(pool.classes))
+            model = Supernet(space, sharing=task.model["sharing"], drop_path_rate=task.model["drop_path_rate"])
+        else:
+            model = load_supernet(source)[0]
+            space = model.space
+        model.train()
+        loader = DataLoader(
+            train_set,
+            batch_size=tr["batch_size"],
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(tr["seed"]),
+        )
+        label_cos, kl_cos = [], []
+        for step, (images, labels) in zip(range(args.batches), loader):
+            archs = step_architectures(space, tr["seed"], 0, step, "sandwich", tr["sandwich_random"])
+            a, b = cosines(model, archs, images, labels, loss_fn)
+            label_cos.append(a)
+            kl_cos.append(b)
+        describe = lambda xs: f"{statistics.mean(xs):+.3f} ({sum(x < 0 for x in xs)}/{len(xs)} < 0)"
+        print(f"{source[-48:]:<48} {describe(label_cos):>32} {describe(kl_cos):>37}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
