@@ -4,9 +4,9 @@ NASViT (Gong et al., ICLR 2022) traces the poor training of vision-transformer s
 and in-place distillation to conflicting gradients: the smaller subnets' gradients on the shared weights point
 away from the largest subnet's. This measures it on trained supernets (and a fresh one): for sandwich steps on
 the task's training images (seeded draws and augmentation, as in training), the cosine between the gradient of
-the largest subnet's label loss and the summed gradient of the other subnets' losses, once with their label
-losses (the plain sandwich rule) and once with KL to the largest subnet's detached predictions (in-place
-distillation), on the same weights and batches. A negative cosine means that the step's students, summed,
+the largest subnet's label loss and the summed gradient of the other subnets' losses: with their label losses
+(the plain sandwich rule), with KL to the largest subnet's detached predictions and with AlphaNet's adaptive
+alpha-divergence to them (in-place distillation), on the same weights and batches. A negative cosine means that the step's students, summed,
 undo part of the largest subnet's step. Run::
 
     python benchmarks/gradient_conflict.py --task benchmarks/tasks/cifar10-subset.yaml \
@@ -28,7 +28,7 @@ from pipeline.data.splits import SplitDataset, plan_from_settings
 from pipeline.data.transforms import train_transform
 from pipeline.model.supernet import Supernet
 from pipeline.model.supernet_dir import load_supernet
-from pipeline.training.distill import kl_to_targets
+from pipeline.training.distill import adaptive_alpha_divergence, kl_to_targets
 from pipeline.training.recipe import build_loss
 from pipeline.training.subject import step_architectures
 
@@ -40,15 +40,20 @@ def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 
-def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> tuple:
-    """cos(largest's label gradient, students' label gradient), cos(largest's, students' in-place KL gradient)."""
+def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn, tr: dict) -> list:
+    """cos(largest's label gradient, students' gradient) with the students' label, KL and alpha-divergence losses."""
     largest_out = model(images, archs[0])
     g_largest = flat_grad(model, loss_fn(largest_out, labels))
     targets = F.softmax(largest_out.detach().float(), dim=-1)
-    g_label = sum(flat_grad(model, loss_fn(model(images, a), labels)) for a in archs[1:])
-    g_kl = sum(flat_grad(model, kl_to_targets(model(images, a), targets)) for a in archs[1:])
-    cos = torch.nn.functional.cosine_similarity
-    return float(cos(g_largest, g_label, dim=0)), float(cos(g_largest, g_kl, dim=0))
+    student_losses = (
+        lambda out: loss_fn(out, labels),
+        lambda out: kl_to_targets(out, targets),
+        lambda out: adaptive_alpha_divergence(out, targets, tr["alpha_min"], tr["alpha_max"], tr["alpha_clip"]),
+    )
+    return [
+        float(F.cosine_similarity(g_largest, sum(flat_grad(model, loss(model(images, a))) for a in archs[1:]), dim=0))
+        for loss in student_losses
+    ]
 
 
 def main() -> None:
@@ -64,9 +69,10 @@ def main() -> None:
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
     loss_fn = build_loss(tr, None)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    print(f"{'supernet':<48} {'cos(largest, students: labels)':>32} {'cos(largest, students: in-place KL)':>37}")
+    columns = ("students: labels", "in-place KL", "in-place alpha-div.")
+    print(f"cos(largest subnet's gradient, the other subnets' summed gradient), mean over {args.batches} batches")
+    print(f"{'supernet':<48}" + "".join(f"{c:>24}" for c in columns))
     for source in args.supernet:
         torch.manual_seed(tr["seed"])
         if source == "init":
@@ -83,14 +89,13 @@ def main() -> None:
             drop_last=True,
             generator=torch.Generator().manual_seed(tr["seed"]),
         )
-        label_cos, kl_cos = [], []
+        values: list[list[float]] = [[] for _ in columns]
         for step, (images, labels) in zip(range(args.batches), loader):
             archs = step_architectures(space, tr["seed"], 0, step, "sandwich", tr["sandwich_random"])
-            a, b = cosines(model, archs, images, labels, loss_fn)
-            label_cos.append(a)
-            kl_cos.append(b)
-        describe = lambda xs: f"{statistics.mean(xs):+.3f} ({sum(x < 0 for x in xs)}/{len(xs)} < 0)"
-        print(f"{source[-48:]:<48} {describe(label_cos):>32} {describe(kl_cos):>37}", flush=True)
+            for column, value in zip(values, cosines(model, archs, images, labels, loss_fn, tr)):
+                column.append(value)
+        cells = [f"{statistics.mean(xs):+.3f} ({sum(x < 0 for x in xs)}/{len(xs)} < 0)" for xs in values]
+        print(f"{source[-48:]:<48}" + "".join(f"{c:>24}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
