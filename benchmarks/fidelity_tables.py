@@ -229,7 +229,8 @@ RULES = (
     "uniform",
     "sandwich",
     "sandwich-kl",
-    "sandwich-kl-proj",
+    "sandwich-kl-proj-largest",
+    "sandwich-kl-proj-others",
     "sandwich-alpha",
     "teacher",
 )  # its short runs: RULE-<epochs>ep

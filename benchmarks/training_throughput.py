@@ -66,7 +66,7 @@ def main() -> None:
         loss_fn(supernet(images, arch), labels).backward()
         step_only_active(opt_super)
 
-    def sandwich(inplace: str, projection: bool = False) -> None:
+    def sandwich(inplace: str, projection: str = "off") -> None:
         archs = step_architectures(space, 0, 0, next(counter), "sandwich", task.train["sandwich_random"])
         opt_super.zero_grad(set_to_none=True)
         recipe = {**task.train, "inplace_distillation": inplace, "gradient_projection": projection}
@@ -95,7 +95,7 @@ def main() -> None:
         "static largest model": static_largest,
         "supernet, sandwich step": lambda: sandwich("off"),
         "  same, in-place KL": lambda: sandwich("kl"),
-        "  same, + gradient projection": lambda: sandwich("kl", True),
+        "  same, + gradient projection": lambda: sandwich("kl", "largest"),
     }
     for fn in trainers.values():
         for _ in range(3):

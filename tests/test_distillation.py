@@ -112,9 +112,14 @@ def test_exact_step_with_several_subnets_leaves_what_none_touched() -> None:
             assert torch.equal(before[key], after[key]), key
 
 
-def test_gradient_projection_needs_the_sandwich_rule() -> None:
-    with pytest.raises(UserError, match="train.gradient_projection.*needs train.sampling = sandwich"):
-        load_task("digits", ["train.gradient_projection=true"])
+def test_gradient_projection_needs_the_sandwich_rule_and_off_means_off() -> None:
+    with pytest.raises(UserError, match="train.gradient_projection': 'largest' needs train.sampling = sandwich"):
+        load_task("digits", ["train.gradient_projection=largest"])
+    # YAML reads a bare off as false: it still means off, for every off-or-something setting
+    task = load_task("digits", ["train.gradient_projection=off", "train.inplace_distillation=off"])
+    assert task.train["gradient_projection"] == "off" and task.train["inplace_distillation"] == "off"
+    with pytest.raises(UserError, match="'train.gradient_projection': value True is not allowed; expected one of off"):
+        load_task("digits", [*SANDWICH, "train.gradient_projection=true"])
 
 
 def test_projection_removes_only_a_conflicting_component() -> None:
@@ -143,18 +148,22 @@ def _separate_gradients(net: Supernet, archs: list, images: torch.Tensor, labels
     return first, rest
 
 
-def _projected_sum(first: list[torch.Tensor], rest: list[torch.Tensor]) -> list[torch.Tensor]:
-    dot = sum((a * b).sum() for a, b in zip(first, rest))
-    norm = sum((a * a).sum() for a in first)
-    return [a + b - min(float(dot), 0.0) / float(norm) * a for a, b in zip(first, rest)]
+def _projected_sum(first: list[torch.Tensor], rest: list[torch.Tensor], priority: str) -> list[torch.Tensor]:
+    """first + rest, the one without priority minus its component along the other when they conflict."""
+    keep, move = (first, rest) if priority == "largest" else (rest, first)
+    dot = sum((a * b).sum() for a, b in zip(keep, move))
+    norm = sum((a * a).sum() for a in keep)
+    moved = [m - min(float(dot), 0.0) / float(norm) * k for k, m in zip(keep, move)]
+    return [k + m for k, m in zip(keep, moved)]
 
 
-def test_projected_step_is_the_largest_gradient_plus_the_others_projected() -> None:
+@pytest.mark.parametrize("priority", ["largest", "others"])
+def test_projected_step_keeps_the_priority_gradient_whole(priority: str) -> None:
     """In-place KL students pull against the largest subnet on a fresh supernet (benchmarks/gradient_conflict.py
-    measures the same on trained ones): the step keeps the largest's gradient whole and adds only the part of
-    the others' that does not oppose it."""
+    measures the same on trained ones): the step is the priority side's gradient whole plus only the part of the
+    other side's that does not oppose it."""
     space = load_space("digits")
-    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", "train.gradient_projection=true"])
+    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", f"train.gradient_projection={priority}"])
     images, labels = _batch()
     torch.manual_seed(1)
     net = Supernet(space)
@@ -163,15 +172,16 @@ def test_projected_step_is_the_largest_gradient_plus_the_others_projected() -> N
     assert sum((a * b).sum() for a, b in zip(first, rest)) < 0  # a conflict to remove
     forward_backward(net, net, archs, images, labels, None, torch.nn.CrossEntropyLoss(), nullcontext, task.train)
     got = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
-    for g, want in zip(got, _projected_sum(first, rest)):
+    for g, want in zip(got, _projected_sum(first, rest, priority)):
         assert torch.allclose(g, want, atol=1e-5)
-    assert sum((g * a).sum() for g, a in zip(got, first)) > 0
+    kept = first if priority == "largest" else rest
+    assert sum((g * a).sum() for g, a in zip(got, kept)) > 0
 
 
 def _projected_rank(rank: int, port: int, results: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     space = load_space("digits")
-    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", "train.gradient_projection=true"])
+    task = load_task("digits", [*SANDWICH, "train.inplace_distillation=kl", "train.gradient_projection=largest"])
     torch.manual_seed(1)
     net = Supernet(space)
     torch.manual_seed(10 + rank)  # each rank its own batch
@@ -204,7 +214,7 @@ def test_ranks_project_the_averaged_gradients_and_agree() -> None:
         parts.append(_separate_gradients(net, archs, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))))
     first = [(a + b) / 2 for a, b in zip(parts[0][0], parts[1][0])]
     rest = [(a + b) / 2 for a, b in zip(parts[0][1], parts[1][1])]
-    for g0, g1, want in zip(*ranks, _projected_sum(first, rest)):
+    for g0, g1, want in zip(*ranks, _projected_sum(first, rest, "largest")):
         assert torch.equal(g0, g1) and torch.allclose(g0, want, atol=1e-5)
 
 
@@ -306,7 +316,7 @@ def test_sandwich_inplace_and_teacher_train_with_two_workers(tmp_path: Path) -> 
             "--set",
             "train.distill=soft",
             "--set",
-            "train.gradient_projection=true",
+            "train.gradient_projection=others",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -318,5 +328,5 @@ def test_sandwich_inplace_and_teacher_train_with_two_workers(tmp_path: Path) -> 
     mode = config["training"]
     assert mode["sampling"] == "sandwich" and mode["subnets_per_step"] == 4
     assert mode["inplace_distillation"] == "kl" and mode["teacher"] == str(teacher) and mode["distill"] == "soft"
-    assert mode["gradient_projection"] is True
+    assert mode["gradient_projection"] == "others"
     assert mode["images_per_s"] > 0 and config["workers"] == 2

@@ -32,6 +32,7 @@ SEARCH_PARETO_COSTS = ("params", "macs", "latency_ms")
 MUTATION_MODES = ("per_layer", "per_gene")
 SAMPLING_MODES = ("uniform", "sandwich")
 INPLACE_DISTILLATION = ("off", "kl", "alpha_divergence")
+GRADIENT_PROJECTION = ("off", "largest", "others")
 TEACHER_DISTILLATION = ("hard", "soft")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -165,9 +166,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple[str, Check]]]] = {
         "alpha_min": (-1.0, _num(-10.0, 0.0)),
         "alpha_max": (1.0, _num(0.0, 10.0)),
         "alpha_clip": (5.0, _num(1.0, 1e6)),
-        # Gradient projection (NASViT; sandwich only): where the other subnets' summed gradient points against the
-        # largest subnet's, its component along the largest's is removed before the step.
-        "gradient_projection": (False, _bool()),
+        # Gradient projection (sandwich only): where the largest subnet's gradient and the other subnets' summed
+        # gradient conflict, the one without priority loses its component along the other before they are added.
+        # largest: the largest subnet's step is kept whole; others: the smaller subnets' (NASViT's choice).
+        "gradient_projection": ("off", _choice(GRADIENT_PROJECTION)),
         # An external teacher, in eval mode: none, a model directory of this tool, or timm:NAME@WEIGHTS_FILE (a
         # local file: nothing is downloaded). hard: DeiT's cross-entropy on its arg-max; soft: KL at distill_tau.
         # The loss is (1 - distill_alpha) x label loss + distill_alpha x teacher loss.
@@ -376,10 +378,10 @@ def _check_distillation(sections: dict[str, dict[str, Any]], where: str) -> None
     train = sections["train"]
     if train["teacher"] in ("none", ""):
         train["teacher"] = None
-    if train["gradient_projection"] and train["sampling"] != "sandwich":
+    if train["gradient_projection"] != "off" and train["sampling"] != "sandwich":
         raise UserError(
-            f"{where}: key 'train.gradient_projection': true needs train.sampling = sandwich (it protects the step's "
-            f"largest subnet's gradient from the others'); got {train['sampling']!r}"
+            f"{where}: key 'train.gradient_projection': {train['gradient_projection']!r} needs train.sampling = "
+            f"sandwich (it sets the step's largest subnet's gradient against the others'); got {train['sampling']!r}"
         )
     if train["inplace_distillation"] != "off" and train["sampling"] != "sandwich":
         raise UserError(
@@ -418,6 +420,8 @@ def _build(data: dict[str, Any], name: str, where: str) -> Task:
             value = given.get(key, copy.deepcopy(default))
             if value is None and default is None and key in ("dataset", "image_size", "mean", "std"):
                 raise UserError(f"{where}: missing required key '{section}.{key}' ({allowed})")
+            if isinstance(value, bool) and not check(value) and check("on" if value else "off"):
+                value = "on" if value else "off"  # YAML reads a bare off (or on) as a boolean
             if not check(value):
                 raise UserError(f"{where}: key '{section}.{key}': value {value!r} is not allowed; expected {allowed}")
             values[key] = value

@@ -276,7 +276,7 @@ def training_mode(train: dict[str, Any], history: list[dict[str, Any]]) -> dict[
         "sampling": train.get("sampling", "uniform"),
         "subnets_per_step": 2 + train.get("sandwich_random", 0) if train.get("sampling") == "sandwich" else 1,
         "inplace_distillation": train.get("inplace_distillation", "off"),
-        "gradient_projection": train.get("gradient_projection", False),
+        "gradient_projection": train.get("gradient_projection", "off"),
         "teacher": train.get("teacher"),
         "images_per_s": speeds[len(speeds) // 2] if speeds else None,
     }

@@ -7,11 +7,13 @@ are averaged over the ranks once, so the step costs one all-reduce whatever the 
 draws the same subnets, so the same parameters carry gradients on every rank. With in-place distillation the
 largest subnet goes first, learns from the labels, and its detached predictions are what the others learn from.
 
-Gradient projection (NASViT): the largest subnet's gradient is kept apart from the others' sum; where the two
-conflict (negative dot product over all parameters), the others' sum loses its component along the largest's
-before they are added, so the smaller subnets cannot undo the largest subnet's step (in-place distillation's
-students do, measured in ``benchmarks/gradient_conflict.py``). Both are averaged over the ranks first (in the
-same all-reduce), so every rank projects the same vectors.
+Gradient projection: the largest subnet's gradient is kept apart from the others' sum; where the two conflict
+(negative dot product over all parameters), the one without priority loses its component along the other
+before they are added (PCGrad's form). ``largest`` keeps the largest subnet's step whole, so the smaller
+subnets cannot undo it (in-place distillation's students pull against it, ``benchmarks/gradient_conflict.py``);
+``others`` keeps theirs whole, NASViT's choice (it projects per parameter tensor, here the whole vector): the
+subnets are what gets deployed. Both sums are averaged over the ranks first (in one all-reduce), so every rank
+projects the same vectors.
 """
 
 from __future__ import annotations
@@ -106,15 +108,19 @@ def project_conflicting(first: list[torch.Tensor], rest: list[torch.Tensor]) -> 
 
 
 @torch.no_grad()
-def combine_projected(model: nn.Module, largest: list[torch.Tensor | None]) -> None:
+def combine_projected(model: nn.Module, largest: list[torch.Tensor | None], priority: str) -> None:
     """The step's gradient as the largest subnet's (``largest``, taken before the others' passes) plus the
-    others' (in the parameters' gradients now), projected where they conflict; averaged over the ranks first.
-    A parameter no subnet touched keeps no gradient (the exact step skips it)."""
+    others' (in the parameters' gradients now), averaged over the ranks, the one without ``priority``
+    (``largest`` or ``others``) projected where they conflict. A parameter no subnet touched keeps no gradient
+    (the exact step skips it)."""
     pairs = [(p, g) for p, g in zip(model.parameters(), largest) if g is not None or p.grad is not None]
     first = [g if g is not None else torch.zeros_like(p) for p, g in pairs]
     rest = [p.grad if p.grad is not None else torch.zeros_like(p) for p, _ in pairs]
     average_tensors(first + rest)
-    project_conflicting(first, rest)
+    if priority == "largest":
+        project_conflicting(first, rest)
+    else:
+        project_conflicting(rest, first)
     for (p, _), a, b in zip(pairs, first, rest):
         p.grad = a + b
 
@@ -152,11 +158,11 @@ def forward_backward(
             if i == 0 and inplace:
                 soft_targets = F.softmax(out.detach().float(), dim=-1)
             loss.backward()
-            if i == 0 and train["gradient_projection"]:
+            if i == 0 and train["gradient_projection"] != "off":
                 largest_grads = take_gradients(model)
             total += loss.detach().double()
     if largest_grads is None:
         average_gradients(model)
     else:
-        combine_projected(model, largest_grads)
+        combine_projected(model, largest_grads, train["gradient_projection"])
     return total / len(archs)
