@@ -122,4 +122,14 @@ for name in sandwich-kl sandwich sandwich-alpha; do
   esac
   variant "$name" "${sets[@]}" && variant_fidelity "$name"
 done
+# 7. Uniform sampling given the teacher route's whole time (the teacher's retraining plus the distilled
+#    supernet's training): whether a teacher buys more than a longer uniform schedule would.
+long=$($PY - "$RUNS/times.txt" <<'PY'
+import sys
+times = dict(line.split(" rc=0 ") for line in open(sys.argv[1]) if " rc=0 " in line)
+s = lambda step: float(times[step].split()[0])
+print(round(30 * (s("retrain-largest") + s("train-teacher")) / s("train-entangled")))
+PY
+)
+[ -n "$long" ] && variant "uniform-${long}ep" train.epochs="$long" && variant_fidelity "uniform-${long}ep"
 echo "== all steps done"
