@@ -244,7 +244,9 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
         p.name.removeprefix("cifar-")
         for p in (*runs.glob("cifar-uniform-*ep"), *runs.glob("cifar-sandwich*-*ep"), *runs.glob("cifar-teacher-*ep"))
     ]
-    names = list(VARIANTS) + sorted(short, key=lambda n: RULES.index(n.rsplit("-", 1)[0]))  # at uniform's wall-clock
+    rule = lambda n: n.rsplit("-", 1)[0]  # noqa: E731
+    order = lambda n: (RULES.index(rule(n)) if rule(n) in RULES else len(RULES), int(n.rsplit("-", 1)[1][:-2]))  # noqa: E731
+    names = list(VARIANTS) + sorted(short, key=order)  # most at the uniform supernet's wall-clock
     print(
         "| supernet | epochs | wall | images/s | front mean top-1 (search / test) | smallest | largest "
         "| Kendall tau [95 %] |"
