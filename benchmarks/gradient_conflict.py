@@ -7,7 +7,8 @@ the task's training images (seeded draws and augmentation, as in training), the 
 the largest subnet's label loss and the summed gradient of the other subnets' losses: with their label losses
 (the plain sandwich rule), with KL to the largest subnet's detached predictions and with AlphaNet's adaptive
 alpha-divergence to them (in-place distillation), on the same weights and batches. A negative cosine means that the step's students, summed,
-undo part of the largest subnet's step. Run::
+undo part of the largest subnet's step; the norm ratio says how much of the step (and, with Adam, of its
+per-entry scale) the students' gradient takes. Run::
 
     python benchmarks/gradient_conflict.py --task benchmarks/tasks/cifar10-subset.yaml \
         --set data.root=../shared/data/cifar10-10k --supernet RUN/supernet ... [--supernet init] [--batches 8]
@@ -41,7 +42,8 @@ def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
 
 
 def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn, tr: dict) -> list:
-    """cos(largest's label gradient, students' gradient) with the students' label, KL and alpha-divergence losses."""
+    """(cos, norm ratio) of the students' summed gradient against the largest subnet's label gradient, with the
+    students' label, KL and alpha-divergence losses."""
     largest_out = model(images, archs[0])
     g_largest = flat_grad(model, loss_fn(largest_out, labels))
     targets = F.softmax(largest_out.detach().float(), dim=-1)
@@ -50,10 +52,12 @@ def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: t
         lambda out: kl_to_targets(out, targets),
         lambda out: adaptive_alpha_divergence(out, targets, tr["alpha_min"], tr["alpha_max"], tr["alpha_clip"]),
     )
-    return [
-        float(F.cosine_similarity(g_largest, sum(flat_grad(model, loss(model(images, a))) for a in archs[1:]), dim=0))
-        for loss in student_losses
-    ]
+    result = []
+    for loss in student_losses:
+        g_students = sum(flat_grad(model, loss(model(images, a))) for a in archs[1:])
+        cos = float(F.cosine_similarity(g_largest, g_students, dim=0))
+        result.append((cos, float(g_students.norm() / g_largest.norm())))
+    return result
 
 
 def main() -> None:
@@ -71,7 +75,10 @@ def main() -> None:
     loss_fn = build_loss(tr, None)
 
     columns = ("students: labels", "in-place KL", "in-place alpha-div.")
-    print(f"cos(largest subnet's gradient, the other subnets' summed gradient), mean over {args.batches} batches")
+    print(
+        f"cos(largest subnet's gradient, the other subnets' summed gradient), mean over {args.batches} batches "
+        "(batches with a negative cosine), and the sum's norm as a multiple of the largest's"
+    )
     print(f"{'supernet':<48}" + "".join(f"{c:>24}" for c in columns))
     for source in args.supernet:
         torch.manual_seed(tr["seed"])
@@ -89,12 +96,16 @@ def main() -> None:
             drop_last=True,
             generator=torch.Generator().manual_seed(tr["seed"]),
         )
-        values: list[list[float]] = [[] for _ in columns]
+        values: list[list[tuple[float, float]]] = [[] for _ in columns]
         for step, (images, labels) in zip(range(args.batches), loader):
             archs = step_architectures(space, tr["seed"], 0, step, "sandwich", tr["sandwich_random"])
             for column, value in zip(values, cosines(model, archs, images, labels, loss_fn, tr)):
                 column.append(value)
-        cells = [f"{statistics.mean(xs):+.3f} ({sum(x < 0 for x in xs)}/{len(xs)} < 0)" for xs in values]
+        cells = [
+            f"{statistics.mean(c for c, _ in xs):+.3f} ({sum(c < 0 for c, _ in xs)}/{len(xs)}) "
+            f"x{statistics.mean(r for _, r in xs):.2f}"
+            for xs in values
+        ]
         print(f"{source[-48:]:<48}" + "".join(f"{c:>24}" for c in cells), flush=True)
 
 
