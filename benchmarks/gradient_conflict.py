@@ -8,7 +8,8 @@ the largest subnet's label loss and the summed gradient of the other subnets' lo
 (the plain sandwich rule), with KL to the largest subnet's detached predictions and with AlphaNet's adaptive
 alpha-divergence to them (in-place distillation), on the same weights and batches. A negative cosine means that the step's students, summed,
 undo part of the largest subnet's step; the norm ratio says how much of the step (and, with Adam, of its
-per-entry scale) the students' gradient takes. Run::
+per-entry scale) the students' gradient takes. The first column, the largest subnet's prediction entropy,
+shows whether its predictions (the students' targets) have gone flat. Run::
 
     python benchmarks/gradient_conflict.py --task benchmarks/tasks/cifar10-subset.yaml \
         --set data.root=../shared/data/cifar10-10k --supernet RUN/supernet ... [--supernet init] [--batches 8]
@@ -17,6 +18,7 @@ per-entry scale) the students' gradient takes. Run::
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 
 import torch
@@ -42,8 +44,8 @@ def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
 
 
 def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn, tr: dict) -> list:
-    """(cos, norm ratio) of the students' summed gradient against the largest subnet's label gradient, with the
-    students' label, KL and alpha-divergence losses."""
+    """The largest subnet's mean prediction entropy, then (cos, norm ratio) of the students' summed gradient against
+    its label gradient, with the students' label, KL and alpha-divergence losses."""
     largest_out = model(images, archs[0])
     g_largest = flat_grad(model, loss_fn(largest_out, labels))
     targets = F.softmax(largest_out.detach().float(), dim=-1)
@@ -52,7 +54,8 @@ def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: t
         lambda out: kl_to_targets(out, targets),
         lambda out: adaptive_alpha_divergence(out, targets, tr["alpha_min"], tr["alpha_max"], tr["alpha_clip"]),
     )
-    result = []
+    probs = targets.clamp_min(1e-12)
+    result = [(float(-(probs * probs.log()).sum(-1).mean()), 0.0)]  # the largest subnet's prediction entropy
     for loss in student_losses:
         g_students = sum(flat_grad(model, loss(model(images, a))) for a in archs[1:])
         cos = float(F.cosine_similarity(g_largest, g_students, dim=0))
@@ -74,10 +77,11 @@ def main() -> None:
     train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
     loss_fn = build_loss(tr, None)
 
-    columns = ("students: labels", "in-place KL", "in-place alpha-div.")
+    columns = ("largest: entropy", "students: labels", "in-place KL", "in-place alpha-div.")
     print(
         f"cos(largest subnet's gradient, the other subnets' summed gradient), mean over {args.batches} batches "
-        "(batches with a negative cosine), and the sum's norm as a multiple of the largest's"
+        "(batches with a negative cosine), and the sum's norm as a multiple of the largest's; first the largest "
+        f"subnet's mean prediction entropy (training mode; uniform guessing: {math.log(task.data['num_classes'] or 10):.2f})"
     )
     print(f"{'supernet':<48}" + "".join(f"{c:>24}" for c in columns))
     for source in args.supernet:
@@ -101,10 +105,11 @@ def main() -> None:
             archs = step_architectures(space, tr["seed"], 0, step, "sandwich", tr["sandwich_random"])
             for column, value in zip(values, cosines(model, archs, images, labels, loss_fn, tr)):
                 column.append(value)
-        cells = [
+        entropy, *pairs = values
+        cells = [f"{statistics.mean(e for e, _ in entropy):.2f}"] + [
             f"{statistics.mean(c for c, _ in xs):+.3f} ({sum(c < 0 for c, _ in xs)}/{len(xs)}) "
             f"x{statistics.mean(r for _, r in xs):.2f}"
-            for xs in values
+            for xs in pairs
         ]
         print(f"{source[-48:]:<48}" + "".join(f"{c:>24}" for c in cells), flush=True)
 
