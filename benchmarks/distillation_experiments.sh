@@ -11,9 +11,9 @@
 #
 # Runs on its own: the uniform supernet and its front are fidelity_experiments.sh's steps, run here first unless
 # that chain made them already. Every step is skipped when done and resumes when interrupted. The order is what
-# fits a session on a new machine first (run outputs do not outlive the machine): on 2 cores, alone, the steps
-# up to the teacher variant take about two hours, the stand-alone trainings an estimated one and a half more, each 30-epoch
-# sandwich supernet about an hour. Then
+# fits a session on a new machine first (run outputs may not outlive the machine): on 2 cores, alone, the steps
+# up to the teacher variant take about two hours, the stand-alone trainings 70 minutes, each short variant
+# with its search about 17 minutes, each 30-epoch sandwich supernet about 45 minutes and its search 6. Then
 #   python benchmarks/fidelity_tables.py --runs $RUNS
 # prints the comparison table with the others.
 set -uo pipefail
