@@ -13,7 +13,8 @@
 # that chain made them already. Every step is skipped when done and resumes when interrupted. The order is what
 # fits a session on a new machine first (run outputs may not outlive the machine): on 2 cores, alone, the steps
 # up to the teacher variant take about two hours, the stand-alone trainings 70 minutes, each short variant
-# with its search about 17 minutes, each 30-epoch sandwich supernet about 45 minutes and its search 6. Then
+# with its search about 17 minutes, each 30-epoch sandwich supernet about 45 minutes and its search 6, the
+# 75-epoch uniform one about 40. Then
 #   python benchmarks/fidelity_tables.py --runs $RUNS
 # prints the comparison table with the others.
 set -uo pipefail
@@ -114,16 +115,18 @@ done
 [ -e "$RUNS/gradient-conflict.txt" ] || $PY benchmarks/gradient_conflict.py --task $TASK --set data.root="$DATA" \
   "${conflict[@]}" --batches 8 > "$RUNS/gradient-conflict.tmp" && mv "$RUNS/gradient-conflict.tmp" "$RUNS/gradient-conflict.txt"
 
-# 6. The sandwich rules at the uniform supernet's 30 epochs (the same-epochs comparison; slow here).
-for name in sandwich-kl sandwich sandwich-alpha; do
-  case $name in
+# 6. The sandwich rules at the uniform supernet's 30 epochs (the same-epochs comparison; slow here): the plain
+#    rule and in-place KL first, alpha-divergence after the cheaper steps of 7.
+same_epochs() {  # same_epochs NAME: a sandwich rule at 30 epochs, its front and fidelity
+  case $1 in
     sandwich-kl) sets=(train.sampling=sandwich train.inplace_distillation=kl) ;;
     sandwich) sets=(train.sampling=sandwich) ;;
     sandwich-alpha) sets=(train.sampling=sandwich train.inplace_distillation=alpha_divergence) ;;
   esac
-  variant "$name" "${sets[@]}" && variant_fidelity "$name"
-done
-projected others
+  variant "$1" "${sets[@]}" && variant_fidelity "$1"
+}
+same_epochs sandwich-kl
+same_epochs sandwich
 
 # 7. Uniform sampling given the teacher route's whole time (the teacher's retraining plus the distilled
 #    supernet's training): whether a teacher buys more than a longer uniform schedule would.
@@ -135,4 +138,9 @@ print(round(30 * (s("retrain-largest") + s("train-teacher")) / s("train-entangle
 PY
 )
 [ -n "$long" ] && variant "uniform-${long}ep" train.epochs="$long" && variant_fidelity "uniform-${long}ep"
+
+# 8. Gradient projection with the smaller subnets' priority (NASViT's choice; short budget), then in-place
+#    alpha-divergence at 30 epochs.
+projected others
+same_epochs sandwich-alpha
 echo "== all steps done"
