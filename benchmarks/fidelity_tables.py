@@ -236,7 +236,7 @@ RULES = (
 )  # its short runs: RULE-<epochs>ep
 
 
-def distillation(runs: Path, times: dict[str, int]) -> None:
+def distillation(runs: Path) -> None:
     """Uniform sampling against the sandwich rule, in-place and teacher distillation: the front's mean inherited
     top-1 (search split, and test split scored once after the search), the extreme subnets' search top-1, Kendall
     tau and the training speed."""
@@ -248,7 +248,7 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
     order = lambda n: (RULES.index(rule(n)) if rule(n) in RULES else len(RULES), int(n.rsplit("-", 1)[1][:-2]))  # noqa: E731
     names = list(VARIANTS) + sorted(short, key=order)  # most at the uniform supernet's wall-clock
     print(
-        "| supernet | epochs | wall | images/s | front mean top-1 (search / test) | smallest | largest "
+        "| supernet | epochs | training | images/s | front mean top-1 (search / test) | smallest | largest "
         "| Kendall tau [95 %] |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -268,9 +268,9 @@ def distillation(runs: Path, times: dict[str, int]) -> None:
         if rows:
             fronts[f"{'uniform' if name == 'entangled' else name} ({config['epochs']} epochs)"] = rows
         tau = _tau(runs, name)
-        wall = times.get(f"train-{name}")
+        training = sum(h["epoch_time_s"] for h in config["history"])  # across resumes; no start-up or evaluation
         print(
-            f"| {name} | {config['epochs']} | {f'{wall / 60:.0f} min' if wall else '-'} | {speed:.0f} "
+            f"| {name} | {config['epochs']} | {training / 60:.0f} min | {speed:.0f} "
             f"| {_pct(mean)} / {_pct(mean_test)} "
             f"| {_pct(m['search_top1/smallest'])} | {_pct(m['search_top1/largest'])} | {tau} |"
         )
@@ -324,7 +324,7 @@ def main() -> None:
         ("The best architecture under the limit, per sharing mode", lambda: best_per_sharing(runs)),
         ("Table 4 analogue", lambda: table4(runs)),
         ("Fidelity", lambda: fidelity(runs)),
-        ("Better subnets: sampling and distillation", lambda: distillation(runs, times)),
+        ("Better subnets: sampling and distillation", lambda: distillation(runs)),
     ):
         print(f"\n### {title}\n")
         part()
