@@ -108,12 +108,18 @@ projected() {  # projected SIDE: sandwich + in-place KL + gradient projection wi
     variant_fidelity "sandwich-kl-proj-$1-${epochs}ep"
 }
 projected largest
-conflict=(--supernet init)
-for run in "$RUNS"/cifar-entangled "$RUNS"/cifar-sandwich*ep; do
-  [ -e "$run/supernet/config.json" ] && conflict+=(--supernet "$run/supernet")
-done
-[ -e "$RUNS/gradient-conflict.txt" ] || $PY benchmarks/gradient_conflict.py --task $TASK --set data.root="$DATA" \
-  "${conflict[@]}" --batches 8 > "$RUNS/gradient-conflict.tmp" && mv "$RUNS/gradient-conflict.tmp" "$RUNS/gradient-conflict.txt"
+conflict() {  # conflict OUT RUN...: gradient_conflict.py on the RUNs' supernets that exist (init: a fresh one)
+  local out=$1 args=()
+  shift
+  [ -e "$RUNS/$out" ] && return 0
+  for run in "$@"; do
+    if [ "$run" = init ]; then args+=(--supernet init)
+    elif [ -e "$run/supernet/config.json" ]; then args+=(--supernet "$run/supernet"); fi
+  done
+  $PY benchmarks/gradient_conflict.py --task $TASK --set data.root="$DATA" "${args[@]}" --batches 8 \
+    > "$RUNS/$out.tmp" && mv "$RUNS/$out.tmp" "$RUNS/$out"
+}
+conflict gradient-conflict.txt init "$RUNS"/cifar-entangled "$RUNS"/cifar-sandwich*ep "$RUNS"/cifar-teacher
 
 # 6. The sandwich rules at the uniform supernet's 30 epochs (the same-epochs comparison; slow here): the plain
 #    rule and in-place KL first, alpha-divergence after the cheaper steps of 7.
@@ -127,6 +133,7 @@ same_epochs() {  # same_epochs NAME: a sandwich rule at 30 epochs, its front and
 }
 same_epochs sandwich-kl
 same_epochs sandwich
+conflict gradient-conflict-30ep.txt "$RUNS"/cifar-entangled "$RUNS"/cifar-sandwich "$RUNS"/cifar-sandwich-kl
 
 # 7. Uniform sampling given the teacher route's whole time (the teacher's retraining plus the distilled
 #    supernet's training): whether a teacher buys more than a longer uniform schedule would.
