@@ -6,8 +6,9 @@ its controller and prints tracebacks into those runs' consoles, which the consol
 
 - ``ray_cluster``: a CPU-less head and two 1-CPU worker nodes (``ray.cluster_utils.Cluster``), run by a helper
   process (this file run as a script) that takes one command a line on stdin: ``add`` (a node, as an
-  autoscaler would), ``remove NODE_ID`` (kill a node, as a lost spot instance), ``quit``. The helper keeps Ray
-  out of the pytest process (``Cluster`` would make it a process-group leader and leave it its reaper) and
+  autoscaler would), ``remove NODE_ID`` (kill a node, as a lost spot instance, and wait until Ray has noticed),
+  ``quit``. The helper keeps Ray out of the pytest process (``Cluster`` would make it a process-group leader and
+  leave it its reaper) and
   starts the cluster with an environment of its own: no ``AWS_*`` or ``RAY_ADDRESS``, so the storage settings
   reach the cluster only the way a user's do, through the driver. When stdin closes (pytest ended, however it
   ended) or on SIGTERM/SIGINT the helper shuts the cluster down, so no raylet outlives the session.
@@ -227,6 +228,8 @@ def _serve() -> None:
                     reply(node=node.node_id, **state())
                 elif command == "remove":
                     cluster.remove_node(workers.pop(args[0]), allow_graceful=False)
+                    # until Ray has noticed (its health check): an autoscaler replaces a node once it is gone
+                    cluster.wait_for_nodes(timeout=120)
                     reply(**state())
                 elif command == "quit":
                     break

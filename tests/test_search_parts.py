@@ -150,3 +150,17 @@ def test_result_tables_schema_and_fronts(tmp_path) -> None:
 def test_pareto_png_is_written(tmp_path) -> None:
     pareto_png(_records(), str(tmp_path / "pareto.png"), "test", None, 150_000)
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3, 7, 64, 1000])
+def test_trials_take_no_cpu_and_exactly_concurrency_of_them_fit_on_the_head(concurrency: int) -> None:
+    """Trial actors must never take CPUs an evaluator needs (a lost evaluator's replacement found the new node's
+    CPUs filled with trial actors and the search waited forever), and Tune must never hold more trial actors than
+    trials run at once (it starts one per queued trial wherever there is room): Ray places as many as fit in the
+    head's one unit of its marker resource, counted in steps of 1e-4."""
+    from pipeline.search.experiment import HEAD_RESOURCE, trial_resources
+
+    resources = trial_resources(concurrency)
+    assert resources["CPU"] == 0 and set(resources) == {"CPU", HEAD_RESOURCE}
+    share = round(resources[HEAD_RESOURCE] * 10_000)  # Ray's fixed-point units
+    assert share * concurrency <= 10_000 < share * (concurrency + 1)

@@ -3,8 +3,10 @@
 Tune trials are light clients (a sliver of a CPU each). They all call one named ``Router`` actor, which hands
 each candidate to an idle evaluator, so N concurrent trials keep N evaluators busy instead of queueing on one
 (an ``ActorPool`` copied into every trial would send every trial to the same first actor). When an evaluator
-dies, the router replaces it and runs the same candidate on the next idle one: the trial still reports
-exactly once, so no candidate is lost or counted twice.
+dies, the router runs the same candidate on the next idle one, so the trial still reports exactly once and no
+candidate is lost or counted twice, and starts a replacement that takes candidates once it has loaded, not
+before: a replacement waiting for room (its node lost, the autoscaler's new one not up yet) holds no candidate
+while the other evaluators could score it.
 
 The router is created by the driver, on the driver's node (so losing a worker node costs only the evaluator
 on it) and outside any trial's placement group, so the evaluators it starts (and restarts) are ordinary
@@ -32,6 +34,7 @@ from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.progress import say, without_native_lines
 
 ROUTER_RESTARTS = 3  # then the search stops with the trials' errors
+REPLACE_RETRY_S = 1.0  # pause before starting another evaluator when a replacement died while loading
 # Ray's caution, printed by its C++ side when an actor that may restart gets object-store arguments, that a
 # restart fails once they are gone (ray-project/ray#53727): ``start_pool``'s caller holds them until the search
 # ends, so they are not, and router restarts are tested. The line would greet every search as an error.
@@ -48,6 +51,7 @@ class Router:
         self.actors = [self._start() for _ in range(count)]
         self.free: asyncio.Queue | None = None
         self.replaced = 0
+        self.replacing: set[asyncio.Task] = set()  # held here: the event loop keeps only weak references to tasks
         self.exit_after, self.calls = fault_parameter("router_exit_after"), 0
 
     def _start(self):
@@ -76,14 +80,31 @@ class Router:
             try:
                 result = await self.actors[i].evaluate.remote(arch, max_latency_ms)
             except RayActorError:
-                # The evaluator died (node lost, OOM, crash): start a fresh one in its slot and retry this
-                # candidate on whichever evaluator is idle next.
-                self.actors[i] = self._start()
+                # The evaluator died (node lost, OOM, crash): retry this candidate on whichever evaluator is idle
+                # next while a fresh one starts in this slot.
                 self.replaced += 1
-                free.put_nowait(i)
+                task = asyncio.create_task(self._replace(i))
+                self.replacing.add(task)
+                task.add_done_callback(self.replacing.discard)
                 continue
             free.put_nowait(i)
             return result
+
+    async def _replace(self, i: int) -> None:
+        """Start a fresh evaluator in slot ``i`` and hand the slot back once it has loaded the supernet."""
+        ray.kill(self.actors[i])  # one only unreachable for now (a network fault) would otherwise keep its CPUs
+        say(f"[search] evaluator {i} lost; starting a replacement")
+        start = time.perf_counter()
+        while True:
+            self.actors[i] = self._start()
+            try:
+                info = await self.actors[i].describe.remote()
+                break
+            except RayActorError:  # lost as well while loading: start another
+                await asyncio.sleep(REPLACE_RETRY_S)
+        waited = time.perf_counter() - start
+        say(f"[search] evaluator {i} replaced: pid {info['pid']} on {info['node']}, ready after {waited:.1f} s")
+        self._queue().put_nowait(i)
 
     def replaced_count(self) -> int:
         """How many evaluators died and were replaced."""

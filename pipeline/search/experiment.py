@@ -28,10 +28,10 @@ from pipeline.shared.storage import filesystem, join, read_bytes, write_bytes
 from pipeline.shared.tracking import TrackingPlan
 
 SEARCHER_STATE_PREFIX = "searcher-state-"  # Tune's name for the searcher's saved state in the experiment directory
-# A trial lost with its node (a cluster node gone, a spot instance reclaimed) is run again: the trial only asks the
-# router, so a re-run asks for the same candidate once more and it is recorded once. Without retries Tune records
-# such a trial as failed (Ray 2.60: FailureConfig(max_failures=0) is the default, and a dead trial actor is
-# ActorUnavailableError). A candidate whose evaluation itself raises is retried as often, then recorded as failed.
+# A trial whose actor dies (a crash, the OOM killer) is run again: the trial only asks the router, so a re-run asks
+# for the same candidate once more and it is recorded once. Without retries Tune records such a trial as failed
+# (Ray 2.60: FailureConfig(max_failures=0) is the default). A candidate whose evaluation itself raises is retried
+# as often, then recorded as failed.
 TRIAL_RETRIES = 3
 
 
@@ -55,18 +55,23 @@ def candidate_dirname(trial) -> str:
     return f"candidate_{trial.trial_id}"
 
 
-TRIAL_MIN_CPU = 0.01  # Tune rejects 0-CPU trials; what a trial, a light client of the evaluators, needs at least
+# Ray gives the head node 1 of this marker resource, and no other node any (Ray 2.60).
+HEAD_RESOURCE = "node:__internal_head__"
 
 
-def trial_cpus(evaluators_cpus: float, concurrency: int) -> float:
-    """CPUs per trial: the cluster's CPUs left beside the evaluators, shared by the concurrent trials (at most 1).
+def trial_resources(concurrency: int) -> dict[str, float]:
+    """What one trial asks Ray for: no CPU, and a ``1/concurrency`` share of the head's marker resource.
 
-    Trials only wait on the router, but asking for a mere sliver lets Tune start actors for trials it then
-    runs on cached ones: on small machines that process churn costs more than the evaluations. Filling the
-    leftover CPUs exactly leaves no room for it.
+    Trials are light clients of the router, so they run on the head node, and:
+    - exactly ``concurrency`` trial actors can exist, so Tune reuses them instead of starting new ones (a new
+      process per candidate costs more than a digits evaluation);
+    - they never take CPUs an evaluator needs. Asking for CPUs, they did: Tune starts an actor per queued trial
+      while there is room (about one every 1.5 s here), so the CPUs of the node that replaced a lost one went
+      to trial actors, the lost evaluator's replacement could not start, and the search waited forever;
+    - losing a worker node loses no trial. Tune 2.60 records a trial as failed, retries left or not, when a
+      second call to its dead actor fails after the first had already queued the retry.
     """
-    left = ray.cluster_resources().get("CPU", 1) - evaluators_cpus
-    return round(min(1.0, max(TRIAL_MIN_CPU, left / concurrency)), 2)
+    return {"CPU": 0.0, HEAD_RESOURCE: max(1, 10_000 // concurrency) / 10_000}  # Ray counts in 1e-4 steps
 
 
 def run_experiment(
@@ -74,7 +79,7 @@ def run_experiment(
     router_name: str,
     max_latency_ms: float | None,
     concurrency: int,
-    trial_cpu: float,
+    trial_resources: dict[str, float],
     storage: str,
     name: str,
     resume: bool,
@@ -89,7 +94,7 @@ def run_experiment(
     quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_trial, router_name=router_name, max_latency_ms=max_latency_ms),
-        {"CPU": trial_cpu},
+        trial_resources,
     )
     if resume:
         say(f"[search] resuming {run_path}")

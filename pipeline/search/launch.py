@@ -29,7 +29,7 @@ from pipeline.data.arrays import load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
-from pipeline.search.experiment import TRIAL_MIN_CPU, extend_saved_search, run_experiment, search_exists, trial_cpus
+from pipeline.search.experiment import extend_saved_search, run_experiment, search_exists, trial_resources
 from pipeline.search.preflight import (
     check_latency_feasible,
     check_population,
@@ -183,8 +183,7 @@ def run_search(
         joined = connect(resources.gpu, "search")
         count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
         unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
-        trials = ("the search's trials", {"CPU": TRIAL_MIN_CPU})
-        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined, trials)
+        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
         if settings_file is not None:
             write_bytes(join(run_path, SETTINGS_FILE), (json.dumps(settings_file, indent=2) + "\n").encode("utf-8"))
         if extended_from is not None:
@@ -210,11 +209,18 @@ def run_search(
             if settings.constraints.max_latency_ms is not None and latency_model is None:
                 check_latency_feasible(router, space, settings.constraints.max_latency_ms)
             concurrency = min(count, settings.strategy.population)
-            trial_cpu = trial_cpus(0 if resources.gpu else count * resources.cpus, concurrency)
             start = time.perf_counter()
             measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
             records = run_experiment(
-                strategy, router_name, measured_limit, concurrency, trial_cpu, storage, name, resume, tracking
+                strategy,
+                router_name,
+                measured_limit,
+                concurrency,
+                trial_resources(concurrency),
+                storage,
+                name,
+                resume,
+                tracking,
             )
             tune_s = time.perf_counter() - start
             replaced = ray.get(router.replaced_count.remote())

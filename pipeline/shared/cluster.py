@@ -81,77 +81,39 @@ def _placeable(unit: dict[str, float], count: int) -> tuple[int, list[dict[str, 
     return sum(min(int(node.get(k, 0) // v) for k, v in wanted.items()) for node in nodes), nodes
 
 
-def _room_beside(unit: dict[str, float], count: int, beside: dict[str, float], nodes: list[dict[str, float]]) -> bool:
-    """Whether ``beside`` still fits on some node once ``count`` units fill the nodes in order (exact for one
-    machine; for a cluster an estimate, which only decides whether a waiting line is printed)."""
-    left = count
-    for node in nodes:
-        fit = min((int(node.get(k, 0) // v) for k, v in unit.items() if v > 0), default=left)
-        placed = min(fit, left)
-        left -= placed
-        if all(node.get(k, 0) - placed * unit.get(k, 0) >= v - 1e-9 for k, v in beside.items()):
-            return True
-    return False
-
-
-def _fits(
-    unit: dict[str, float], count: int, beside: tuple[str, dict[str, float]] | None
-) -> tuple[bool, int, list[dict[str, float]]]:
-    """Whether ``count`` units, and ``beside`` next to them, fit the live nodes; how many units fit; the nodes."""
-    placeable, nodes = _placeable(unit, count)
-    fits = placeable >= count and (beside is None or _room_beside(unit, count, beside[1], nodes))
-    return fits, placeable, nodes
-
-
 def _describe(resources: dict[str, float]) -> str:
     return " + ".join(f"{v:g} {k}" for k, v in resources.items() if v > 0)
 
 
-def check_resources(
-    unit: dict[str, float],
-    count: int,
-    what: str,
-    phase: str,
-    joined: bool,
-    beside: tuple[str, dict[str, float]] | None = None,
-) -> None:
+def check_resources(unit: dict[str, float], count: int, what: str, phase: str, joined: bool) -> None:
     """Before asking Ray for ``count`` units of ``unit`` resources (e.g. workers of 2 CPUs): on a Ray started
     here, more than the machine can ever place is one clear error in seconds (Ray would wait forever); on a
     cluster, a line says what is waited for, since its autoscaler may add nodes, and another every
-    ``WAIT_LINE_EVERY_S`` seconds until the cluster is large enough. ``beside`` names what must still fit next
-    to the units (a search's trial clients, which only wait on the evaluators but still need a sliver of a CPU:
-    evaluators that take every CPU would leave the search waiting forever)."""
-    fits, placeable, nodes = _fits(unit, count, beside)
-    if fits:
+    ``WAIT_LINE_EVERY_S`` seconds until the cluster is large enough."""
+    placeable, nodes = _placeable(unit, count)
+    if placeable >= count:
         return
     asked = _describe(unit)
-    have = ", ".join(f"{sum(n.get(k, 0) for n in nodes):g} {k}" for k in {**unit, **(beside[1] if beside else {})})
-    mend = "ask for fewer or smaller units"
-    if placeable < count:
-        problem = f"{count} x ({asked}) asked for, but this machine has {have} ({placeable} fit)"
-    else:  # the units fit, what must run beside them does not
-        problem = f"{count} x ({asked}) leave no room for {beside[0]} ({_describe(beside[1])})"
-        if set(unit) == {"CPU"} == set(beside[1]):
-            total = sum(n.get("CPU", 0) for n in nodes)
-            mend += f" (at most {int(100 * (total - beside[1]['CPU']) / count) / 100:g} CPU each for {count})"
+    have = ", ".join(f"{sum(n.get(k, 0) for n in nodes):g} {k}" for k in unit)
     if not joined:
-        raise UserError(f"{what}: {problem}; {mend}, or run on a cluster (RAY_ADDRESS)")
-    wanted = f"{count} x ({asked})" + (f" and {beside[0]} ({_describe(beside[1])})" if beside else "")
+        raise UserError(
+            f"{what}: {count} x ({asked}) asked for, but this machine has {have} ({placeable} fit); ask for fewer "
+            f"or smaller units, or run on a cluster (RAY_ADDRESS)"
+        )
+    wanted = f"{count} x ({asked})"
     say(f"[{phase}] waiting for the cluster to make room for {wanted}: {placeable} fit now ({have})")
-    threading.Thread(target=_say_while_waiting, args=(unit, count, beside, wanted, phase), daemon=True).start()
+    threading.Thread(target=_say_while_waiting, args=(unit, count, wanted, phase), daemon=True).start()
 
 
-def _say_while_waiting(
-    unit: dict[str, float], count: int, beside: tuple[str, dict[str, float]] | None, wanted: str, phase: str
-) -> None:
+def _say_while_waiting(unit: dict[str, float], count: int, wanted: str, phase: str) -> None:
     start = time.monotonic()
     while True:
         time.sleep(WAIT_LINE_EVERY_S)
         try:
-            fits, placeable, _ = _fits(unit, count, beside)
+            placeable, _ = _placeable(unit, count)
         except Exception:  # Ray shut down: the phase is over
             return
-        if fits:
+        if placeable >= count:
             say(f"[{phase}] the cluster now has room for {wanted}")
             return
         say(
