@@ -1,8 +1,9 @@
 """The evaluator actors and the router in front of them.
 
-Tune trials are light clients (a sliver of a CPU each). They all call one named ``Router`` actor, which hands
-each candidate to an idle evaluator, so N concurrent trials keep N evaluators busy instead of queueing on one
-(an ``ActorPool`` copied into every trial would send every trial to the same first actor). When an evaluator
+Tune trials are light clients (no CPU, on the head node: see ``experiment.trial_resources``). They all call one
+named ``Router`` actor, which hands each candidate to an idle evaluator, so N concurrent trials keep N evaluators
+busy instead of queueing on one (an ``ActorPool`` copied into every trial would send every trial to the same
+first actor). When an evaluator
 dies, the router runs the same candidate on the next idle one, so the trial still reports exactly once and no
 candidate is lost or counted twice, and starts a replacement that takes candidates once it has loaded, not
 before: a replacement waiting for room (its node lost, the autoscaler's new one not up yet) holds no candidate
