@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.core.task import load_task
+from pipeline.core.training_settings import TrainSettings  # noqa: E402
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings
 from pipeline.data.transforms import train_transform
@@ -43,7 +44,9 @@ def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 
-def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn, tr: dict) -> list:
+def cosines(
+    model: torch.nn.Module, archs: list, images: torch.Tensor, labels: torch.Tensor, loss_fn, tr: TrainSettings
+) -> list:
     """The largest subnet's mean prediction entropy, then (cos, norm ratio) of the students' summed gradient against
     its label gradient, with the students' label, KL and alpha-divergence losses."""
     largest_out = model(images, archs[0])
@@ -52,7 +55,9 @@ def cosines(model: torch.nn.Module, archs: list, images: torch.Tensor, labels: t
     student_losses = (
         lambda out: loss_fn(out, labels),
         lambda out: kl_to_targets(out, targets),
-        lambda out: adaptive_alpha_divergence(out, targets, tr["alpha_min"], tr["alpha_max"], tr["alpha_clip"]),
+        lambda out: adaptive_alpha_divergence(
+            out, targets, tr.supernet.alpha_min, tr.supernet.alpha_max, tr.supernet.alpha_clip
+        ),
     )
     probs = targets.clamp_min(1e-12)
     result = [(float(-(probs * probs.log()).sum(-1).mean()), 0.0)]  # the largest subnet's prediction entropy
@@ -74,7 +79,7 @@ def main() -> None:
     tr = task.train
     pool, own_test = open_sources(task.data)
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
-    train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
+    train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr.augment), "train")
     loss_fn = build_loss(tr, None)
 
     columns = ("largest: entropy", "students: labels", "in-place KL", "in-place alpha-div.")
@@ -85,7 +90,7 @@ def main() -> None:
     )
     print(f"{'supernet':<48}" + "".join(f"{c:>24}" for c in columns))
     for source in args.supernet:
-        torch.manual_seed(tr["seed"])
+        torch.manual_seed(tr.seed)
         if source == "init":
             space = task.space(num_classes=len(pool.classes))
             model = Supernet(space, sharing=task.model["sharing"], drop_path_rate=task.model["drop_path_rate"])
@@ -95,14 +100,14 @@ def main() -> None:
         model.train()
         loader = DataLoader(
             train_set,
-            batch_size=tr["batch_size"],
+            batch_size=tr.batch_size,
             shuffle=True,
             drop_last=True,
-            generator=torch.Generator().manual_seed(tr["seed"]),
+            generator=torch.Generator().manual_seed(tr.seed),
         )
         values: list[list[tuple[float, float]]] = [[] for _ in columns]
         for step, (images, labels) in zip(range(args.batches), loader):
-            archs = step_architectures(space, tr["seed"], 0, step, "sandwich", tr["sandwich_random"])
+            archs = step_architectures(space, tr.seed, 0, step, "sandwich", tr.supernet.sandwich_random)
             for column, value in zip(values, cosines(model, archs, images, labels, loss_fn, tr)):
                 column.append(value)
         entropy, *pairs = values

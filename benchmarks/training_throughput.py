@@ -21,6 +21,7 @@ to a uniform step (it trains several subnets on each image). Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import random
 import statistics
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     task = load_task(args.task, args.overrides)
     space = task.space(num_classes=task.data["num_classes"] or 10)
-    batch = task.train["batch_size"]
+    batch = task.train.batch_size
     torch.manual_seed(0)
     images = torch.randn(batch, space.in_chans, space.image_size, space.image_size)
     labels = torch.randint(0, space.num_classes, (batch,))
@@ -67,9 +68,10 @@ def main() -> None:
         step_only_active(opt_super)
 
     def sandwich(inplace: str, projection: str = "off") -> None:
-        archs = step_architectures(space, 0, 0, next(counter), "sandwich", task.train["sandwich_random"])
+        archs = step_architectures(space, 0, 0, next(counter), "sandwich", task.train.supernet.sandwich_random)
         opt_super.zero_grad(set_to_none=True)
-        recipe = {**task.train, "inplace_distillation": inplace, "gradient_projection": projection}
+        rules = dataclasses.replace(task.train.supernet, inplace_distillation=inplace, gradient_projection=projection)
+        recipe = dataclasses.replace(task.train, supernet=rules)
         forward_backward(supernet, supernet, archs, images, labels, None, loss_fn, nullcontext, recipe)
         step_only_active(opt_super)
 

@@ -19,9 +19,11 @@ import torch
 
 from pipeline.core.arch import Architecture, validate_fits, validate_in_space
 from pipeline.core.latency_model import LatencyModel
+from pipeline.core.recorded import Rules, check_recorded, flatten
 from pipeline.core.space import SearchSpace
 from pipeline.core.strata import spread_by_params
-from pipeline.core.task import Task, recipe_differences
+from pipeline.core.task import Task
+from pipeline.core.training_settings import check_recipe
 from pipeline.data.arrays import check_same_splits
 from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan, read_plan, run_fidelity, write_plan
 from pipeline.fidelity.inherited import rescored_results
@@ -45,6 +47,7 @@ from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name
 from pipeline.training.launch import local_data_root, train_supernet, validate_data
+from pipeline.training.run_spec import RunSpec
 
 
 @dataclasses.dataclass
@@ -142,13 +145,12 @@ def run_pipeline(
     done = trained_supernet_config(supernet)
     if done is not None and "source" in done:  # imported (e.g. a reference checkpoint): never trained over
         say(f"[run] phase 1/3: using the imported supernet {supernet} ({done['source'].get('format')})")
-    elif done is not None and done.get("epochs") == task.train["epochs"]:
+    elif done is not None and done.get("epochs") == task.train.epochs:
         say(f"[run] phase 1/3: supernet already trained ({done['epochs']} epochs): {supernet}")
     else:
-        say(f"[run] phase 1/3: training the supernet ({task.train['epochs']} epochs)")
-        supernet = train_supernet(
-            task, workers=workers, gpu=resources.gpu, storage=storage, name=train_name, log=log
-        ).export_path
+        say(f"[run] phase 1/3: training the supernet ({task.train.epochs} epochs)")
+        run = RunSpec(workers=workers, gpu=resources.gpu, storage=storage, name=train_name, log=tuple(log))
+        supernet = train_supernet(task, run).export_path
         say(f"[run] supernet trained in {time.perf_counter() - start:.1f} s: {supernet}")
     search_path = join(storage, search_name)
     resume = search_exists(search_path)
@@ -194,19 +196,71 @@ def fidelity_report(
     supernet compared against it."""
     start = time.perf_counter()
     if cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial {cpus_per_trial}: must be positive")
+        raise UserError(f"cpus_per_trial {cpus_per_trial}: must be positive")
     if standalone is not None and (archs is not None or candidates is not None):
-        raise UserError("--standalone takes its run's architectures: leave out --archs and --candidates")
+        raise UserError("standalone takes its run's architectures: leave out archs and candidates")
     archs = 16 if archs is None else archs
+    task, space, config = _recorded_task(supernet, overrides)
+    source_rows = _standalone_rows(standalone, task) if standalone is not None else None
+    picked = _fidelity_architectures(space, config, archs, seed, candidates, source_rows)
+    checked = validate_data(task.for_phase("retrain"))
+    if config.get("splits"):
+        check_same_splits(config["splits"], checked["splits"], f"fidelity of supernet {supernet!r}")
+    storage = resolve_storage(storage)
+    name = safe_run_name(name or f"{task.name}-fidelity")
+    run_path = join(storage, name)
+    plan = fidelity_plan(supernet, task, picked)
+    epochs = task.recipe("retrain").epochs
+    if standalone is not None:
+        plan["standalone"] = standalone
+        say(
+            f"[fidelity] {len(picked)} architectures with the stand-alone scores of {standalone} "
+            f"({epochs} epochs each); scoring their inherited weights; run {run_path}"
+        )
+    else:
+        say(
+            f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
+            f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained "
+            f"{epochs} epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; "
+            f"run {run_path}"
+        )
+    check_plan(run_path, plan)  # a taken run name is refused before Ray starts
+    with run_lock(run_path, "fidelity run"):
+        if source_rows is not None:
+            device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+            model, _ = load_supernet(supernet, map_location=device)
+            results = rescored_results(model, task.for_phase("retrain"), source_rows, device, say)
+            write_plan(run_path, plan)
+        else:
+            connect(gpu, "fidelity")
+            fixed = checked["space"].fixed_parts()
+            results = run_fidelity(supernet, task, picked, fixed, storage, name, cpus_per_trial, gpu)
+    rows = fidelity_rows(results)
+    summary = summarize(rows, seed=seed, planned=len(picked))
+    summary.update(
+        supernet=supernet, retrain_epochs=epochs, seed=seed, **({"standalone": standalone} if standalone else {})
+    )
+    write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
+    return FidelityRun(run_path, rows, summary, time.perf_counter() - start)
+
+
+def _recorded_task(supernet: str, overrides: list[str] | None) -> tuple[Task, SearchSpace, dict]:
+    """The task a supernet recorded (with ``overrides``, its data root made absolute), its space, its config."""
     with local_supernet(supernet) as directory:
         config = read_supernet_config(directory)
     if not config.get("task"):
         raise UserError(f"supernet {supernet!r} records no task: it was not written by 'autoformer train'")
     task = local_data_root(Task.from_dict(config["task"]).with_overrides(overrides or []))
-    space = SearchSpace.from_dict(config["space"], source=f"supernet {supernet!r}")
+    return task, SearchSpace.from_dict(config["space"], source=f"supernet {supernet!r}"), config
+
+
+def _fidelity_architectures(
+    space: SearchSpace, config: dict, archs: int, seed: int, candidates: str | None, source_rows: list[dict] | None
+) -> list[tuple[Architecture, str]]:
+    """The architectures to compare, each with where it was picked from: a stand-alone run's, or ``archs``
+    spread over the size range; plus a search's front (``candidates``). Each must be in the supernet."""
     fits = validate_fits if config["sharing"] == "entangled" else validate_in_space
-    if standalone is not None:
-        source_rows = _standalone_rows(standalone, task)
+    if source_rows is not None:
         picked = [(Architecture.from_json(r["architecture"]), r["picked"]) for r in source_rows]
         for arch, _ in picked:
             fits(arch, space)
@@ -217,46 +271,7 @@ def fidelity_report(
             fits(arch, space)
             if arch.key not in {a.key for a, _ in picked}:
                 picked.append((arch, "front"))
-    checked = validate_data(task.for_phase("retrain"))
-    if config.get("splits"):
-        check_same_splits(config["splits"], checked["splits"], f"fidelity of supernet {supernet!r}")
-    storage = resolve_storage(storage)
-    name = safe_run_name(name or f"{task.name}-fidelity")
-    run_path = join(storage, name)
-    recipe = task.recipe("retrain")
-    plan = fidelity_plan(supernet, task, picked)
-    if standalone is not None:
-        plan["standalone"] = standalone
-        say(
-            f"[fidelity] {len(picked)} architectures with the stand-alone scores of {standalone} "
-            f"({recipe['epochs']} epochs each); scoring their inherited weights; run {run_path}"
-        )
-    else:
-        say(
-            f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
-            f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained "
-            f"{recipe['epochs']} epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; "
-            f"run {run_path}"
-        )
-    check_plan(run_path, plan)  # a taken run name is refused before Ray starts
-    with run_lock(run_path, "fidelity run"):
-        if standalone is not None:
-            device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-            model, _ = load_supernet(supernet, map_location=device)
-            results = rescored_results(model, task.for_phase("retrain"), source_rows, device, say)
-            write_plan(run_path, plan)
-        else:
-            connect(gpu, "fidelity")
-            results = run_fidelity(
-                supernet, task, picked, checked["space"].fixed_parts(), storage, name, cpus_per_trial, gpu
-            )
-    rows = fidelity_rows(results)
-    summary = summarize(rows, seed=seed, planned=len(picked))
-    summary.update(supernet=supernet, retrain_epochs=recipe["epochs"], seed=seed)
-    if standalone is not None:
-        summary["standalone"] = standalone
-    write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
-    return FidelityRun(run_path, rows, summary, time.perf_counter() - start)
+    return picked
 
 
 def _standalone_rows(source: str, task: Task) -> list[dict]:
@@ -264,24 +279,18 @@ def _standalone_rows(source: str, task: Task) -> list[dict]:
     ones this task would run: the same retrain recipe and the same splits."""
     plan, rows = read_plan(source), read_fidelity(source)
     if plan is None or rows is None:
-        raise UserError(f"--standalone: {source!r} is not a fidelity run (no {PLAN_FILE} and {FIDELITY_FILE})")
+        raise UserError(f"standalone: {source!r} is not a fidelity run (no {PLAN_FILE} and {FIDELITY_FILE})")
     if plan.get("standalone"):
         source = plan["standalone"]  # its scores came from there: name the run that trained them
-    for key, here in (("recipe", task.recipe("retrain")), ("splits", task.splits)):
-        there = plan.get(key) or {}
-        if key == "recipe":
-            differ = recipe_differences(there, here)
-        else:
-            differ = sorted(k for k in set(here) | set(there) if here.get(k) != there.get(k))
-        if differ:
-            what = ", ".join(f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in differ)
-            label = "retrain" if key == "recipe" else "splits"
-            raise UserError(f"--standalone: {source!r} was trained with other {label} settings ({what})")
+    subject, hint = f"standalone run {source!r}", "its stand-alone scores are not this task's"
+    check_recipe(subject, plan.get("recipe") or {}, task.recipe("retrain"), "retrain", hint)
+    splits = lambda s: flatten({"splits": s})  # noqa: E731
+    check_recorded(subject, splits(plan.get("splits") or {}), splits(task.splits), Rules(), hint)
     finished = sum(r["status"] == "done" for r in rows)
     planned = max(len(plan.get("architectures", [])), len(rows))
     if finished < planned:
         raise UserError(
-            f"--standalone: {source!r} has {finished} of {planned} architectures finished; "
+            f"standalone: {source!r} has {finished} of {planned} architectures finished; "
             f"run its fidelity command again to finish it first"
         )
     return rows
@@ -291,6 +300,6 @@ def _front_architectures(candidates: str) -> list[Architecture]:
     """The architectures of a search run's Pareto front (its ``pareto.parquet``, on the params front)."""
     source = candidates if candidates.endswith(".parquet") else join(candidates, PARETO_FILE)
     if not is_uri(source) and not Path(source).is_file():
-        raise UserError(f"--candidates: {source!r} does not exist (a search run directory, or its {PARETO_FILE})")
+        raise UserError(f"candidates: {source!r} does not exist (a search run directory, or its {PARETO_FILE})")
     rows = [r for r in read_table(source).to_pylist() if r.get("on_params_front")]
     return [Architecture.from_json(r["architecture"], source=f"{source} row {r['key']}") for r in rows]

@@ -41,7 +41,7 @@ def test_digits_source_and_transforms() -> None:
     pool, test = open_sources(task.data)
     assert len(pool) == 1797 and test is None and len(pool.classes) == 10
     plan = plan_splits(pool.labels, 20, 30, 0)
-    ds = SplitDataset(pool, plan.train, train_transform(task.data, task.train), "train")
+    ds = SplitDataset(pool, plan.train, train_transform(task.data, task.train.augment), "train")
     image, label = ds[0]
     assert image.shape == (1, 8, 8) and 0 <= label < 10
     ev = SplitDataset(pool, plan.search, eval_transform(task.data), "search")
@@ -114,7 +114,7 @@ def test_randaugment_at_full_magnitude_runs() -> None:
             "train.randaugment=rand-m10-n4-inc1",
         ],
     )
-    transform = train_transform(task.data, task.train)
+    transform = train_transform(task.data, task.train.augment)
     rng = np.random.default_rng(0)
     for _ in range(200):
         assert transform(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))).shape == (3, 8, 8)

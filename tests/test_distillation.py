@@ -47,9 +47,9 @@ def test_sandwich_draws_depend_only_on_seed_epoch_and_step() -> None:
 def test_inplace_distillation_needs_the_sandwich_rule() -> None:
     with pytest.raises(UserError, match="train.inplace_distillation.*needs train.sampling = sandwich"):
         load_task("digits", ["train.inplace_distillation=kl"])
-    assert load_task("digits", ["train.teacher=none"]).train["teacher"] is None
+    assert load_task("digits", ["train.teacher=none"]).train.teacher.source is None
     task = load_task("digits", ["train.teacher=/t", "retrain.teacher=none"])  # none there: explicitly no teacher
-    assert task.recipe("retrain")["teacher"] is None and task.recipe("finetune")["teacher"] == "/t"
+    assert task.recipe("retrain").teacher.source is None and task.recipe("finetune").teacher.source == "/t"
 
 
 def test_divergences_are_zero_at_the_targets_and_kl_at_alpha_one() -> None:
@@ -82,7 +82,7 @@ def test_inplace_distillation_sends_no_gradient_into_the_teachers_soft_targets()
     deep = {n: p.grad.clone() for n, p in net.named_parameters() if n.startswith("blocks.3.")}
     assert deep and all(g.abs().sum() > 0 for g in deep.values())
     net.zero_grad(set_to_none=True)
-    label_loss(loss_fn, net(images, archs[0]), labels, None, task.train).backward()
+    label_loss(loss_fn, net(images, archs[0]), labels, None, task.train.teacher).backward()
     for name, grad in deep.items():
         assert torch.allclose(grad, dict(net.named_parameters())[name].grad, atol=1e-6), name
 
@@ -117,7 +117,7 @@ def test_gradient_projection_needs_the_sandwich_rule_and_off_means_off() -> None
         load_task("digits", ["train.gradient_projection=largest"])
     # YAML reads a bare off as false: it still means off, for every off-or-something setting
     task = load_task("digits", ["train.gradient_projection=off", "train.inplace_distillation=off"])
-    assert task.train["gradient_projection"] == "off" and task.train["inplace_distillation"] == "off"
+    assert task.train.supernet.gradient_projection == "off" and task.train.supernet.inplace_distillation == "off"
     with pytest.raises(UserError, match="'train.gradient_projection': value True is not allowed; expected one of off"):
         load_task("digits", [*SANDWICH, "train.gradient_projection=true"])
 

@@ -104,9 +104,9 @@ def test_spread_picks_cover_the_size_range_and_are_seeded() -> None:
 def test_recipes_lay_the_phase_over_train() -> None:
     task = load_task("digits", ["retrain.epochs=7", "finetune.lr_scale=0.5", "retrain.mixup=0.2"])
     retrain, finetune = task.recipe("retrain"), task.recipe("finetune")
-    assert retrain["epochs"] == 7 and retrain["mixup"] == 0.2 and retrain["lr"] == task.train["lr"]
-    assert finetune["epochs"] == 40 and finetune["lr"] == pytest.approx(task.train["lr"] * 0.5)
-    assert finetune["warmup_epochs"] == 1 and "lr_scale" not in finetune
+    assert retrain.epochs == 7 and retrain.augment.mixup == 0.2 and retrain.optim.lr == task.train.optim.lr
+    assert finetune.epochs == 40 and finetune.optim.lr == pytest.approx(task.train.optim.lr * 0.5)
+    assert finetune.optim.warmup_epochs == 1 and "lr_scale" not in finetune.to_flat()
     assert task.for_phase("retrain").train == retrain
     with pytest.raises(UserError, match="'retrain.epochs': value 0 is not allowed"):
         load_task("digits", ["retrain.epochs=0"])
@@ -173,13 +173,13 @@ def test_fidelity_summary_of_perfect_and_reversed_rankings() -> None:
 def test_a_fidelity_run_started_before_a_setting_existed_resumes(tmp_path) -> None:
     """A run's recorded plan lacks the keys the tool gained since: at their defaults they change nothing, so the
     run resumes; a changed setting that stand-alone training learns from is refused, naming it."""
-    from pipeline.core.task import recipe_differences
+    from pipeline.core.training_settings import recipe_differences
     from pipeline.fidelity.experiment import check_plan, fidelity_plan, write_plan
 
     task = load_task("digits")
     plan = fidelity_plan("/s", task, [])
     older = {**plan, "recipe": {k: v for k, v in plan["recipe"].items() if k not in ("gradient_projection", "lr")}}
-    older["recipe"]["lr"] = task.train["lr"]
+    older["recipe"]["lr"] = task.train.optim.lr
     write_plan(str(tmp_path), older)
     assert check_plan(str(tmp_path), plan)
     assert (
@@ -187,7 +187,7 @@ def test_a_fidelity_run_started_before_a_setting_existed_resumes(tmp_path) -> No
     )  # supernets only
     assert recipe_differences(older["recipe"], {**plan["recipe"], "checkpoint_every": 1}) == []  # bookkeeping
     assert recipe_differences({**older["recipe"], "dropped_key": 1}, plan["recipe"]) == ["dropped_key"]
-    epochs = task.recipe("retrain")["epochs"]
+    epochs = task.recipe("retrain").epochs
     changed = fidelity_plan("/s", load_task("digits", [f"retrain.epochs={epochs + 1}"]), [])
-    with pytest.raises(UserError, match=rf"already exists with retrain.epochs = {epochs} \(now {epochs + 1}\)"):
+    with pytest.raises(UserError, match=rf"was made with retrain.epochs = {epochs} \(now {epochs + 1}\)"):
         check_plan(str(tmp_path), changed)

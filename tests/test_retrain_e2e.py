@@ -97,7 +97,7 @@ def test_retrain_resume_finetune_and_transfer(tmp_path: Path) -> None:
     tuned, tuned_config = load_model(runs / f"digits-finetune-{ARCH.key}" / "model")
     tmeta = tuned_config["metadata"]
     assert tmeta["phase"] == "finetune" and tmeta["origin"]["path"] == str((run / "model").resolve())
-    assert tmeta["recipe"]["lr"] == pytest.approx(task.train["lr"] * 0.1) and tmeta["epochs"] == 1
+    assert tmeta["recipe"]["lr"] == pytest.approx(task.train.optim.lr * 0.1) and tmeta["epochs"] == 1
 
     # transfer: another image size (grid 4x4 -> 8x8) and another class count (10 -> 3), same channels
     data = _gray_folder(tmp_path / "gray", classes=3, size=16)
@@ -218,7 +218,7 @@ def test_fidelity_report_end_to_end_and_resumed(tmp_path: Path, digits_supernet:
     assert "resuming" in out.stdout and "epoch 1/1" not in out.stdout + out.stderr
     # the same name with other settings is refused, and the run is left as it was
     out = _cli(*command[:4], "4", *command[5:])
-    _refused(out, "run '" + str(runs / "fid") + "' already exists with different architectures")
+    _refused(out, "run '" + str(runs / "fid") + "' was made with architectures = ")
 
 
 def _biased_supernet(path: Path, label: int) -> Path:
@@ -285,7 +285,7 @@ def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(tmp_path: Path, 
             "--standalone",
             str(runs / "fid"),
         ),
-        "was trained with other retrain settings (epochs 1 there, 2 here",
+        "was made with retrain.epochs = 1 (now 2)",
     )
     _refused(
         _cli(*base, "--supernet", str(biased), "--standalone", str(tmp_path / "biased"), "--name", "x"),

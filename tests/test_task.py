@@ -24,7 +24,7 @@ def test_builtin_tasks_load() -> None:
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_imagenet_tasks_follow_the_paper_recipe(size: str) -> None:
     task = load_task(f"imagenet-{size}", ["data.root=/imagenet"])
-    t = task.train
+    t = task.train.to_flat()
     assert task.space_name == f"autoformer-{size}" and task.space().patch_size == 16 and task.space().image_size == 224
     assert (t["epochs"], t["optimizer"], t["batch_size"], t["lr"], t["lr_base_batch"]) == (
         500,
@@ -42,7 +42,7 @@ def test_overrides_are_parsed_and_round_trip() -> None:
     task = load_task(
         "digits", ["train.epochs=7", "train.scale=[0.5, 1.0]", "train.clip_grad=null", "model.sharing=classical"]
     )
-    assert task.train["epochs"] == 7 and task.train["scale"] == [0.5, 1.0] and task.train["clip_grad"] is None
+    assert task.train.epochs == 7 and task.train.augment.scale == (0.5, 1.0) and task.train.optim.clip_grad is None
     assert task.model["sharing"] == "classical"
     assert Task.from_dict(task.to_dict()) == task
 

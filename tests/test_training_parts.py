@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_recipe_scales_lr_warms_up_and_decays() -> None:
     task = load_task(
         "digits", ["train.epochs=10", "train.warmup_epochs=2", "train.batch_size=64", "train.lr_base_batch=128"]
     )
-    assert scaled_lr(task.train) == pytest.approx(task.train["lr"] / 2)
+    assert scaled_lr(task.train) == pytest.approx(task.train.optim.lr / 2)
     net = Supernet(load_space("digits"))
     opt = build_optimizer(net, task.train)
     sched = build_scheduler(opt, task.train, steps_per_epoch=5)
@@ -89,7 +90,7 @@ def test_recipe_scales_lr_warms_up_and_decays() -> None:
     peak = max(lrs)
     assert lrs[0] < peak / 2 and lrs.index(peak) in range(8, 12) and lrs[-1] < peak / 10
     groups = {len(g["params"]): g["weight_decay"] for g in opt.param_groups}
-    assert 0.0 in groups.values() and task.train["weight_decay"] in groups.values()
+    assert 0.0 in groups.values() and task.train.optim.weight_decay in groups.values()
     assert build_mixup(task.train, 10) is None  # digits: no Mixup/CutMix
     mix_task = load_task("digits", ["train.mixup=0.8", "train.cutmix=1.0"])
     assert build_mixup(mix_task.train, 10) is not None
@@ -198,12 +199,13 @@ def test_a_restart_is_told_by_the_run_directory_and_finds_the_newest_checkpoint(
 
     from pipeline.model.directory import file_checksum
     from pipeline.training.checkpoint import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
+    from pipeline.training.run_spec import SubjectSpec, WorkerConfig
     from pipeline.training.session import Session
     from pipeline.training.worker import start_point
 
     where = Session(rank=0, world=1, device=torch.device("cpu"), prepare_model=None, prepare_loader=None, report=None,
                     checkpoint=None)  # fmt: skip
-    config = {"attempt": "a1", "run": {"storage": str(tmp_path), "name": "run"}}
+    config = WorkerConfig(load_task("digits"), SubjectSpec(), "train", "a1", 1, run=(str(tmp_path), "run"))
     assert start_point(config, where) == (False, None)  # first start of fit() call a1
     checkpoint = tmp_path / "run" / "checkpoint_000000"
     checkpoint.mkdir()
@@ -212,5 +214,6 @@ def test_a_restart_is_told_by_the_run_directory_and_finds_the_newest_checkpoint(
     sums = {name: file_checksum(checkpoint / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
     (checkpoint / STATE_FILE).write_text(json.dumps({"epoch": 1, "checksums": sums}))
     assert start_point(config, where) == (True, {"path": str(checkpoint), "epoch": 1})  # Ray restarted a1's workers
-    assert start_point({**config, "attempt": "a2"}, where)[0] is False  # the command run again: a resume
-    assert start_point({"attempt": "t", "newest_checkpoint": None}, where) == (None, None)  # a Tune trial
+    assert start_point(dataclasses.replace(config, attempt="a2"), where)[0] is False  # the command run again: a resume
+    trial = dataclasses.replace(config, attempt="t", run=None, newest_checkpoint=None)
+    assert start_point(trial, where) == (None, None)  # a Tune trial

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.format import add_set_option, si
+from pipeline.shared.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,10 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from pipeline.fidelity.summary import describe  # CLI start-up: Ray and torch load only when needed
     from pipeline.run import fidelity_report
 
+    if args.cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial {args.cpus_per_trial}: must be positive")
+    if args.standalone is not None and (args.archs is not None or args.candidates is not None):
+        raise UserError("--standalone takes its run's architectures: leave out --archs and --candidates")
     run = fidelity_report(
         args.supernet,
         archs=args.archs,

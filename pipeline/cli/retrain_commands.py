@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.cli.format import add_set_option
 from pipeline.cli.options import add_run_options, add_selection, recorded_task, select_architecture, training_failed
+from pipeline.cli.run_spec import run_spec
 from pipeline.core.task import builtin_task_names, load_task
 
 
@@ -97,22 +98,11 @@ def _train(args: argparse.Namespace, task: Any, arch: Any, phase: str, origin: d
 
     from pipeline.training.retrain import train_model
 
+    run = run_spec(args)
     start = time.perf_counter()
     try:
-        outcome = train_model(
-            task,
-            arch,
-            phase=phase,
-            origin=origin,
-            init=init,
-            workers=args.workers,
-            gpu=args.gpu,
-            storage=args.storage,
-            name=args.name,
-            cpus_per_worker=args.cpus_per_worker,
-            log=args.log,
-        )
+        outcome = train_model(task, arch, phase=phase, origin=origin, init=init, run=run)
     except TrainingFailedError as exc:
-        return training_failed(exc, task.recipe(phase)["max_failures"])
+        return training_failed(exc, task.recipe(phase).keeping.max_failures)
     _report(phase, outcome, start)
     return 0

@@ -7,6 +7,7 @@ import time
 
 from pipeline.cli.format import add_set_option
 from pipeline.cli.options import add_run_options, training_failed
+from pipeline.cli.run_spec import run_spec
 from pipeline.core.task import builtin_task_names, load_task
 
 
@@ -30,19 +31,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.training.launch import train_supernet
 
     task = load_task(args.task, args.overrides)
+    run = run_spec(args)
     start = time.perf_counter()
     try:
-        outcome = train_supernet(
-            task,
-            workers=args.workers,
-            gpu=args.gpu,
-            storage=args.storage,
-            name=args.name,
-            cpus_per_worker=args.cpus_per_worker,
-            log=args.log,
-        )
+        outcome = train_supernet(task, run)
     except TrainingFailedError as exc:
-        return training_failed(exc, task.train["max_failures"])
+        return training_failed(exc, task.train.keeping.max_failures)
     m = outcome.metrics
     print(f"[train] done in {time.perf_counter() - start:.1f} s; run {outcome.run_path}")
     print(

@@ -6,21 +6,24 @@ from collections.abc import Callable
 
 from timm.data import create_transform
 
+from pipeline.core.training_settings import Augmentation
 
-def train_transform(data: dict, train: dict) -> Callable:
+
+def train_transform(data: dict, augment: Augmentation) -> Callable:
+    """DeiT's training transform: random resized crop, flip, colour jitter, RandAugment, random erasing."""
     return create_transform(
         input_size=(data["in_chans"], data["image_size"], data["image_size"]),
         is_training=True,
-        scale=tuple(train["scale"]),
-        ratio=tuple(train["ratio"]),
-        hflip=train["hflip"],
+        scale=tuple(augment.scale),
+        ratio=tuple(augment.ratio),
+        hflip=augment.hflip,
         vflip=0.0,
-        color_jitter=train["color_jitter"] or None,
-        auto_augment=train["randaugment"],
+        color_jitter=augment.color_jitter or None,
+        auto_augment=augment.randaugment,
         interpolation=data["interpolation"],
         mean=tuple(data["mean"]),
         std=tuple(data["std"]),
-        re_prob=train["random_erasing"],
+        re_prob=augment.random_erasing,
         re_mode="pixel",
         re_count=1,
     )

@@ -19,16 +19,19 @@ from ray import tune
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_macs, count_params
-from pipeline.core.task import Task, recipe_differences
+from pipeline.core.recorded import Rules, check_recorded, flatten
+from pipeline.core.task import Task
+from pipeline.core.training_settings import TrainSettings, check_recipe
 from pipeline.fidelity.inherited import inherited_top1, scoring_splits
 from pipeline.model.supernet_dir import load_supernet
-from pipeline.shared.errors import UserError
 from pipeline.shared.progress import quiet_tune, say
 from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
+from pipeline.training.run_spec import MODEL, SubjectSpec, WorkerConfig
 from pipeline.training.session import tune_session
 from pipeline.training.worker import quiet_ray_logs, run_training
 
 PLAN_FILE = "fidelity-plan.json"  # what the experiment was started with: re-runs must match it
+PLAN_KEYS = ("supernet", "architectures", "standalone")  # compared as they are (the recipe and splits by key)
 
 
 def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bool) -> dict[str, float]:
@@ -47,18 +50,15 @@ def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, A
     torch.set_num_threads(threads)
     extra = {"params": candidate["params"], "macs": candidate["macs"], "key": arch.key}
     extra.update(inherited_scores(supernet_path, arch, run_task, gpu))
-    run_training(
-        {
-            "task": run_task.to_dict(),
-            "subject": {"kind": "model", "architecture": arch.to_dict(), "fixed": candidate["fixed"], "init": None},
-            "phase": f"fidelity {arch.key}",
-            "attempt": uuid.uuid4().hex,
-            "newest_checkpoint": None,
-            "threads": threads,
-            "extra_metrics": extra,
-        },
-        tune_session(gpu),
+    config = WorkerConfig(
+        task=run_task,
+        subject=SubjectSpec(MODEL, arch.to_dict(), candidate["fixed"]),
+        phase=f"fidelity {arch.key}",
+        attempt=uuid.uuid4().hex,
+        threads=threads,
+        extra_metrics=extra,
     )
+    run_training(config, tune_session(gpu))
 
 
 def read_plan(run_path: str) -> dict[str, Any] | None:
@@ -81,20 +81,9 @@ def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     recorded = read_plan(run_path)
     if recorded is None:
         return False
-    for key in sorted(set(plan) | set(recorded)):
-        if key == "recipe":
-            differ = recipe_differences(recorded.get(key) or {}, plan.get(key) or {})
-            if differ:
-                k = differ[0]
-                raise UserError(
-                    f"run {run_path!r} already exists with retrain.{k} = {recorded[key].get(k)!r} (now "
-                    f"{plan[key].get(k)!r}); re-run with the same settings to resume it, or choose a new run with --name"
-                )
-        elif recorded.get(key) != plan.get(key):
-            raise UserError(
-                f"run {run_path!r} already exists with different {key}; re-run with the same settings "
-                f"to resume it, or choose a new run with --name"
-            )
+    flat = lambda p: {**flatten({"splits": p.get("splits") or {}}), **{k: p.get(k) for k in PLAN_KEYS}}  # noqa: E731
+    check_recorded(f"run {run_path!r}", flat(recorded), flat(plan), Rules())
+    check_recipe(f"run {run_path!r}", recorded.get("recipe") or {}, TrainSettings.from_flat(plan["recipe"]), "retrain")
     return True
 
 
@@ -103,7 +92,7 @@ def fidelity_plan(supernet_path: str, task: Task, archs: list[tuple[Architecture
     return {
         "supernet": supernet_path,
         "architectures": [a.key for a, _ in archs],
-        "recipe": task.recipe("retrain"),
+        "recipe": task.recipe("retrain").to_flat(),
         "splits": task.splits,
     }
 

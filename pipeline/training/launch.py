@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,10 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from pipeline.core.arch import Architecture
+from pipeline.core.recorded import Rules, check_recorded, flatten
+from pipeline.core.space import SearchSpace
 from pipeline.core.task import SCHEMA, Task
+from pipeline.core.training_settings import RESUMABLE_KEYS, TrainSettings
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
 from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
@@ -30,17 +32,13 @@ from pipeline.shared.progress import say
 from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name, write_directory_to
 from pipeline.shared.tracking import TrackingPlan, plan_tracking
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
+from pipeline.training.run_spec import MODEL, SUPERNET, RunSpec, SubjectSpec, WorkerConfig
 from pipeline.training.teacher import check_teacher
 from pipeline.training.worker import train_loop_per_worker
 
-# Task keys that may change between a run and its resumption (the rest must match the checkpoint).
-RESUMABLE_CHANGES = {
-    ("train", "epochs"),
-    ("train", "max_failures"),
-    ("data", "loader_workers"),
-    ("data", "root"),
-    ("data", "download"),
-}
+# Data keys a resumed run may change (the train section marks its own: ``training_settings.RESUMABLE_KEYS``).
+RESUMABLE_DATA_KEYS = ("data.loader_workers", "data.root", "data.download")
+RECORDED_SECTIONS = ("data", "splits", "model", "train")
 
 
 @dataclasses.dataclass
@@ -52,35 +50,63 @@ class TrainOutcome:
     resumes: int
 
 
-def check_same_run(state: dict[str, Any], task: Task, subject: dict[str, Any], name: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """A run checked on the driver and ready to start: nothing of it has been written yet."""
+
+    task: Task  # with its data root made absolute
+    space: SearchSpace  # the task's space with the class count found in the data
+    splits: dict[str, Any]  # the split plan's record
+    storage: str
+    name: str
+    tracking: TrackingPlan | None
+    newest: tuple[str, dict[str, Any]] | None  # the newest complete checkpoint on storage (path, state)
+
+
+def prepare_run(task: Task, run: RunSpec, default_name: str, subject: SubjectSpec | None = None) -> PreparedRun:
+    """Everything a training run checks before it starts, for every phase that trains: the shape of the run, the
+    data (decoded as the workers will), the teacher, the storage and the name, and, when the name is taken, that
+    the run recorded there is this one (same task up to resumable changes, same subject). ``subject``: None to
+    check it later (a finetune's fixed parts come from the data)."""
+    check_run_shape(task, run.workers)
+    task = local_data_root(task)
+    checked = validate_data(task)
+    check_teacher(task, checked["space"])
+    storage = resolve_storage(run.storage)
+    name = safe_run_name(run.name or default_name)
+    newest = newest_complete_checkpoint(storage, name)
+    prepared = PreparedRun(
+        task, checked["space"], checked["splits"], storage, name, plan_tracking(run.log, storage, name), newest
+    )
+    if subject is not None:
+        check_same_run(prepared, subject)
+    return prepared
+
+
+def check_same_run(prepared: PreparedRun, subject: SubjectSpec) -> None:
     """A run name already used is resumed only with the same task (up to resumable changes) and the same subject
     (supernet, or the same architecture); anything else is refused before a file is written."""
-    previous_kind = state.get("subject", "supernet")
-    if previous_kind != subject["kind"]:
-        raise UserError(f"run {name!r} already exists and trains a {previous_kind}; choose a new run with --name")
+    if prepared.newest is None:
+        return
+    state, name = prepared.newest[1], prepared.name
+    previous_kind = state.get("subject", SUPERNET)
+    if previous_kind != subject.kind:
+        raise UserError(f"run {name!r} already exists and trains a {previous_kind}; choose another run name")
     recorded = state.get("subject_architecture")
-    if subject["kind"] == "model" and recorded is not None and recorded != subject["architecture"]:
+    if subject.kind == MODEL and recorded is not None and recorded != subject.architecture:
         raise UserError(
             f"run {name!r} already exists for another architecture ({Architecture.from_dict(recorded).key}); "
-            f"choose a new run with --name"
+            f"choose another run name"
         )
-    _check_same_task(state["task"], task, name)
-
-
-def _check_same_task(previous: dict[str, Any], task: Task, name: str) -> None:
-    current = task.to_dict()
-    for section in ("data", "splits", "model", "train"):
-        for key, value in current[section].items():
-            if key not in previous[section] and value == SCHEMA[section][key][0]:
-                continue  # a setting added to the tool since the run started, at its default: nothing changed
-            old = previous[section].get(key)
-            if old != value and (section, key) not in RESUMABLE_CHANGES:
-                raise UserError(
-                    f"run {name!r} already exists with {section}.{key} = {old!r} (now {value!r}); re-run with the same "
-                    f"settings to resume it, or choose a new run with --name"
-                )
+    previous, current = state["task"], prepared.task.to_dict()
+    rules = Rules(
+        may_change={*RESUMABLE_DATA_KEYS, *(f"train.{k}" for k in RESUMABLE_KEYS)},
+        defaults={f"{s}.{k}": spec[0] for s in RECORDED_SECTIONS for k, spec in SCHEMA[s].items()},
+    )
+    pick = lambda task: flatten({s: task[s] for s in RECORDED_SECTIONS})  # noqa: E731
+    check_recorded(f"run {name!r}", pick(previous), pick(current), rules)
     if previous.get("space") != current["space"] or previous.get("space_overrides", {}) != current["space_overrides"]:
-        raise UserError(f"run {name!r} already exists with another search space; choose a new run with --name")
+        raise UserError(f"run {name!r} already exists with another search space; choose another run name")
 
 
 def validate_data(task: Task) -> dict[str, Any]:
@@ -93,8 +119,8 @@ def validate_data(task: Task) -> dict[str, Any]:
         )
     space = task.space(num_classes=classes)
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
-    if len(plan.train) < task.train["batch_size"]:
-        raise UserError(f"train.batch_size {task.train['batch_size']} exceeds the {len(plan.train)} training images")
+    if len(plan.train) < task.train.batch_size:
+        raise UserError(f"train.batch_size {task.train.batch_size} exceeds the {len(plan.train)} training images")
     return {"space": space, "splits": plan.summary(len(own_test) if own_test is not None else None)}
 
 
@@ -126,17 +152,13 @@ def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
     return float(min(share, loader_workers + 1) if gpu else share)
 
 
-def check_run_shape(task: Task, workers: int, cpus_per_worker: float | None) -> None:
-    """Worker count, batch split and CPU request, checked before anything starts."""
-    if workers < 1:
-        raise UserError(f"--workers {workers}: must be at least 1")
-    if task.train["batch_size"] % workers:
-        raise UserError(f"train.batch_size {task.train['batch_size']} is not divisible by --workers {workers}")
-    per_worker = task.train["batch_size"] // workers
-    if (task.train["mixup"] > 0 or task.train["cutmix"] > 0) and per_worker % 2:
-        raise UserError(f"Mixup/CutMix need an even batch per worker; train.batch_size / workers = {per_worker}")
-    if cpus_per_worker is not None and cpus_per_worker <= 0:
-        raise UserError(f"--cpus-per-worker {cpus_per_worker}: must be positive")
+def check_run_shape(task: Task, workers: int) -> None:
+    """The batch split over the workers, checked before anything starts."""
+    batch = task.train.batch_size
+    if batch % workers:
+        raise UserError(f"train.batch_size {batch} is not divisible by workers {workers}")
+    if task.train.augment.mixes and (batch // workers) % 2:
+        raise UserError(f"Mixup/CutMix need an even batch per worker; train.batch_size / workers = {batch // workers}")
 
 
 def local_data_root(task: Task) -> Task:
@@ -147,54 +169,45 @@ def local_data_root(task: Task) -> Task:
     return task.with_overrides([f"data.root={Path(root).resolve()}"])
 
 
-def fit_run(
-    task: Task,
-    subject: dict[str, Any],
-    *,
-    workers: int,
-    gpu: bool,
-    storage: str,
-    name: str,
-    cpus_per_worker: float | None,
-    newest: tuple[str, dict[str, Any]] | None,
-    phase: str,
-    tracking: TrackingPlan | None = None,
-) -> ray.train.Result:
-    """Start (or resume) the Ray Train run ``storage/name`` training ``subject`` with ``task``'s train recipe.
+def fit_run(prepared: PreparedRun, run: RunSpec, subject: SubjectSpec, phase: str) -> ray.train.Result:
+    """Start (or resume) the Ray Train run ``storage/name`` training ``subject`` with the task's train recipe.
 
     Every phase that trains (supernet, retrain, finetune) goes through here: same DDP, checkpoints, resume by
-    re-running, FailureConfig and per-epoch progress (the console, and the ``tracking`` backends from rank 0).
+    re-running, FailureConfig and per-epoch progress (the console, and the tracking backends from rank 0).
     """
-    joined = connect(gpu, phase)
-    cpus = (
-        cpus_per_worker if cpus_per_worker is not None else _cpus_per_worker(workers, gpu, task.data["loader_workers"])
+    task, storage, name, newest = prepared.task, prepared.storage, prepared.name, prepared.newest
+    joined = connect(run.gpu, phase)
+    cpus = run.cpus_per_worker or _cpus_per_worker(run.workers, run.gpu, task.data["loader_workers"])
+    resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1} if run.gpu else {})}
+    check_resources(resources, run.workers, "workers", phase, joined)
+    config = WorkerConfig(
+        task=task,
+        subject=subject,
+        phase=phase,
+        attempt=uuid.uuid4().hex,
+        threads=max(1, int(cpus)),
+        newest_checkpoint={"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
+        run=(storage, name),  # workers look at its checkpoints again at each (re)start
+        tracking=prepared.tracking,
     )
-    resources: dict[str, float] = {"CPU": cpus}
-    if gpu:
-        resources["GPU"] = 1
-    check_resources(resources, workers, "--workers", phase, joined)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "task": task.to_dict(),
-            "subject": subject,
-            "phase": phase,
-            "attempt": uuid.uuid4().hex,
-            "newest_checkpoint": {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
-            "run": {"storage": storage, "name": name},  # workers look at its checkpoints again at each (re)start
-            "threads": max(1, int(cpus)),
-            "tracking": tracking,
-        },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),
+        train_loop_config={"worker": config},
+        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=run.gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=task.train["max_failures"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=task.train["keep_checkpoints"]),
+            failure_config=FailureConfig(max_failures=task.train.keeping.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=task.train.keeping.keep_checkpoints),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own per-epoch lines are the progress
         ),
     )
-    say(f"[{phase}] {workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if gpu else ''}; run {join(storage, name)}")
+    say(f"[{phase}] {run.workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if run.gpu else ''}; run {join(storage, name)}")
+    return _fit(trainer, storage, name, phase, task.train.epochs)
+
+
+def _fit(trainer: TorchTrainer, storage: str, name: str, phase: str, epochs: int) -> ray.train.Result:
+    """``trainer.fit()`` under the run's lock; an interrupted or aborted run says where it will resume from."""
     try:
         # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
         with run_lock(join(storage, name), f"{phase} run"):
@@ -206,7 +219,7 @@ def fit_run(
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             finished = read_state(Path(d))["epoch"]
-    if finished < task.train["epochs"]:  # aborted: what is kept is a checkpoint to resume from, not a result
+    if finished < epochs:  # aborted: what is kept is a checkpoint to resume from, not a result
         say(interrupted_note(storage, name, phase))
         raise KeyboardInterrupt
     return result
@@ -223,66 +236,29 @@ def interrupted_note(storage: str, name: str, phase: str) -> str:
     )
 
 
-def train_supernet(
-    task: Task,
-    workers: int = 1,
-    gpu: bool = False,
-    storage: str | None = None,
-    name: str | None = None,
-    cpus_per_worker: float | None = None,
-    log: Sequence[str] = (),
-) -> TrainOutcome:
-    """Train (or resume) the supernet run ``storage/name``; ``log``: experiment trackers rank 0 also logs every
-    epoch to (tensorboard, mlflow, wandb)."""
-    check_run_shape(task, workers, cpus_per_worker)
-    task = local_data_root(task)
-    checked = validate_data(task)
-    check_teacher(task, checked["space"])
-    storage = resolve_storage(storage)
-    name = safe_run_name(name or f"{task.name}-supernet")
-    tracking = plan_tracking(log, storage, name)
-    newest = newest_complete_checkpoint(storage, name)
-    if newest is not None:
-        check_same_run(newest[1], task, {"kind": "supernet"}, name)
+def train_supernet(task: Task, run: RunSpec | None = None) -> TrainOutcome:
+    """Train (or resume) the supernet run ``storage/name`` (``run``: workers, GPU, storage, name, trackers; its
+    name defaults to TASK-supernet)."""
+    run = run or RunSpec()
+    subject = SubjectSpec(SUPERNET)
+    prepared = prepare_run(task, run, f"{task.name}-supernet", subject)
     say(
-        f"[train] task {task.name}: space {checked['space'].name}, sharing {task.model['sharing']}, "
-        f"{describe_splits(checked['splits'])}, {task.train['epochs']} epochs"
+        f"[train] task {task.name}: space {prepared.space.name}, sharing {task.model['sharing']}, "
+        f"{describe_splits(prepared.splits)}, {task.train.epochs} epochs"
     )
-    result = fit_run(
-        task,
-        {"kind": "supernet"},
-        workers=workers,
-        gpu=gpu,
-        storage=storage,
-        name=name,
-        cpus_per_worker=cpus_per_worker,
-        newest=newest,
-        phase="train",
-        tracking=tracking,
-    )
+    result = fit_run(prepared, run, subject, "train")
     with result.checkpoint.as_directory() as d:
         state = read_state(Path(d))
-        export_path = export_supernet(Path(d), state, storage, name)
+        export_path = export_supernet(Path(d), state, prepared.storage, prepared.name)
     final = state["history"][-1] if state["history"] else {}
-    return TrainOutcome(join(storage, name), export_path, final, state["restarts"], state["resumes"])
+    return TrainOutcome(join(prepared.storage, prepared.name), export_path, final, state["restarts"], state["resumes"])
 
 
-def training_mode(train: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the supernet was trained, for honest comparisons of supernets (fidelity reports, inherited scores):
-    the sampling rule, in-place and external distillation, and the run's training speed (median images/s of its
-    epochs; a sandwich step trains several subnets on each image)."""
+def training_mode(recorded_train: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the supernet was trained (``TrainSettings.mode``), with the run's training speed: the median images/s
+    of its epochs (a sandwich step trains several subnets on each image)."""
     speeds = sorted(h["images_per_s"] for h in history if "images_per_s" in h)
-    mode = {
-        "sampling": train.get("sampling", "uniform"),
-        "subnets_per_step": 2 + train.get("sandwich_random", 0) if train.get("sampling") == "sandwich" else 1,
-        "inplace_distillation": train.get("inplace_distillation", "off"),
-        "gradient_projection": train.get("gradient_projection", "off"),
-        "teacher": train.get("teacher"),
-        "images_per_s": speeds[len(speeds) // 2] if speeds else None,
-    }
-    if mode["teacher"] is not None:
-        mode.update(distill=train["distill"], distill_alpha=train["distill_alpha"])
-    return mode
+    return TrainSettings.from_flat(recorded_train).mode(speeds[len(speeds) // 2] if speeds else None)
 
 
 def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, name: str) -> str:

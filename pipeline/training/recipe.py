@@ -9,53 +9,57 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from pipeline.core.training_settings import TrainSettings
 
-def scaled_lr(train: dict) -> float:
+
+def scaled_lr(train: TrainSettings) -> float:
     """Linear scaling rule (DeiT/AutoFormer): lr x global batch / lr_base_batch."""
-    return train["lr"] * train["batch_size"] / train["lr_base_batch"]
+    return train.optim.scaled_lr(train.batch_size)
 
 
-def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimizer:
     """timm optimizer; no weight decay on biases, norms, tokens and position tables (``no_weight_decay``)."""
-    kwargs = {"momentum": train["momentum"]} if train["optimizer"] == "sgd" else {}
+    optim = train.optim
+    kwargs = {"momentum": optim.momentum} if optim.optimizer == "sgd" else {}
     return create_optimizer_v2(
-        model, opt=train["optimizer"], lr=scaled_lr(train), weight_decay=train["weight_decay"], **kwargs
+        model, opt=optim.optimizer, lr=scaled_lr(train), weight_decay=optim.weight_decay, **kwargs
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: dict, steps_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSettings, steps_per_epoch: int):
     """Per-step linear warm-up then cosine decay to ``min_lr``; stepped with ``step_update(global_step)``."""
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched="cosine",
-        num_epochs=train["epochs"],
-        warmup_epochs=train["warmup_epochs"],
-        warmup_lr=train["warmup_lr"],
-        min_lr=train["min_lr"],
+        num_epochs=train.epochs,
+        warmup_epochs=train.optim.warmup_epochs,
+        warmup_lr=train.optim.warmup_lr,
+        min_lr=train.optim.min_lr,
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
     return scheduler
 
 
-def build_mixup(train: dict, num_classes: int) -> Mixup | None:
-    if train["mixup"] <= 0 and train["cutmix"] <= 0:
+def build_mixup(train: TrainSettings, num_classes: int) -> Mixup | None:
+    augment = train.augment
+    if not augment.mixes:
         return None
     return Mixup(
-        mixup_alpha=train["mixup"],
-        cutmix_alpha=train["cutmix"],
-        prob=train["mixup_prob"],
-        switch_prob=train["mixup_switch_prob"],
+        mixup_alpha=augment.mixup,
+        cutmix_alpha=augment.cutmix,
+        prob=augment.mixup_prob,
+        switch_prob=augment.mixup_switch_prob,
         mode="batch",
-        label_smoothing=train["label_smoothing"],
+        label_smoothing=augment.label_smoothing,
         num_classes=num_classes,
     )
 
 
-def build_loss(train: dict, mixup: Mixup | None) -> nn.Module:
+def build_loss(train: TrainSettings, mixup: Mixup | None) -> nn.Module:
     """Soft-target loss with Mixup/CutMix (it carries the smoothing), else label smoothing, else plain CE."""
     if mixup is not None:
         return SoftTargetCrossEntropy()
-    if train["label_smoothing"] > 0:
-        return LabelSmoothingCrossEntropy(smoothing=train["label_smoothing"])
+    if train.augment.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=train.augment.label_smoothing)
     return nn.CrossEntropyLoss()

@@ -11,7 +11,6 @@ scores: search top-1 (what decisions may use) and test top-1, scored once after 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,11 @@ from pipeline.model.transfer import target_fixed, transferred_state
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import join, resolve_storage, safe_run_name, write_directory_to
-from pipeline.shared.tracking import plan_tracking
-from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
-from pipeline.training.launch import (
-    check_run_shape,
-    check_same_run,
-    describe_splits,
-    fit_run,
-    local_data_root,
-    validate_data,
-)
-from pipeline.training.teacher import check_teacher
+from pipeline.shared.storage import join, write_directory_to
+from pipeline.training.checkpoint import read_state, read_weights
+from pipeline.training.launch import PreparedRun, check_same_run, describe_splits, fit_run, prepare_run
+from pipeline.training.run_spec import MODEL, RunSpec, SubjectSpec
+from pipeline.training.subject import drop_rates
 
 MODEL_DIR = "model"  # the directory name retrain and finetune write their model to, inside their run
 # Fixed parts a model keeps when its architecture is retrained on a task: all but the data's shape.
@@ -72,63 +64,65 @@ def train_model(
     phase: str,
     origin: dict[str, Any],
     init: StaticViT | None = None,
-    workers: int = 1,
-    gpu: bool = False,
-    storage: str | None = None,
-    name: str | None = None,
-    cpus_per_worker: float | None = None,
-    log: Sequence[str] = (),
+    run: RunSpec | None = None,
 ) -> ModelOutcome:
     """Train ``arch`` on ``task`` with the ``phase`` recipe (retrain: from scratch; finetune: from ``init``);
-    ``log``: experiment trackers rank 0 also logs every epoch to (tensorboard, mlflow, wandb)."""
-    run_task = local_data_root(task).for_phase(phase)
-    check_run_shape(run_task, workers, cpus_per_worker)
-    checked = validate_data(run_task)
-    space = checked["space"]
-    check_teacher(run_task, space)
+    ``run``: workers, GPU, storage, name (default TASK-PHASE-ARCH), trackers."""
+    run = run or RunSpec()
+    prepared = prepare_run(task.for_phase(phase), run, f"{task.name}-{phase}-{arch.key}")
+    subject = model_subject_spec(arch, init, prepared, f"finetune on {task.name!r}")
+    check_same_run(prepared, subject)
+    recipe = prepared.task.train
+    say(
+        f"[{phase}] {arch.key} on task {task.name}: {describe_splits(prepared.splits)}, {recipe.epochs} epochs, lr "
+        f"{recipe.optim.lr:g} (base batch {recipe.optim.lr_base_batch}), "
+        f"{'from scratch' if init is None else 'from the given weights'}"
+    )
+    if init is not None:
+        connect(run.gpu, phase)
+        state = transferred_state(init, subject.fixed, recipe.seed)
+        subject = dataclasses.replace(subject, init=ray.put({k: v.cpu().numpy() for k, v in state.items()}))
+    result = fit_run(prepared, run, subject, phase)
+    with result.checkpoint.as_directory() as d:
+        state = read_state(Path(d))
+        weights = read_weights(Path(d))
+    model = StaticViT.from_state_dict(arch, subject.fixed, weights, **drop_rates(task.model))
+    model_path = write_directory_to(
+        join(prepared.storage, prepared.name, MODEL_DIR),
+        lambda path: save_model(
+            model,
+            path,
+            normalization={"mean": task.data["mean"], "std": task.data["std"]},
+            metadata=model_metadata(task, prepared, state, phase, origin, init is None),
+            overwrite=True,
+        ),
+    )
+    run_path = join(prepared.storage, prepared.name)
+    return ModelOutcome(run_path, model_path, state["final"], state["epoch"], state["restarts"], state["resumes"])
+
+
+def model_subject_spec(arch: Architecture, init: StaticViT | None, prepared: PreparedRun, where: str) -> SubjectSpec:
+    """The model to train: ``arch`` in the task's space (from scratch), or ``init``'s fixed parts moved to the
+    task's images and classes (finetune); its weights are put in the object store later, once checked."""
+    space = prepared.space
     if init is None:
         validate_fits(arch, space)
         fixed = space.fixed_parts()
     else:
-        fixed = target_fixed(init, space.image_size, space.in_chans, space.num_classes, f"finetune on {task.name!r}")
-    storage = resolve_storage(storage)
-    name = safe_run_name(name or f"{task.name}-{phase}-{arch.key}")
-    tracking = plan_tracking(log, storage, name)
-    subject: dict[str, Any] = {"kind": "model", "architecture": arch.to_dict(), "fixed": fixed, "init": None}
-    newest = newest_complete_checkpoint(storage, name)
-    if newest is not None:
-        check_same_run(newest[1], run_task, subject, name)
-    say(
-        f"[{phase}] {arch.key} on task {task.name}: {describe_splits(checked['splits'])}, "
-        f"{run_task.train['epochs']} epochs, lr "
-        f"{run_task.train['lr']:g} (base batch {run_task.train['lr_base_batch']}), "
-        f"{'from scratch' if init is None else 'from the given weights'}"
-    )
-    if init is not None:
-        connect(gpu, phase)
-        state = transferred_state(init, fixed, run_task.train["seed"])
-        subject["init"] = ray.put({k: v.cpu().numpy() for k, v in state.items()})
-    result = fit_run(
-        run_task,
-        subject,
-        workers=workers,
-        gpu=gpu,
-        storage=storage,
-        name=name,
-        cpus_per_worker=cpus_per_worker,
-        newest=newest,
-        phase=phase,
-        tracking=tracking,
-    )
-    with result.checkpoint.as_directory() as d:
-        state = read_state(Path(d))
-        model = StaticViT.from_state_dict(arch, fixed, read_weights(Path(d)), **_rates(run_task))
-    metadata = {
-        "source": f"autoformer {phase} ({'trained from scratch' if init is None else 'finetuned'})",
+        fixed = target_fixed(init, space.image_size, space.in_chans, space.num_classes, where)
+    return SubjectSpec(MODEL, arch.to_dict(), fixed)
+
+
+def model_metadata(
+    task: Task, prepared: PreparedRun, state: dict[str, Any], phase: str, origin: dict[str, Any], scratch: bool
+) -> dict[str, Any]:
+    """What a retrained or finetuned model directory records: where it came from, the recipe, the run."""
+    return {
+        "source": f"autoformer {phase} ({'trained from scratch' if scratch else 'finetuned'})",
         "phase": phase,
         "origin": origin,
         "task": task.to_dict(),
-        "recipe": run_task.train,
+        "recipe": prepared.task.train.to_flat(),
         "epochs": state["epoch"],
         "scores": state["final"],
         "splits": state["splits"],
@@ -138,15 +132,3 @@ def train_model(
         "restarts": state["restarts"],
         "resumes": state["resumes"],
     }
-    normalization = {"mean": task.data["mean"], "std": task.data["std"]}
-    model_path = write_directory_to(
-        join(storage, name, MODEL_DIR),
-        lambda path: save_model(model, path, normalization=normalization, metadata=metadata, overwrite=True),
-    )
-    return ModelOutcome(
-        join(storage, name), model_path, state["final"], state["epoch"], state["restarts"], state["resumes"]
-    )
-
-
-def _rates(task: Task) -> dict[str, float]:
-    return {k: task.model[k] for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")}

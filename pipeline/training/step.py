@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.arch import Architecture
+from pipeline.core.training_settings import SupernetRules, TeacherSettings, TrainSettings
 from pipeline.training.distill import (
     adaptive_alpha_divergence,
     hard_teacher_loss,
@@ -38,26 +39,30 @@ from pipeline.training.subject import logits
 
 
 def label_loss(
-    loss_fn: nn.Module, out: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None, train: dict
+    loss_fn: nn.Module,
+    out: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    teacher: TeacherSettings,
 ) -> torch.Tensor:
     """The loss against the labels (or Mixup's soft targets), mixed with an external teacher's when there is one."""
     base = loss_fn(out, targets)
     if teacher_logits is None:
         return base
-    if train["distill"] == "hard":
+    if teacher.distill == "hard":
         taught = hard_teacher_loss(out, teacher_logits)
     else:
-        taught = soft_teacher_loss(out, teacher_logits, train["distill_tau"])
-    return (1.0 - train["distill_alpha"]) * base + train["distill_alpha"] * taught
+        taught = soft_teacher_loss(out, teacher_logits, teacher.tau)
+    return (1.0 - teacher.alpha) * base + teacher.alpha * taught
 
 
-def inplace_loss(out: torch.Tensor, soft_targets: torch.Tensor, train: dict) -> torch.Tensor:
+def inplace_loss(out: torch.Tensor, soft_targets: torch.Tensor, rules: SupernetRules) -> torch.Tensor:
     """A smaller subnet's loss against the largest subnet's predictions."""
-    if train["inplace_distillation"] == "kl":
+    if rules.inplace_distillation == "kl":
         loss = kl_to_targets(out, soft_targets)
     else:
-        loss = adaptive_alpha_divergence(out, soft_targets, train["alpha_min"], train["alpha_max"], train["alpha_clip"])
-    return train["inplace_weight"] * loss
+        loss = adaptive_alpha_divergence(out, soft_targets, rules.alpha_min, rules.alpha_max, rules.alpha_clip)
+    return rules.inplace_weight * loss
 
 
 @contextlib.contextmanager
@@ -71,11 +76,11 @@ def average_tensors(tensors: list[torch.Tensor]) -> None:
     """Average tensors over the DDP ranks in place, in one all-reduce (the ranks' lists have the same layout)."""
     if not tensors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    flat = torch._utils._flatten_dense_tensors(tensors)
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    for tensor, synced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors)):
-        tensor.copy_(synced)
+    for tensor, synced in zip(tensors, flat.split([t.numel() for t in tensors])):
+        tensor.copy_(synced.view_as(tensor))
 
 
 def average_gradients(model: nn.Module) -> None:
@@ -134,16 +139,17 @@ def forward_backward(
     teacher_logits: torch.Tensor | None,
     loss_fn: nn.Module,
     autocast: Any,
-    train: dict,
+    train: TrainSettings,
 ) -> torch.Tensor:
     """Gradients of one step into ``model``'s parameters (``net`` is ``model``, or its DDP wrapper); the mean of
     the step's losses, detached."""
     if len(archs) == 1:
         with autocast():
-            loss = label_loss(loss_fn, logits(net, images, archs[0]), targets, teacher_logits, train)
+            loss = label_loss(loss_fn, logits(net, images, archs[0]), targets, teacher_logits, train.teacher)
         loss.backward()
         return loss.detach()
-    inplace = train["inplace_distillation"] != "off"
+    rules = train.supernet
+    inplace = rules.inplace_distillation != "off"
     soft_targets = None
     largest_grads = None
     total = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -152,17 +158,17 @@ def forward_backward(
             with autocast():
                 out = logits(net, images, arch)
                 if i > 0 and inplace:
-                    loss = inplace_loss(out, soft_targets, train)
+                    loss = inplace_loss(out, soft_targets, rules)
                 else:
-                    loss = label_loss(loss_fn, out, targets, teacher_logits, train)
+                    loss = label_loss(loss_fn, out, targets, teacher_logits, train.teacher)
             if i == 0 and inplace:
                 soft_targets = F.softmax(out.detach().float(), dim=-1)
             loss.backward()
-            if i == 0 and train["gradient_projection"] != "off":
+            if i == 0 and rules.gradient_projection != "off":
                 largest_grads = take_gradients(model)
             total += loss.detach().double()
     if largest_grads is None:
         average_gradients(model)
     else:
-        combine_projected(model, largest_grads, train["gradient_projection"])
+        combine_projected(model, largest_grads, rules.gradient_projection)
     return total / len(archs)

@@ -27,10 +27,8 @@ from pipeline.core.sampling import (
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.model.static import StaticViT
-from pipeline.model.supernet_dir import build_supernet, supernet_config
-
-SUPERNET = "supernet"
-MODEL = "model"
+from pipeline.model.supernet_dir import DROP_KEYS, build_supernet, supernet_config
+from pipeline.training.run_spec import MODEL, SUPERNET, SubjectSpec
 
 
 @dataclasses.dataclass
@@ -67,6 +65,11 @@ def step_architectures(
     return [sample_architecture(space, rng)]
 
 
+def drop_rates(model_section: dict[str, Any]) -> dict[str, float]:
+    """The model section's regularisation, as a stand-alone model's constructor takes it."""
+    return {k: model_section[k] for k in DROP_KEYS}
+
+
 def logits(net: nn.Module, images: torch.Tensor, arch: Architecture | None) -> torch.Tensor:
     return net(images) if arch is None else net(images, arch)
 
@@ -81,31 +84,32 @@ def tracked_subnets(space: SearchSpace, seed: int, count: int) -> list[tuple[str
 
 def supernet_subject(task: Task, space: SearchSpace) -> Subject:
     """A freshly initialised supernet (seeded), with the tracked subnets of ``train.eval_subnets``."""
-    torch.manual_seed(task.train["seed"])
+    seed, rules = task.train.seed, task.train.supernet
+    torch.manual_seed(seed)
     model = build_supernet(supernet_config(space.to_dict(), task.model["sharing"], task.model))
     return Subject(
         SUPERNET,
         model,
         space,
-        task.train["seed"],
-        tracked_subnets(space, task.train["seed"], task.train["eval_subnets"]),
-        task.train["sampling"],
-        task.train["sandwich_random"],
+        seed,
+        tracked_subnets(space, seed, rules.eval_subnets),
+        rules.sampling,
+        rules.sandwich_random,
     )
 
 
-def model_subject(task: Task, space: SearchSpace, spec: dict[str, Any]) -> Subject:
-    """One architecture as a ``StaticViT``: seeded fresh weights, or ``spec['init']`` (a state dict of numpy
+def model_subject(task: Task, space: SearchSpace, spec: SubjectSpec) -> Subject:
+    """One architecture as a ``StaticViT``: seeded fresh weights, or ``spec.init`` (a state dict of numpy
     arrays, already adapted to this task's image size and classes by the driver)."""
-    arch = Architecture.from_dict(spec["architecture"])
-    rates = {k: task.model[k] for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")}
-    init = spec.get("init")
+    arch = Architecture.from_dict(spec.architecture)
+    rates = drop_rates(task.model)
+    init = spec.init
     if isinstance(init, ray.ObjectRef):
         init = ray.get(init)
     if init is None:
-        torch.manual_seed(task.train["seed"])
-        model = StaticViT(arch, spec["fixed"], **rates)
+        torch.manual_seed(task.train.seed)
+        model = StaticViT(arch, spec.fixed, **rates)
     else:
         state = {k: torch.from_numpy(np.array(v)) for k, v in init.items()}
-        model = StaticViT.from_state_dict(arch, spec["fixed"], state, **rates)
-    return Subject(MODEL, model, space, task.train["seed"], [("model", None)])
+        model = StaticViT.from_state_dict(arch, spec.fixed, state, **rates)
+    return Subject(MODEL, model, space, task.train.seed, [("model", None)])

@@ -135,5 +135,5 @@ def load_teacher(spec: str, task: Task, space: SearchSpace, device: torch.device
 
 def check_teacher(task: Task, space: SearchSpace) -> None:
     """On the driver, before anything starts: the recipe's teacher (if any) loads and fits the task."""
-    if task.train["teacher"] is not None:
-        load_teacher(task.train["teacher"], task, space, torch.device("cpu"))
+    if task.train.teacher.source is not None:
+        load_teacher(task.train.teacher.source, task, space, torch.device("cpu"))

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from pipeline.core.arch import Architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
+from pipeline.core.training_settings import TrainSettings
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
 from pipeline.data.transforms import eval_transform, train_transform
@@ -51,9 +52,10 @@ from pipeline.training.checkpoint import (
 )
 from pipeline.training.exact_step import step_only_active, zero_fill_gradients
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
+from pipeline.training.run_spec import MODEL, WorkerConfig
 from pipeline.training.session import Session, train_session
 from pipeline.training.step import forward_backward
-from pipeline.training.subject import MODEL, Subject, logits, model_subject, supernet_subject
+from pipeline.training.subject import Subject, logits, model_subject, supernet_subject
 from pipeline.training.teacher import Teacher, load_teacher
 
 
@@ -106,17 +108,17 @@ def build_loaders(task: Task, where: Session) -> Loaders:
     pool, own_test = open_sources(task.data)
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     space = task.space(num_classes=len(pool.classes))
-    train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr), "train")
+    train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr.augment), "train")
     search_set = SplitDataset(pool, plan.search, eval_transform(task.data), "search")
     require_role(search_set, "search", "tracking scores during training")
 
     workers = task.data["loader_workers"]
     sampler = DistributedSampler(
-        train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr["seed"], drop_last=True
+        train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr.seed, drop_last=True
     )
     loader = DataLoader(
         train_set,
-        batch_size=tr["batch_size"] // where.world,
+        batch_size=tr.batch_size // where.world,
         sampler=sampler,
         drop_last=True,
         num_workers=workers,
@@ -124,13 +126,14 @@ def build_loaders(task: Task, where: Session) -> Loaders:
         persistent_workers=workers > 0,
     )
     splits = plan.summary(len(own_test) if own_test is not None else None)
-    return Loaders(space, where.prepare_loader(loader), sampler, _shard(search_set, tr, workers, where), splits)
+    search = _shard(search_set, tr.keeping.eval_batch_size, workers, where)
+    return Loaders(space, where.prepare_loader(loader), sampler, search, splits)
 
 
-def _shard(dataset: SplitDataset, train: dict[str, Any], workers: int, where: Session) -> DataLoader:
+def _shard(dataset: SplitDataset, batch_size: int, workers: int, where: Session) -> DataLoader:
     """This rank's share of an evaluation split (the ranks' sums add up to the whole split)."""
     indices = list(range(where.rank, len(dataset), where.world))
-    return DataLoader(Subset(dataset, indices), batch_size=train["eval_batch_size"], num_workers=workers)
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
 
 
 def test_loader(task: Task, where: Session) -> DataLoader:
@@ -142,12 +145,12 @@ def test_loader(task: Task, where: Session) -> DataLoader:
     else:
         plan = plan_from_settings(pool.labels, task.splits, has_own_test=False)
         dataset = SplitDataset(pool, plan.test, transform, "test")
-    return _shard(dataset, task.train, task.data["loader_workers"], where)
+    return _shard(dataset, task.train.keeping.eval_batch_size, task.data["loader_workers"], where)
 
 
-def build_subject(config: dict[str, Any], task: Task, space: SearchSpace) -> Subject:
-    spec = config.get("subject") or {"kind": "supernet"}
-    return model_subject(task, space, spec) if spec["kind"] == MODEL else supernet_subject(task, space)
+def build_subject(config: WorkerConfig, task: Task, space: SearchSpace) -> Subject:
+    spec = config.subject
+    return model_subject(task, space, spec) if spec.kind == MODEL else supernet_subject(task, space)
 
 
 def build_training(task: Task, subject: Subject, where: Session, steps_per_epoch: int) -> Training:
@@ -157,8 +160,9 @@ def build_training(task: Task, subject: Subject, where: Session, steps_per_epoch
     optimizer = build_optimizer(subject.model, task.train)
     scheduler = build_scheduler(optimizer, task.train, steps_per_epoch)
     mixup = build_mixup(task.train, subject.space.num_classes)
-    autocast = autocast_factory(where.device, task.train["precision"])
-    teacher = load_teacher(task.train["teacher"], task, subject.space, where.device) if task.train["teacher"] else None
+    autocast = autocast_factory(where.device, task.train.precision)
+    source = task.train.teacher.source
+    teacher = load_teacher(source, task, subject.space, where.device) if source else None
     return Training(subject, optimizer, scheduler, mixup, build_loss(task.train, mixup), autocast, teacher)
 
 
@@ -187,7 +191,7 @@ def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None)
 ATTEMPT_FILE = ".train-attempt"  # in a run's directory: the attempt id of the fit() call whose workers last started
 
 
-def start_point(config: dict[str, Any], where: Session) -> tuple[bool | None, dict[str, Any] | None]:
+def start_point(config: WorkerConfig, where: Session) -> tuple[bool | None, dict[str, Any] | None]:
     """Whether this start of the workers is a restart within the same ``fit()`` call, and the newest complete
     checkpoint on storage now; rank 0 decides, every rank gets the same answer.
 
@@ -199,28 +203,26 @@ def start_point(config: dict[str, Any], where: Session) -> tuple[bool | None, di
     earlier call's. Runs without a ``run`` entry (a fidelity trial, which Tune restores) get (None, the
     driver's look).
     """
-    run = config.get("run")
-    if run is None:
-        return None, config.get("newest_checkpoint")
+    if config.run is None:
+        return None, config.newest_checkpoint
+    storage, name = config.run
     decided: list[Any] = [None]
     if where.rank == 0:
-        marker = join(run["storage"], run["name"], ATTEMPT_FILE)
+        marker = join(storage, name, ATTEMPT_FILE)
         try:
-            restart = read_bytes(marker).decode("utf-8").strip() == config["attempt"]
+            restart = read_bytes(marker).decode("utf-8").strip() == config.attempt
         except OSError:  # no marker yet (FileNotFoundError locally, an OSError from object stores)
             restart = False
         if not restart:
-            write_bytes(marker, config["attempt"].encode("utf-8"))
-        newest = newest_complete_checkpoint(run["storage"], run["name"])
+            write_bytes(marker, config.attempt.encode("utf-8"))
+        newest = newest_complete_checkpoint(storage, name)
         decided = [(restart, {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None)]
     if where.world > 1 and dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(decided, src=0)
     return decided[0]
 
 
-def resume_or_init(
-    config: dict[str, Any], task: Task, training: Training, loaders: Loaders, where: Session
-) -> dict[str, Any]:
+def resume_or_init(config: WorkerConfig, task: Task, training: Training, loaders: Loaders, where: Session) -> dict:
     """The run state: read from the checkpoint to continue from (counting a restart or a resume), or a new one."""
     restart, newest = start_point(config, where)
     checkpoint = _resume_checkpoint(where, newest)
@@ -230,44 +232,44 @@ def resume_or_init(
             "global_step": 0,
             "restarts": int(bool(restart)),  # workers restarted before the first checkpoint
             "resumes": 0,
-            "attempt": config["attempt"],
+            "attempt": config.attempt,
             "history": [],
             "splits": loaders.splits,
             "task": task.to_dict(),
             "space": loaders.space.to_dict(),
             "workers": where.world,
             "subject": training.subject.kind,
-            "subject_architecture": (config.get("subject") or {}).get("architecture"),
-            "phase": config.get("phase", "train"),
+            "subject_architecture": config.subject.architecture,
+            "phase": config.phase,
         }
     with checkpoint.as_directory() as d:
         state = read_checkpoint(Path(d), training.subject.model, training.optimizer, training.scheduler, where.device)
     if restart is None:  # no marker to go by: a checkpoint of this fit() call means a restart
-        restart = state["attempt"] == config["attempt"]
+        restart = state["attempt"] == config.attempt
     if restart:
         state["restarts"] += 1  # same fit() call: Ray restarted the workers after a failure
-    if state["attempt"] != config["attempt"]:
+    if state["attempt"] != config.attempt:
         state["resumes"] += 1  # a new fit() call on the same run: the command was run again
-        state["attempt"] = config["attempt"]
+        state["attempt"] = config.attempt
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
     if where.rank == 0:
         say(
-            f"[{config.get('phase', 'train')}] continuing from epoch {state['epoch']} (restarts {state['restarts']}, "
+            f"[{config.phase}] continuing from epoch {state['epoch']} (restarts {state['restarts']}, "
             f"resumes {state['resumes']})"
         )
     return state
 
 
-def optimizer_step(training: Training, train: dict[str, Any]) -> None:
+def optimizer_step(training: Training, train: TrainSettings) -> None:
     """One step after the backward pass. A supernet step changes only what the step's subnet used
     (``train.freeze_inactive``), or, like the reference code, every weight: unused entries get a zero gradient,
     so AdamW's momentum and weight decay move them too, layers beyond the sampled depth included."""
     params = training.subject.model.parameters()
-    if train["clip_grad"]:
-        torch.nn.utils.clip_grad_norm_(params, train["clip_grad"])
+    if train.optim.clip_grad:
+        torch.nn.utils.clip_grad_norm_(params, train.optim.clip_grad)
     if training.subject.kind == MODEL:
         training.optimizer.step()
-    elif train["freeze_inactive"]:
+    elif train.supernet.freeze_inactive:
         step_only_active(training.optimizer)
     else:
         zero_fill_gradients(training.optimizer)
@@ -286,7 +288,7 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """One pass over the training split (one sampled subnet per step for a supernet); the epoch's metrics."""
     tr = task.train
-    _seed_epoch(tr["seed"], epoch, where.rank)
+    _seed_epoch(tr.seed, epoch, where.rank)
     loaders.sampler.set_epoch(epoch)
     net.train()
     start = time.perf_counter()
@@ -319,7 +321,8 @@ def train_one_epoch(
         training.scheduler.step_update(state["global_step"])
         totals[0] += loss.detach().double() * images.shape[0]
         totals[1] += images.shape[0]
-        if tr["log_every_steps"] and where.rank == 0 and (step + 1) % tr["log_every_steps"] == 0:
+        every = tr.keeping.log_every_steps
+        if every and where.rank == 0 and (step + 1) % every == 0:
             say(f"[{phase}] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
     _all_reduce(totals)
     elapsed = _all_reduce(
@@ -382,68 +385,72 @@ def save_checkpoint(training: Training, state: dict[str, Any], metrics: dict[str
         where.report(metrics, tmp if where.rank == 0 else None)
 
 
-def run_training(config: dict[str, Any], where: Session) -> dict[str, Any]:
-    """The loop every run shares (supernet training, retrain, finetune, a fidelity trial); the final state.
-
-    ``config``: the task (its train section is the recipe to run), the subject (supernet, or one model with
-    its architecture, fixed parts and optional initial weights), the attempt id that tells a restart from a
-    resume, the newest complete checkpoint the driver found and the run (storage, name) each start looks at
-    again, CPU threads, the phase name for progress lines,
-    and ``extra_metrics`` added to every report (a fidelity trial's inherited scores).
-    """
-    task = Task.from_dict(config["task"])
-    tr = task.train
-    phase = config.get("phase", "train")
-    torch.set_num_threads(config["threads"])
+def run_training(config: WorkerConfig, where: Session) -> dict[str, Any]:
+    """The loop every run shares (supernet training, retrain, finetune, a fidelity trial); the final state."""
+    task, phase = config.task, config.phase
+    torch.set_num_threads(config.threads)
     loaders = build_loaders(task, where)
     subject = build_subject(config, task, loaders.space)
     training = build_training(task, subject, where, len(loaders.train))
     state = resume_or_init(config, task, training, loaders, where)
     state["nodes"] = rank_nodes(where)  # where this attempt's ranks run (the last attempt's, after a restart)
     net = where.prepare_model(subject.model, subject.unused_parameters)
-    fail_at = fault_parameter("train_exit_at_epoch")
-    extra = config.get("extra_metrics") or {}
-    plan = config.get("tracking") if where.rank == 0 else None
+    plan = config.tracking if where.rank == 0 else None
     recorded = state.get("tracking", {})
-
-    with open_trackers(plan, tracking_params(task, config, where), recorded, phase) as trackers:
+    with open_trackers(plan, tracking_params(config, where), recorded, phase) as trackers:
         state["tracking"] = {**recorded, **trackers.ids}  # a resumed run continues the same tracking runs
-        for epoch in range(state["epoch"], tr["epochs"]):
-            if epoch == fail_at and where.rank == where.world - 1 and claim_fault():
-                exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
-            metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
-            metrics.update(evaluate_tracked(training, loaders, where))
-            state["epoch"] = epoch + 1
-            state["history"].append(metrics)
-            metrics.update(restarts=state["restarts"], resumes=state["resumes"], **extra)
-            if where.rank == 0:
-                print_epoch(metrics, tr["epochs"], subject, phase)
-            last = epoch + 1 == tr["epochs"]
-            if last and subject.kind == MODEL:
-                state["final"] = final_scores(training, task, loaders, where)
-                metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
-            trackers.log(metrics, epoch + 1)
-            if last or (epoch + 1) % tr["checkpoint_every"] == 0:
-                save_checkpoint(training, state, metrics, where)
-            # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
-            # one-slot queue, so a report every (short) epoch would stall training. The console line, the trackers
-            # rank 0 logs to (--log) and the run's own history (in every checkpoint and in the export) carry the
-            # per-epoch metrics.
+        for epoch in range(state["epoch"], task.train.epochs):
+            run_epoch(config, net, training, loaders, epoch, state, where, trackers)
     return state
 
 
-def tracking_params(task: Task, config: dict[str, Any], where: Session) -> dict[str, Any]:
+def run_epoch(
+    config: WorkerConfig,
+    net: torch.nn.Module,
+    training: Training,
+    loaders: Loaders,
+    epoch: int,
+    state: dict[str, Any],
+    where: Session,
+    trackers: Any,
+) -> None:
+    """One epoch: train, score the tracked subnets (or the model; its test split after the last epoch), print
+    the epoch line, log to the trackers, and checkpoint every ``checkpoint_every`` epochs and at the end."""
+    task, phase, subject = config.task, config.phase, training.subject
+    epochs = task.train.epochs
+    if epoch == fault_parameter("train_exit_at_epoch") and where.rank == where.world - 1 and claim_fault():
+        exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
+    metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
+    metrics.update(evaluate_tracked(training, loaders, where))
+    state["epoch"] = epoch + 1
+    state["history"].append(metrics)
+    metrics.update(restarts=state["restarts"], resumes=state["resumes"], **config.extra_metrics)
+    if where.rank == 0:
+        print_epoch(metrics, epochs, subject, phase)
+    last = epoch + 1 == epochs
+    if last and subject.kind == MODEL:
+        state["final"] = final_scores(training, task, loaders, where)
+        metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
+    trackers.log(metrics, epoch + 1)
+    if last or (epoch + 1) % task.train.keeping.checkpoint_every == 0:
+        save_checkpoint(training, state, metrics, where)
+    # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
+    # one-slot queue, so a report every (short) epoch would stall training. The console line, the trackers rank 0
+    # logs to (--log) and the run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
+
+
+def tracking_params(config: WorkerConfig, where: Session) -> dict[str, Any]:
     """What a tracking run records once as its parameters: the phase, the task, what is trained and the recipe."""
-    spec = config.get("subject") or {"kind": "supernet"}
-    trained = {"architecture": Architecture.from_dict(spec["architecture"]).key} if spec["kind"] == MODEL else {}
+    task, spec = config.task, config.subject
+    trained = {"architecture": Architecture.from_dict(spec.architecture).key} if spec.kind == MODEL else {}
     return {
-        "phase": config.get("phase", "train"),
+        "phase": config.phase,
         "task": task.name,
         "space": task.space_name,
-        "subject": spec["kind"],
+        "subject": spec.kind,
         **trained,
         "workers": where.world,
-        **{f"train.{k}": v for k, v in task.train.items()},
+        **{f"train.{k}": v for k, v in task.train.to_flat().items()},
     }
 
 
@@ -457,10 +464,10 @@ def rank_nodes(where: Session) -> list[str]:
     return nodes
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train entry: one DDP rank."""
+def train_loop_per_worker(config: dict[str, WorkerConfig]) -> None:
+    """The Ray Train entry: one DDP rank (``train_loop_config`` is ``{"worker": WorkerConfig}``)."""
     quiet_ray_logs()
     # A supernet step leaves most parameters unused, so DDP must look for them; the step that samples the
     # largest subnet uses all, and DDP warns about that every time: expected here, not a problem.
     warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
-    run_training(config, train_session())
+    run_training(config["worker"], train_session())
