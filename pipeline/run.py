@@ -15,25 +15,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import torch
-
-from pipeline.core.arch import Architecture, validate_fits, validate_in_space
+from pipeline.core.arch import Architecture
 from pipeline.core.latency_model import LatencyModel
-from pipeline.core.recorded import Rules, check_recorded, flatten
-from pipeline.core.space import SearchSpace
-from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
-from pipeline.core.training_settings import check_recipe
-from pipeline.data.arrays import check_same_splits
-from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan, read_plan, run_fidelity, write_plan
-from pipeline.fidelity.inherited import rescored_results
+from pipeline.fidelity.experiment import PLAN_FILE, read_plan
+from pipeline.fidelity.report import FidelityRequest, run_fidelity_report
 from pipeline.fidelity.summary import describe, summarize
 from pipeline.latency.build import BuildSettings, open_profiler
 from pipeline.model.supernet_dir import (
     EXPORT_DIR,
-    load_supernet,
-    local_supernet,
-    read_supernet_config,
     trained_supernet_config,
 )
 from pipeline.results.fidelity import FIDELITY_FILE, fidelity_rows, read_fidelity, write_fidelity
@@ -42,11 +32,10 @@ from pipeline.results.tables import PARETO_FILE, read_table
 from pipeline.search.experiment import saved_strategy, search_exists
 from pipeline.search.launch import SearchOutcome, run_search
 from pipeline.search.settings import EvaluatorResources, SearchSettings
-from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name
-from pipeline.training.launch import local_data_root, train_supernet, validate_data
+from pipeline.shared.storage import is_uri, join, resolve_storage
+from pipeline.training.launch import train_supernet
 from pipeline.training.run_spec import RunSpec
 
 
@@ -195,105 +184,27 @@ def fidelity_report(
     only this supernet's inherited scores are computed: minutes instead of hours, and one ground truth for every
     supernet compared against it."""
     start = time.perf_counter()
-    if cpus_per_trial <= 0:
-        raise UserError(f"cpus_per_trial {cpus_per_trial}: must be positive")
-    if standalone is not None and (archs is not None or candidates is not None):
-        raise UserError("standalone takes its run's architectures: leave out archs and candidates")
-    archs = 16 if archs is None else archs
-    task, space, config = _recorded_task(supernet, overrides)
-    source_rows = _standalone_rows(standalone, task) if standalone is not None else None
-    picked = _fidelity_architectures(space, config, archs, seed, candidates, source_rows)
-    checked = validate_data(task.for_phase("retrain"))
-    if config.get("splits"):
-        check_same_splits(config["splits"], checked["splits"], f"fidelity of supernet {supernet!r}")
-    storage = resolve_storage(storage)
-    name = safe_run_name(name or f"{task.name}-fidelity")
-    run_path = join(storage, name)
-    plan = fidelity_plan(supernet, task, picked)
-    epochs = task.recipe("retrain").epochs
+    front = tuple(_front_architectures(candidates)) if candidates is not None else ()
+    request = FidelityRequest(
+        supernet, archs, front, _earlier_report(standalone) if standalone else None, storage, name,
+        tuple(overrides or ()), cpus_per_trial, gpu, seed,
+    )  # fmt: skip
+    done = run_fidelity_report(request)
+    rows = fidelity_rows(done.results)
+    summary = summarize(rows, seed=seed, planned=done.planned)
+    summary.update(supernet=supernet, retrain_epochs=done.retrain_epochs, seed=seed)
     if standalone is not None:
-        plan["standalone"] = standalone
-        say(
-            f"[fidelity] {len(picked)} architectures with the stand-alone scores of {standalone} "
-            f"({epochs} epochs each); scoring their inherited weights; run {run_path}"
-        )
-    else:
-        say(
-            f"[fidelity] {len(picked)} architectures ({archs} spread over {space.name}'s size range"
-            f"{', the rest from the front of ' + candidates if candidates else ''}), each retrained "
-            f"{epochs} epochs from scratch; {cpus_per_trial:g} CPU{' + 1 GPU' if gpu else ''} per trial; "
-            f"run {run_path}"
-        )
-    check_plan(run_path, plan)  # a taken run name is refused before Ray starts
-    with run_lock(run_path, "fidelity run"):
-        if source_rows is not None:
-            device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-            model, _ = load_supernet(supernet, map_location=device)
-            results = rescored_results(model, task.for_phase("retrain"), source_rows, device, say)
-            write_plan(run_path, plan)
-        else:
-            connect(gpu, "fidelity")
-            fixed = checked["space"].fixed_parts()
-            results = run_fidelity(supernet, task, picked, fixed, storage, name, cpus_per_trial, gpu)
-    rows = fidelity_rows(results)
-    summary = summarize(rows, seed=seed, planned=len(picked))
-    summary.update(
-        supernet=supernet, retrain_epochs=epochs, seed=seed, **({"standalone": standalone} if standalone else {})
-    )
-    write_fidelity(run_path, rows, summary, f"{name}: {describe(summary)}")
-    return FidelityRun(run_path, rows, summary, time.perf_counter() - start)
+        summary["standalone"] = standalone
+    write_fidelity(done.run_path, rows, summary, f"{done.name}: {describe(summary)}")
+    return FidelityRun(done.run_path, rows, summary, time.perf_counter() - start)
 
 
-def _recorded_task(supernet: str, overrides: list[str] | None) -> tuple[Task, SearchSpace, dict]:
-    """The task a supernet recorded (with ``overrides``, its data root made absolute), its space, its config."""
-    with local_supernet(supernet) as directory:
-        config = read_supernet_config(directory)
-    if not config.get("task"):
-        raise UserError(f"supernet {supernet!r} records no task: it was not written by 'autoformer train'")
-    task = local_data_root(Task.from_dict(config["task"]).with_overrides(overrides or []))
-    return task, SearchSpace.from_dict(config["space"], source=f"supernet {supernet!r}"), config
-
-
-def _fidelity_architectures(
-    space: SearchSpace, config: dict, archs: int, seed: int, candidates: str | None, source_rows: list[dict] | None
-) -> list[tuple[Architecture, str]]:
-    """The architectures to compare, each with where it was picked from: a stand-alone run's, or ``archs``
-    spread over the size range; plus a search's front (``candidates``). Each must be in the supernet."""
-    fits = validate_fits if config["sharing"] == "entangled" else validate_in_space
-    if source_rows is not None:
-        picked = [(Architecture.from_json(r["architecture"]), r["picked"]) for r in source_rows]
-        for arch, _ in picked:
-            fits(arch, space)
-    else:
-        picked = [(a, "stratum") for a in spread_by_params(space, archs, seed)]
-    if candidates is not None:
-        for arch in _front_architectures(candidates):
-            fits(arch, space)
-            if arch.key not in {a.key for a, _ in picked}:
-                picked.append((arch, "front"))
-    return picked
-
-
-def _standalone_rows(source: str, task: Task) -> list[dict]:
-    """The finished rows of the fidelity run ``source``, after checking that its stand-alone trainings are the
-    ones this task would run: the same retrain recipe and the same splits."""
+def _earlier_report(source: str) -> tuple[str, dict, list[dict]]:
+    """An earlier fidelity run's plan and rows, for reusing its stand-alone scores."""
     plan, rows = read_plan(source), read_fidelity(source)
     if plan is None or rows is None:
         raise UserError(f"standalone: {source!r} is not a fidelity run (no {PLAN_FILE} and {FIDELITY_FILE})")
-    if plan.get("standalone"):
-        source = plan["standalone"]  # its scores came from there: name the run that trained them
-    subject, hint = f"standalone run {source!r}", "its stand-alone scores are not this task's"
-    check_recipe(subject, plan.get("recipe") or {}, task.recipe("retrain"), "retrain", hint)
-    splits = lambda s: flatten({"splits": s})  # noqa: E731
-    check_recorded(subject, splits(plan.get("splits") or {}), splits(task.splits), Rules(), hint)
-    finished = sum(r["status"] == "done" for r in rows)
-    planned = max(len(plan.get("architectures", [])), len(rows))
-    if finished < planned:
-        raise UserError(
-            f"standalone: {source!r} has {finished} of {planned} architectures finished; "
-            f"run its fidelity command again to finish it first"
-        )
-    return rows
+    return source, plan, rows
 
 
 def _front_architectures(candidates: str) -> list[Architecture]:

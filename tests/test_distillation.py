@@ -24,7 +24,9 @@ from pipeline.shared.errors import UserError
 from pipeline.training.distill import adaptive_alpha_divergence, alpha_divergence, kl_to_targets
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_optimizer
-from pipeline.training.step import forward_backward, label_loss, project_conflicting
+from pipeline.training.rules.projection import project_conflicting
+from pipeline.training.rules.teacher import label_loss
+from pipeline.training.step import forward_backward
 from pipeline.training.subject import step_architectures
 from pipeline.training.teacher import load_teacher
 

@@ -19,15 +19,14 @@ from torch import nn
 from pipeline.core.arch import Architecture
 from pipeline.core.sampling import (
     largest_architecture,
-    sample_architecture,
     sample_architectures,
-    sandwich_architectures,
     smallest_architecture,
 )
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.model.static import StaticViT
 from pipeline.model.supernet_dir import DROP_KEYS, build_supernet, supernet_config
+from pipeline.training.rules import sampling_rule
 from pipeline.training.run_spec import MODEL, SUPERNET, SubjectSpec
 
 
@@ -59,10 +58,7 @@ def step_architectures(
     """A supernet step's subnets, seeded by (seed, epoch, step): every rank draws them without communicating, and a
     resumed run repeats the draws it would have made. Uniform: one draw; sandwich: the largest, the smallest and
     ``sandwich_random`` draws."""
-    rng = random.Random(f"{seed}:{epoch}:{step}")
-    if sampling == "sandwich":
-        return sandwich_architectures(space, rng, sandwich_random)
-    return [sample_architecture(space, rng)]
+    return sampling_rule(sampling, sandwich_random).subnets(space, random.Random(f"{seed}:{epoch}:{step}"))
 
 
 def drop_rates(model_section: dict[str, Any]) -> dict[str, float]:
