@@ -35,6 +35,8 @@ _EXPORTS = {
     "load_model": "pipeline.api",
     "export_model": "pipeline.api",
     "train_supernet": "pipeline.training.launch",
+    "RunSpec": "pipeline.training.run_spec",
+    "TrainSettings": "pipeline.core.training_settings",
     "EvaluatorResources": "pipeline.search.settings",
     "SearchSettings": "pipeline.search.settings",
     "search_supernet": "pipeline.run",
