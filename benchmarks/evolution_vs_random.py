@@ -20,8 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.core.task import load_task  # noqa: E402
-from pipeline.search.constraints import Constraints  # noqa: E402
-from pipeline.search.evolution import Settings  # noqa: E402
 from pipeline.search.launch import run_search  # noqa: E402
 from pipeline.search.settings import EvaluatorResources, SearchSettings  # noqa: E402
 
@@ -55,22 +53,27 @@ def main() -> None:
         for seed in args.seeds:
             line = []
             for algorithm in ("evolution", "random"):
-                strategy = Settings(
-                    algorithm=algorithm,
-                    objective="constrained",
-                    population=args.population,
-                    generations=args.generations,
-                    parents=max(2, args.population // 5),
-                    mutations=args.population // 2,
-                    crossovers=args.population // 2,
-                    seed=seed,
-                )
-                settings = SearchSettings(
-                    strategy,
-                    Constraints(max_params=args.max_params),
-                    batch_size=512,
-                    latency_batch=64,
-                    latency_repeats=1,
+                settings = SearchSettings.from_task(
+                    task.with_overrides(
+                        [
+                            f"search.algorithm={algorithm}",
+                            "search.objective=constrained",
+                            f"search.population={args.population}",
+                            f"search.generations={args.generations}",
+                            f"search.parents={max(2, args.population // 5)}",
+                            f"search.mutations={args.population // 2}",
+                            f"search.crossovers={args.population // 2}",
+                            f"search.seed={seed}",
+                            "search.min_params=null",
+                            f"search.max_params={args.max_params}",
+                            "search.max_macs=null",
+                            "search.max_latency_ms=null",
+                            "search.batch_size=512",
+                            "search.latency_batch=64",
+                            "search.latency_repeats=1",
+                            "search.latency_model=null",
+                        ]
+                    )
                 )
                 outcome = run_search(
                     task,

@@ -29,8 +29,6 @@ from pipeline.core.sampling import sample_architectures  # noqa: E402
 from pipeline.core.task import Task, load_task  # noqa: E402
 from pipeline.model.supernet import Supernet  # noqa: E402
 from pipeline.model.supernet_dir import WEIGHTS_FILE, read_supernet_config, read_weights, save_supernet  # noqa: E402
-from pipeline.search.constraints import Constraints  # noqa: E402
-from pipeline.search.evolution import Settings  # noqa: E402
 from pipeline.search.launch import run_search  # noqa: E402
 from pipeline.search.settings import EvaluatorResources, SearchSettings  # noqa: E402
 from pipeline.training.launch import validate_data  # noqa: E402
@@ -152,21 +150,19 @@ def paper_supernet_load_times(where: Path) -> None:
 def overhead(
     task: Task, supernet: Path, storage: Path, evaluators: int, cpus: float, population: int, generations: int
 ) -> None:
-    strategy = Settings(
-        population=population,
-        generations=generations,
-        parents=max(2, population // 5),
-        mutations=population // 2,
-        crossovers=population // 2,
-        seed=0,
-    )
-    settings = SearchSettings(
-        strategy,
-        Constraints(),
-        batch_size=task.search["batch_size"],
-        latency_batch=task.search["latency_batch"],
-        latency_repeats=task.search["latency_repeats"],
-    )
+    strategy = {
+        "algorithm": "evolution",
+        "objective": "constrained",
+        "population": population,
+        "generations": generations,
+        "parents": max(2, population // 5),
+        "mutations": population // 2,
+        "crossovers": population // 2,
+        "seed": 0,
+    }
+    unset = ("min_params", "max_params", "max_macs", "max_latency_ms", "latency_model")  # no constraints
+    overrides = [f"search.{k}={v}" for k, v in strategy.items()] + [f"search.{k}=null" for k in unset]
+    settings = SearchSettings.from_task(task.with_overrides(overrides))
     outcome = run_search(
         task,
         str(supernet),

@@ -116,10 +116,10 @@ def test_a_search_refuses_a_corrupted_supernet_before_ray_starts(tmp_path: Path,
 def test_the_console_drops_rays_harmless_lines_and_colour_codes_when_not_a_terminal() -> None:
     import io
 
-    from pipeline.cli.main import _Console
+    from pipeline.shared.ray_console import QuietStream
 
     out = io.StringIO()
-    console = _Console(out)
+    console = QuietStream(out)
     for text in (
         "(TrainController pid=9) ... 'PreemptionWatcher' and ID abc ...",
         "\n",
@@ -148,7 +148,7 @@ def test_rays_native_restart_caution_is_dropped_and_every_other_stderr_line_kept
     import os
 
     from pipeline.search.evaluator_pool import RESTART_CAUTION
-    from pipeline.shared.progress import without_native_lines
+    from pipeline.shared.ray_console import without_native_lines
 
     with without_native_lines(RESTART_CAUTION):
         os.write(2, b"before\n")

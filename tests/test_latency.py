@@ -166,7 +166,7 @@ def test_device_that_no_node_offers_names_the_resources(digits_supernet: Path, t
         str(tmp_path / "x.json"),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
-    assert out.returncode == 2 and "--device 'pixel-9': no node of the cluster offers that resource" in out.stderr
+    assert out.returncode == 2 and "device 'pixel-9': no node of the cluster offers that resource" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "x.json").exists()
 
 

@@ -44,7 +44,7 @@ def test_run_names_stay_inside_the_storage_root(name: str) -> None:
 def test_cli_refuses_an_escaping_name_and_a_file_as_storage_before_starting(tmp_path: Path) -> None:
     out = _cli("train", "digits", "--storage", str(tmp_path / "runs"), "--name", "../escaped")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "autoformer: error: --name '../escaped': a run name must stay inside the storage root (no '..', '.' or "
+        "autoformer: error: name '../escaped': a run name must stay inside the storage root (no '..', '.' or "
         "leading '/')"
     ]
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
@@ -113,10 +113,10 @@ def test_requests_this_machine_can_never_place_fail_in_seconds(tmp_path: Path, d
 
     start = time.perf_counter()
     out = _cli("train", "digits", "--storage", str(tmp_path / "runs"), "--cpus-per-worker", "4096")
-    assert out.returncode == 2 and "--workers: 1 x (4096 CPU) asked for, but this machine has" in out.stderr
+    assert out.returncode == 2 and "workers: 1 x (4096 CPU) asked for, but this machine has" in out.stderr
     out = _cli("search", "digits", "--supernet", str(digits_supernet), "--storage", str(tmp_path / "runs"),
                "--evaluators", "2", "--cpus-per-evaluator", "4096")  # fmt: skip
-    assert out.returncode == 2 and "--evaluators/--cpus-per-evaluator: 2 x (4096 CPU) asked for" in out.stderr
+    assert out.returncode == 2 and "evaluators: 2 x (4096 CPU) asked for" in out.stderr
     assert time.perf_counter() - start < 180
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing written
 
@@ -150,9 +150,8 @@ def test_resuming_a_search_with_other_settings_is_refused(tmp_path: Path, digits
     footer = (tmp_path / "s" / "candidates.parquet").read_bytes()
     out = _cli(*common, "--population", "5", "--generations", "1", "--max-params", "50000", "--resume")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"autoformer: error: --resume: search '{tmp_path / 's'}' was started with search.population = 6, not 5; a "
-        f"run's settings are fixed when it starts (only search.generations may grow): resume with the same "
-        f"settings, or start another --name"
+        f"autoformer: error: search '{tmp_path / 's'}' was made with search.max_params = 100000 (now 50000); only "
+        f"search.generations may grow: re-run with the same settings to resume it, or choose another run name"
     ]
     assert (tmp_path / "s" / "candidates.parquet").read_bytes() == footer  # nothing rewritten
 

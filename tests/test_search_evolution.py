@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import pickle
@@ -20,6 +21,7 @@ from pipeline.core.pareto import (
 from pipeline.core.records import pareto_front
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import SearchSpace, load_space
+from pipeline.core.task import SCHEMA, load_task
 from pipeline.search.constraints import Constraints
 from pipeline.search.evolution import (
     Settings,
@@ -28,9 +30,17 @@ from pipeline.search.evolution import (
     mutate,
     ranked,
 )
+from pipeline.search.settings import PARTS, SearchSettings
 from pipeline.shared.errors import UserError
 
 SPACES = ["digits", "autoformer-tiny", "autoformer-base"]
+
+
+def _settings(**changes) -> Settings:
+    """Strategy settings at the search section's defaults (the task schema's: the one place they are written),
+    with ``changes``; built directly, so shares that do not fit the population are not capped."""
+    values = {key: default for key, (default, _) in SCHEMA["search"].items()} | changes
+    return Settings(**{f.name: values[f.name] for f in dataclasses.fields(Settings)})
 
 
 def _fake_top1(arch: Architecture, space: SearchSpace) -> float:
@@ -145,7 +155,7 @@ def test_crossover_takes_each_gene_from_a_parent() -> None:
 def test_strategy_respects_constraints_and_never_repeats(objective: str) -> None:
     space = load_space("digits")
     constraints = Constraints(min_params=40_000, max_params=120_000, max_macs=2_000_000)
-    settings = Settings(
+    settings = _settings(
         objective=objective, population=20, generations=6, parents=5, mutations=10, crossovers=10, seed=4
     )
     strategy = Strategy(space, constraints, settings)
@@ -170,7 +180,9 @@ def test_evolution_beats_random_on_a_smooth_objective() -> None:
         strategy = Strategy(
             space,
             constraints,
-            Settings(algorithm=algorithm, population=20, generations=8, parents=5, mutations=10, crossovers=10, seed=0),
+            _settings(
+                algorithm=algorithm, population=20, generations=8, parents=5, mutations=10, crossovers=10, seed=0
+            ),
         )
         _run(strategy)
         assert len(strategy.records()) == 160  # same budget
@@ -191,8 +203,6 @@ def test_constraints_that_exclude_the_space_fail_early() -> None:
         Constraints(max_macs=10).check_feasible(space)
     with pytest.raises(UserError, match="exceeds max_params"):
         Constraints(min_params=50_000, max_params=40_000)
-    with pytest.raises(UserError, match="positive"):
-        Constraints(max_params=-5)
     Constraints(max_params=lo, min_params=lo).check_feasible(space)  # the smallest member alone is fine
 
 
@@ -202,7 +212,7 @@ def test_a_window_no_architecture_hits_fails_after_bounded_tries() -> None:
     strategy = Strategy(
         space,
         Constraints(min_params=lo + 1, max_params=lo + 2),
-        Settings(population=10, generations=2, parents=2, mutations=4, crossovers=4),
+        _settings(population=10, generations=2, parents=2, mutations=4, crossovers=4),
     )
     with pytest.raises(UserError, match="no architecture .* satisfies the constraints"):
         strategy.start()
@@ -213,7 +223,7 @@ def test_a_tiny_space_is_exhausted_without_hanging() -> None:
     space = SearchSpace.from_dict({**base, "embed_dim": [32], "depth": [2], "num_heads": [2, 3], "mlp_ratio": [2.0]})
     assert space.num_architectures() == 4
     strategy = Strategy(
-        space, Constraints(), Settings(population=10, generations=5, parents=2, mutations=4, crossovers=4)
+        space, Constraints(), _settings(population=10, generations=5, parents=2, mutations=4, crossovers=4)
     )
     keys = _run(strategy)
     assert sorted(keys) == sorted(
@@ -224,7 +234,7 @@ def test_a_tiny_space_is_exhausted_without_hanging() -> None:
 
 def test_pickled_strategy_resumes_the_same_sequence() -> None:
     space = load_space("digits")
-    settings = Settings(population=12, generations=5, parents=4, mutations=6, crossovers=6, seed=11)
+    settings = _settings(population=12, generations=5, parents=4, mutations=6, crossovers=6, seed=11)
     whole = _run(Strategy(space, Constraints(max_params=150_000), settings))
     interrupted = Strategy(space, Constraints(max_params=150_000), settings)
     first = _run(interrupted, stop_after=29)  # mid-generation
@@ -233,12 +243,36 @@ def test_pickled_strategy_resumes_the_same_sequence() -> None:
 
 
 def test_settings_are_checked() -> None:
+    """Each value once, by the task schema when the task loads; what relates fields, by the settings' parts."""
     with pytest.raises(UserError, match="exceed search.population"):
-        Settings(population=10, mutations=6, crossovers=6)
+        _settings(population=10, mutations=6, crossovers=6)
     with pytest.raises(UserError, match="algorithm"):
-        Settings(algorithm="annealing")
+        load_task("digits", ["search.algorithm=annealing"])
     with pytest.raises(UserError, match="pareto_costs"):
-        Settings(pareto_costs=("flops",))
+        load_task("digits", ["search.pareto_costs=[flops]"])
+    with pytest.raises(UserError, match="search.max_params': value -5"):
+        load_task("digits", ["search.max_params=-5"])
+    with pytest.raises(UserError, match="exceeds max_params"):
+        SearchSettings.from_task(load_task("digits", ["search.min_params=50000", "search.max_params=40000"]))
+
+
+def test_search_settings_hold_each_key_of_the_search_section_once() -> None:
+    """One typed model: the strategy's part, the constraints' part and the evaluation sizes split the section's
+    keys between them, and carry the task's values (shares capped to fit a small population)."""
+    parts = [dataclasses.fields(Settings), dataclasses.fields(Constraints)]
+    own = [f for f in dataclasses.fields(SearchSettings) if f.name not in PARTS]
+    names = [f.name for fields in (*parts, own) for f in fields]
+    assert sorted(names) == sorted(SCHEMA["search"])  # every key, none twice
+    task = load_task("digits", ["search.population=6", "search.seed=3", "search.max_macs=900000"])
+    settings = SearchSettings.from_task(task)
+    section = settings.to_section()
+    assert set(section) == set(SCHEMA["search"])
+    assert {k: v for k, v in section.items() if k not in ("parents", "mutations", "crossovers", "pareto_costs")} == {
+        k: v for k, v in task.search.items() if k not in ("parents", "mutations", "crossovers", "pareto_costs")
+    }
+    s = settings.strategy
+    assert (s.population, s.parents, s.mutations, s.crossovers, s.seed) == (6, 6, 3, 3, 3)
+    assert s.pareto_costs == tuple(task.search["pareto_costs"]) and settings.constraints.max_macs == 900_000
 
 
 def test_pareto_sorting_matches_brute_force() -> None:
@@ -263,7 +297,7 @@ def test_ranking_and_front_use_only_scored_candidates() -> None:
         {"key": "c", "status": "ok", "top1": 0.7, "params": 60, "macs": 5, "latency_ms": 1.0},
         {"key": "d", "status": "over_latency", "top1": math.nan, "params": 10, "macs": 1, "latency_ms": 9.0},
     ]
-    assert [r["key"] for r in ranked(recs, Settings())] == ["a", "b", "c"]
+    assert [r["key"] for r in ranked(recs, _settings())] == ["a", "b", "c"]
     assert [r["key"] for r in pareto_front(recs, "params")] == ["b", "a"]
     assert [r["key"] for r in pareto_front(recs, "macs")] == ["c", "a"]
-    assert {r["key"] for r in ranked(recs, Settings(objective="pareto"))[:2]} == {"a", "b"}
+    assert {r["key"] for r in ranked(recs, _settings(objective="pareto"))[:2]} == {"a", "b"}

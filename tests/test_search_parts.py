@@ -164,3 +164,29 @@ def test_trials_take_no_cpu_and_exactly_concurrency_of_them_fit_on_the_head(conc
     assert resources["CPU"] == 0 and set(resources) == {"CPU", HEAD_RESOURCE}
     share = round(resources[HEAD_RESOURCE] * 10_000)  # Ray's fixed-point units
     assert share * concurrency <= 10_000 < share * (concurrency + 1)
+
+
+def test_a_resumed_search_may_only_grow_its_generations(tmp_path) -> None:
+    """The comparison ``--resume`` makes, without Ray: the recorded settings must match, except that more
+    generations extend the run (returned, to be recorded); the record's extensions list does not count."""
+    from pipeline.search.launch import SETTINGS_FILE, check_recorded_settings, recorded_settings
+    from pipeline.search.settings import SearchSettings
+
+    settings = recorded_settings(SearchSettings.from_task(load_task("digits")), str(tmp_path / "supernet"))
+    assert check_recorded_settings(str(tmp_path), settings, resume=False) == (None, settings)
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({**settings, "extensions": [{"generations_from": 10}]}))
+    assert check_recorded_settings(str(tmp_path), settings, resume=True) == (None, None)
+    grown = {**settings, "search.generations": settings["search.generations"] + 5}
+    extended_from, record = check_recorded_settings(str(tmp_path), grown, resume=True)
+    assert (
+        extended_from == settings["search.generations"] and record["search.generations"] == grown["search.generations"]
+    )
+    assert [e["generations_from"] for e in record["extensions"]] == [10, extended_from]
+    for changed in ({"search.generations": 1}, {"search.population": 7}):
+        key, value = next(iter(changed.items()))
+        with pytest.raises(UserError) as refused:
+            check_recorded_settings(str(tmp_path), {**settings, **changed}, resume=True)
+        assert str(refused.value) == (
+            f"search {str(tmp_path)!r} was made with {key} = {settings[key]!r} (now {value!r}); only "
+            f"search.generations may grow: re-run with the same settings to resume it, or choose another run name"
+        )

@@ -123,10 +123,12 @@ def test_plan_takes_the_trackers_environment(offline: dict, tmp_path: Path, monk
 
 
 def test_uri_storage_needs_a_tracking_server(offline: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(UserError, match=r"^--log tensorboard writes event files to a local directory"):
+    with pytest.raises(UserError, match=r"^tracking backend tensorboard writes event files to a local directory"):
         plan_tracking(["tensorboard"], "s3://bucket/runs", "r")
     assert plan_tracking(["tensorboard"], "s3://bucket/runs", "r", by_tune=True).backends == ("tensorboard",)
-    with pytest.raises(UserError, match=r"^--log mlflow with --storage 's3://bucket/runs' needs an MLflow server"):
+    with pytest.raises(
+        UserError, match=r"^tracking backend mlflow with storage 's3://bucket/runs' needs an MLflow server"
+    ):
         plan_tracking(["mlflow"], "s3://bucket/runs", "r", by_tune=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert plan_tracking(["mlflow"], "s3://bucket/runs", "r").mlflow_uri == "http://mlflow.internal:5000"
@@ -180,8 +182,8 @@ def test_a_missing_backend_is_one_line_before_ray_starts(
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == (
-        "autoformer: error: --log mlflow needs the mlflow-skinny package: pip install mlflow-skinny (or pip install "
-        "'autoformer-pipeline[tracking]' for every tracker)"
+        "autoformer: error: tracking backend mlflow needs the mlflow-skinny package: pip install mlflow-skinny "
+        "(or pip install 'autoformer-pipeline[tracking]' for every tracker)"
     )
     assert not storage.exists() and not ray.is_initialized()
 

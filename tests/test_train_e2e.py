@@ -161,7 +161,7 @@ def _broken_tree(root: Path) -> None:
         (["BROKEN"], "unreadable image"),
         (["digits", "--set", "data.image_size=9"], "patch_size 2 does not divide image_size 9"),
         (["digits", "--workers", "0"], "--workers 0: must be at least 1"),
-        (["digits", "--gpu", "--cpus-per-worker", "1"], "--gpu was given but this machine has no GPU"),
+        (["digits", "--gpu", "--cpus-per-worker", "1"], "gpu: a GPU was asked for, but this machine has none"),
     ],
     ids=["missing-dataset", "unreadable-image", "patch-does-not-divide", "zero-workers", "gpu-without-gpu"],
 )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.core.space import builtin_space_names, load_space
+from pipeline.shared.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_import_cream(args: argparse.Namespace) -> int:
     from pipeline.model.cream import import_cream  # CLI start-up: torch loads only when needed
 
+    if Path(args.out).exists() and not args.force:
+        raise UserError(f"--out {args.out!r} already exists; choose another path (or --force to replace it)")
     space = load_space(args.space)
     path = import_cream(args.checkpoint, space, args.out, overwrite=args.force)
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.cli.options import int_at_least, positive_int
 from pipeline.core.latency_model import RUNTIMES
 
 
@@ -21,9 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--supernet", required=True, help="supernet directory (its space is what is measured)")
     b.add_argument("--device", default="local", help="local, or a Ray custom resource that the target nodes offer")
     b.add_argument("--runtime", choices=RUNTIMES, default="torch")
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--validate", type=int, default=50, help="held-out architectures measured end to end (default 50)")
+    b.add_argument("--batch", type=positive_int, default=1)
+    b.add_argument("--threads", type=positive_int, default=1)
+    b.add_argument(
+        "--validate", type=int_at_least(2), default=50, help="held-out architectures measured end to end (default 50)"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="latency model file to write (JSON)")
     b.add_argument("--json", action="store_true", help="print one JSON line (mape, kendall_tau, kind, ...)")

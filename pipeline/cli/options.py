@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,36 @@ def recorded_task(args: argparse.Namespace, recorded: dict[str, Any] | None, whe
     if not recorded:
         raise UserError(f"{where} records no task; pass --task")
     return Task.from_dict(recorded).with_overrides(args.overrides)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer flag of at least ``low``: a bad value is argparse's usual one line
+    naming the flag (``argument --evaluators: ...``, exit 2), before anything starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, not {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for a number flag above 0 (CPUs per evaluator), refused like ``int_at_least``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
+    return value
 
 
 def add_log_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

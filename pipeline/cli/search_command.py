@@ -1,69 +1,69 @@
 """``autoformer search`` and ``autoformer run``: evolutionary search on a trained supernet, and the whole pipeline.
 
-The search flags are shorthands for ``--set search.KEY=VALUE`` overrides: the task validates them, and
-``pipeline.run`` does the work; this module only turns flags into overrides and prints the outcome.
+The search flags are shorthands for ``--set search.KEY=VALUE`` overrides (each flag's destination is its key):
+the task validates them, and ``pipeline.run`` does the work; this module only turns flags into overrides, checks
+its own flags (the evaluators), and prints the outcome.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.format import add_set_option, si
-from pipeline.cli.options import add_log_option
-from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, builtin_task_names, load_task
+from pipeline.cli.options import add_log_option, positive_float, positive_int
+from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, Task, builtin_task_names, load_task
+from pipeline.shared.errors import UserError
 
-# flag -> key of the task's search section
-SEARCH_FLAGS = {
-    "algorithm": "algorithm",
-    "objective": "objective",
-    "min_params": "min_params",
-    "max_params": "max_params",
-    "max_macs": "max_macs",
-    "max_latency_ms": "max_latency_ms",
-    "population": "population",
-    "generations": "generations",
-    "seed": "seed",
-    "latency_model": "latency_model",
-}
+if TYPE_CHECKING:  # CLI start-up: the search package (Ray) loads only for the commands that use it
+    from pipeline.search.settings import EvaluatorResources
+
+SEARCH_KEY = "search."  # the destination of a search flag: the key it sets (``--max-params`` -> search.max_params)
+
+
+def _add_key_flag(g: argparse._ArgumentGroup, key: str, **kwargs: Any) -> None:
+    """``--KEY-WITH-DASHES`` for the search section's ``key``; its value goes to the task as an override."""
+    g.add_argument(f"--{key.replace('_', '-')}", dest=SEARCH_KEY + key, default=None, **kwargs)
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "search (defaults come from the task's search section; each flag is a --set search.KEY=VALUE)"
     )
-    g.add_argument(
-        "--algorithm", choices=SEARCH_ALGORITHMS, default=None, help="evolution (the paper) or the random baseline"
-    )
-    g.add_argument(
-        "--objective",
+    _add_key_flag(g, "algorithm", choices=SEARCH_ALGORITHMS, help="evolution (the paper) or the random baseline")
+    _add_key_flag(
+        g,
+        "objective",
         choices=SEARCH_OBJECTIVES,
-        default=None,
         help="constrained: best top-1 within the limits; pareto: the whole top-1/size front",
     )
-    g.add_argument("--min-params", default=None, metavar="N")
-    g.add_argument("--max-params", default=None, metavar="N")
-    g.add_argument("--max-macs", default=None, metavar="N", help="multiply-accumulates per image")
-    g.add_argument(
-        "--max-latency-ms",
-        default=None,
+    _add_key_flag(g, "min_params", metavar="N")
+    _add_key_flag(g, "max_params", metavar="N")
+    _add_key_flag(g, "max_macs", metavar="N", help="multiply-accumulates per image")
+    _add_key_flag(
+        g,
+        "max_latency_ms",
         metavar="X",
         help="median ms per batch of search.latency_batch images, measured on the evaluators",
     )
-    g.add_argument("--population", default=None, metavar="N")
-    g.add_argument("--generations", default=None, metavar="N")
-    g.add_argument("--seed", default=None, metavar="N", help="search seed (default search.seed)")
-    g.add_argument(
-        "--latency-model",
-        default=None,
+    _add_key_flag(g, "population", metavar="N")
+    _add_key_flag(g, "generations", metavar="N")
+    _add_key_flag(g, "seed", metavar="N", help="search seed (default search.seed)")
+    _add_key_flag(
+        g,
+        "latency_model",
         metavar="FILE",
         help="predict latency with this model ('autoformer latency build') instead of timing every candidate; "
         "the exported models are then measured on its device",
     )
     g.add_argument(
-        "--evaluators", type=int, default=None, help="evaluator actors (default: one per GPU with --gpu, else CPUs - 1)"
+        "--evaluators",
+        type=positive_int,
+        default=None,
+        help="evaluator actors (default: one per GPU with --gpu, else CPUs - 1)",
     )
-    g.add_argument("--cpus-per-evaluator", type=float, default=1.0)
+    g.add_argument("--cpus-per-evaluator", type=positive_float, default=1.0)
     g.add_argument("--gpu", action="store_true", help="one GPU per evaluator (and per training worker in 'run')")
     g.add_argument("--storage", default=None, help="a local directory (default ./runs) or an s3://, gs:// URI")
     add_log_option(g)
@@ -102,14 +102,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_run)
 
 
-def _task(args: argparse.Namespace):
+def _task(args: argparse.Namespace) -> Task:
+    """The task with the search flags applied after ``--set`` (a flag wins over a --set of its key)."""
     flags = [
-        f"search.{key}={getattr(args, flag)}" for flag, key in SEARCH_FLAGS.items() if getattr(args, flag) is not None
+        f"{dest}={value}" for dest, value in vars(args).items() if dest.startswith(SEARCH_KEY) and value is not None
     ]
     return load_task(args.task, [*args.overrides, *flags])
 
 
-def _resources(args: argparse.Namespace):
+def _resources(args: argparse.Namespace) -> EvaluatorResources:
+    """The evaluators' flags, already checked by their argparse types."""
     from pipeline.search.settings import EvaluatorResources
 
     return EvaluatorResources(count=args.evaluators, gpu=args.gpu, cpus=args.cpus_per_evaluator)
@@ -164,11 +166,13 @@ def print_report(searched) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.run import search_supernet  # CLI start-up: Ray and torch load only for the commands that use them
+    # CLI start-up: Ray and torch load only for the commands that use them
+    from pipeline.run import search_supernet
+    from pipeline.search.experiment import SearchInterrupted
 
     task = _task(args)
-    print_report(
-        search_supernet(
+    try:
+        searched = search_supernet(
             task,
             args.supernet,
             _resources(args),
@@ -177,14 +181,21 @@ def cmd_search(args: argparse.Namespace) -> int:
             resume=args.resume,
             log=args.log,
         )
-    )
+    except SearchInterrupted as exc:
+        raise UserError(f"{exc.summary}: run the same command again with --resume to continue") from None
+    print_report(searched)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import run_pipeline  # CLI start-up: Ray and torch load only for the commands that use them
+    # CLI start-up: Ray and torch load only for the commands that use them
+    from pipeline.run import run_pipeline
+    from pipeline.search.experiment import SearchInterrupted
 
     task = _task(args)
-    run = run_pipeline(task, workers=args.workers, resources=_resources(args), storage=args.storage, log=args.log)
+    try:
+        run = run_pipeline(task, workers=args.workers, resources=_resources(args), storage=args.storage, log=args.log)
+    except SearchInterrupted as exc:
+        raise UserError(f"{exc.summary}: run the same command again to continue") from None
     print_report(run.search)
     return 0

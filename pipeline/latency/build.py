@@ -45,9 +45,9 @@ class BuildSettings:
     def __post_init__(self) -> None:
         for name in ("batch", "threads", "validate"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name} {getattr(self, name)}: must be at least 1")
+                raise UserError(f"{name} {getattr(self, name)}: must be at least 1")
         if self.validate < 2:
-            raise UserError("--validate: at least 2 architectures are needed to rank")
+            raise UserError(f"validate {self.validate}: at least 2 architectures are needed to rank")
 
 
 def distinct_architectures(space: SearchSpace, count: int, seed: int, exclude: set[str]) -> list[Architecture]:
@@ -76,8 +76,9 @@ def open_profiler(space: SearchSpace, settings: BuildSettings) -> Iterator[Calla
     if settings.device not in resources:
         offered = sorted(k for k in resources if k not in BUILT_IN_RESOURCES and not k.startswith("node:"))
         raise UserError(
-            f"--device {settings.device!r}: no node of the cluster offers that resource; custom resources offered: "
-            f"{', '.join(offered) or 'none'} (start the target nodes with ray start --resources '{{\"{settings.device}\": 1}}', or use --device local)"
+            f"device {settings.device!r}: no node of the cluster offers that resource; custom resources offered: "
+            f"{', '.join(offered) or 'none'} (start the target nodes with ray start --resources "
+            f"'{{\"{settings.device}\": 1}}', or use device 'local')"
         )
     actor = ray.remote(Profiler).options(resources={settings.device: 1}, num_cpus=settings.threads).remote(*args)
     try:

@@ -177,7 +177,7 @@ def import_cream(checkpoint: str | Path, space: SearchSpace, out: str | Path, ov
     atomic write). Its config records the reference options, ImageNet normalisation, and that it was trained on
     every ImageNet-1k training image."""
     if Path(out).exists() and not overwrite:
-        raise UserError(f"--out {str(out)!r} already exists; choose another path (or --force to replace it)")
+        raise UserError(f"out {str(out)!r} already exists; choose another path (or overwrite=True to replace it)")
     space = reference_space(space)
     where = f"checkpoint {str(checkpoint)!r}"
     state = convert_state(read_checkpoint(checkpoint), space, where)

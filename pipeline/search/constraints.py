@@ -7,7 +7,6 @@ evaluated. Latency is a measurement, so it can only be checked by an evaluator (
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from pipeline.core.complexity import space_ranges
@@ -17,21 +16,16 @@ from pipeline.shared.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Constraints:
+    """The constraints' part of the search settings (``SearchSettings.constraints``), keys of the task's
+    ``search`` section by the same names; None is no limit. Each value has been checked by the task schema; only
+    what relates two of them is checked here."""
+
     min_params: int | None = None
     max_params: int | None = None
     max_macs: int | None = None
     max_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_params", "max_params", "max_macs", "max_latency_ms"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not value > 0
-                or not math.isfinite(value)
-            ):
-                raise UserError(f"constraint {name}: {value!r} must be a positive number (or left unset)")
         if self.min_params is not None and self.max_params is not None and self.min_params > self.max_params:
             raise UserError(f"constraints: min_params {self.min_params:,} exceeds max_params {self.max_params:,}")
 

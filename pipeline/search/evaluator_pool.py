@@ -32,7 +32,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.data.arrays import SplitArrays
 from pipeline.search.evaluator import Evaluator
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
-from pipeline.shared.progress import say, without_native_lines
+from pipeline.shared.progress import say
+from pipeline.shared.ray_console import without_native_lines
 
 ROUTER_RESTARTS = 3  # then the search stops with the trials' errors
 REPLACE_RETRY_S = 1.0  # pause before starting another evaluator when a replacement died while loading

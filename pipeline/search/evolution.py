@@ -25,7 +25,6 @@ from pipeline.core.pareto import nsga_order
 from pipeline.core.records import CandidateRecord, by_top1, candidate_record, cost_of
 from pipeline.core.sampling import sample_architecture
 from pipeline.core.space import SearchSpace
-from pipeline.core.task import MUTATION_MODES, SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, SEARCH_PARETO_COSTS
 from pipeline.search.constraints import Constraints
 from pipeline.shared.errors import UserError
 
@@ -35,43 +34,28 @@ TRIES_PER_CANDIDATE = 50
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    algorithm: str = "evolution"
-    objective: str = "constrained"
-    population: int = 50
-    generations: int = 20
-    parents: int = 10
-    mutations: int = 25
-    crossovers: int = 25
-    depth_prob: float = 0.2
-    gene_prob: float = 0.4
-    mutation: str = "per_layer"
-    pareto_costs: tuple[str, ...] = ("params",)
-    seed: int = 0
+    """The strategy's part of the search settings (``SearchSettings.strategy``), keys of the task's ``search``
+    section by the same names. Built by ``SearchSettings.from_task``: each value has been checked by the task
+    schema, which is also where the defaults are; only what relates fields is checked here."""
+
+    algorithm: str  # evolution or random
+    objective: str  # constrained or pareto
+    population: int
+    generations: int
+    parents: int
+    mutations: int
+    crossovers: int
+    depth_prob: float
+    gene_prob: float
+    mutation: str  # per_layer or per_gene
+    pareto_costs: tuple[str, ...]
+    seed: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pareto_costs", tuple(self.pareto_costs))
-        if self.algorithm not in SEARCH_ALGORITHMS:
-            raise UserError(f"search algorithm {self.algorithm!r}: allowed are {', '.join(SEARCH_ALGORITHMS)}")
-        if self.objective not in SEARCH_OBJECTIVES:
-            raise UserError(f"search objective {self.objective!r}: allowed are {', '.join(SEARCH_OBJECTIVES)}")
-        for name in ("population", "generations", "parents"):
-            if getattr(self, name) < 1:
-                raise UserError(f"search.{name} {getattr(self, name)}: must be at least 1")
-        for name in ("mutations", "crossovers"):
-            if getattr(self, name) < 0:
-                raise UserError(f"search.{name} {getattr(self, name)}: must not be negative")
+        object.__setattr__(self, "pareto_costs", tuple(self.pareto_costs))  # a JSON list from a task: hashable
         if self.mutations + self.crossovers > self.population:
             raise UserError(
                 f"search.mutations + search.crossovers ({self.mutations} + {self.crossovers}) exceed search.population {self.population}"
-            )
-        for name in ("depth_prob", "gene_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"search.{name} {getattr(self, name)}: must be a probability in [0, 1]")
-        if self.mutation not in MUTATION_MODES:
-            raise UserError(f"search.mutation {self.mutation!r}: allowed are {', '.join(MUTATION_MODES)}")
-        if not self.pareto_costs or any(c not in SEARCH_PARETO_COSTS for c in self.pareto_costs):
-            raise UserError(
-                f"search.pareto_costs {list(self.pareto_costs)}: choose one or more of {', '.join(SEARCH_PARETO_COSTS)}"
             )
 
     @property

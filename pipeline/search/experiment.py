@@ -23,7 +23,8 @@ from pipeline.search.evolution import Strategy
 from pipeline.search.searcher import EvolutionSearcher
 from pipeline.search.tracking import tune_callbacks
 from pipeline.shared.errors import UserError
-from pipeline.shared.progress import quiet_tune, say
+from pipeline.shared.progress import say
+from pipeline.shared.ray_console import quiet_tune
 from pipeline.shared.storage import filesystem, join, read_bytes, write_bytes
 from pipeline.shared.tracking import TrackingPlan
 
@@ -36,7 +37,12 @@ TRIAL_RETRIES = 3
 
 
 class SearchInterrupted(UserError):
-    pass
+    """The Tune run stopped before the strategy finished; its state is saved. ``summary`` says what was kept, the
+    message adds how to continue in this library's words (the CLI says it in its own)."""
+
+    def __init__(self, run_path: str, evaluated: int) -> None:
+        self.summary = f"search {run_path!r} was interrupted after {evaluated} candidates; its state is saved"
+        super().__init__(f"{self.summary}: run the search again with resume=True to continue")
 
 
 # What a trial adds from its config to the evaluator's measurements, so that every logger callback (--log) has
@@ -74,64 +80,69 @@ def trial_resources(concurrency: int) -> dict[str, float]:
     return {"CPU": 0.0, HEAD_RESOURCE: max(1, 10_000 // concurrency) / 10_000}  # Ray counts in 1e-4 steps
 
 
-def run_experiment(
-    strategy: Strategy,
-    router_name: str,
-    max_latency_ms: float | None,
-    concurrency: int,
-    trial_resources: dict[str, float],
-    storage: str,
-    name: str,
-    resume: bool,
-    tracking: TrackingPlan,
-) -> list[CandidateRecord]:
-    """Run (or restore) the Tune experiment ``storage/name`` to the end; the records of every candidate.
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+    """Where and how the Tune experiment of a search runs (the ``Strategy`` it drives is passed beside it)."""
 
-    ``tracking``'s logger callbacks are part of the experiment's saved state: a restored search logs to the
-    backends it started with.
-    """
-    run_path = join(storage, name)
+    storage: str
+    name: str
+    resume: bool  # restore the saved experiment instead of starting one
+    router_name: str  # the evaluator pool's router, which every trial calls
+    concurrency: int  # trials at once (one per evaluator, at most a generation)
+    max_latency_ms: float | None  # the limit the evaluators check on measured latency (None: none, or predicted)
+    tracking: TrackingPlan  # its logger callbacks are saved with the experiment: a restored one keeps them
+
+    @property
+    def run_path(self) -> str:
+        return join(self.storage, self.name)
+
+
+def run_experiment(strategy: Strategy, spec: ExperimentSpec) -> list[CandidateRecord]:
+    """Run (or restore) the Tune experiment ``spec.run_path`` to the end; the records of every candidate."""
     quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     trainable = tune.with_resources(
-        tune.with_parameters(evaluate_trial, router_name=router_name, max_latency_ms=max_latency_ms),
-        trial_resources,
+        tune.with_parameters(evaluate_trial, router_name=spec.router_name, max_latency_ms=spec.max_latency_ms),
+        trial_resources(spec.concurrency),
     )
-    if resume:
-        say(f"[search] resuming {run_path}")
-        tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
+    if spec.resume:
+        say(f"[search] resuming {spec.run_path}")
+        tuner = tune.Tuner.restore(spec.run_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        s = strategy.settings
-        say(
-            f"[search] {s.algorithm} ({s.objective}), population {s.population}, {s.generations} generations, "
-            f"{s.budget:,} evaluations at most; run {run_path}"
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=EvolutionSearcher(strategy),
-                num_samples=-1,
-                max_concurrent_trials=concurrency,
-                reuse_actors=True,
-                trial_dirname_creator=candidate_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                verbose=0,
-                callbacks=tune_callbacks(tracking),
-                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-            ),
-        )
+        tuner = _new_tuner(strategy, spec, trainable)
     grid = tuner.fit()
-    saved = saved_strategy(run_path)
+    saved = saved_strategy(spec.run_path)
     records = records_from_results(grid)
     if saved is None or not saved.finished:
         # Tune stops gracefully on Ctrl-C (or a lost driver connection) and returns; its state is on storage.
-        raise SearchInterrupted(
-            f"search {run_path!r} was interrupted after {len(records)} candidates; its state is saved: run the same "
-            f"command again with --resume (autoformer run resumes by itself) to continue"
-        )
+        raise SearchInterrupted(spec.run_path, len(records))
     return records
+
+
+def _new_tuner(strategy: Strategy, spec: ExperimentSpec, trainable: Any) -> tune.Tuner:
+    """A new experiment: the searcher hands out the strategy's candidates, ``concurrency`` trials at once, each
+    retried ``TRIAL_RETRIES`` times when its actor dies."""
+    s = strategy.settings
+    say(
+        f"[search] {s.algorithm} ({s.objective}), population {s.population}, {s.generations} generations, "
+        f"{s.budget:,} evaluations at most; run {spec.run_path}"
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=EvolutionSearcher(strategy),
+            num_samples=-1,
+            max_concurrent_trials=spec.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=candidate_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            verbose=0,
+            callbacks=tune_callbacks(spec.tracking),
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+        ),
+    )
 
 
 def search_exists(run_path: str) -> bool:
@@ -166,7 +177,7 @@ def extend_saved_search(run_path: str, generations: int) -> None:
 
     found = _newest_state(run_path, SEARCHER_STATE_PREFIX)
     if found is None:
-        raise UserError(f"--resume: search {run_path!r} has no saved searcher state to extend")
+        raise UserError(f"resume: search {run_path!r} has no saved searcher state to extend")
     state = pickle.loads(read_bytes(found))
     strategy: Strategy = state["strategy"]
     strategy.settings = dataclasses.replace(strategy.settings, generations=generations)

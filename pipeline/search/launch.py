@@ -21,15 +21,16 @@ import ray
 from safetensors.numpy import load_file
 
 from pipeline.core.latency_model import LatencyModel
+from pipeline.core.recorded import Rules, check_recorded
 from pipeline.core.records import CandidateRecord
 from pipeline.core.sampling import smallest_architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
-from pipeline.data.arrays import load_split
+from pipeline.data.arrays import SplitArrays, load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
-from pipeline.search.experiment import extend_saved_search, run_experiment, search_exists, trial_resources
+from pipeline.search.experiment import ExperimentSpec, extend_saved_search, run_experiment, search_exists
 from pipeline.search.preflight import (
     check_latency_feasible,
     check_population,
@@ -71,18 +72,16 @@ class SearchOutcome:
 
 
 SETTINGS_FILE = "search-settings.json"  # a search run's settings, fixed when it starts
+# What may differ when a search is resumed: more generations extend it; ``extensions`` records those extensions.
+RESUME_RULES = Rules(ignored=("extensions",), may_grow=("search.generations",))
+RESUME_HINT = "only search.generations may grow: re-run with the same settings to resume it, or choose another run name"
 
 
 def recorded_settings(settings: SearchSettings, supernet: str) -> dict[str, Any]:
     """What fixes a search's results (as JSON values): a resumed run must have exactly these."""
     record = {
         "supernet": supernet if is_uri(supernet) else str(Path(supernet).resolve()),
-        **{f"search.{k}": v for k, v in dataclasses.asdict(settings.strategy).items()},
-        **{f"search.{k}": v for k, v in settings.constraints.to_dict().items()},
-        "search.batch_size": settings.batch_size,
-        "search.latency_batch": settings.latency_batch,
-        "search.latency_repeats": settings.latency_repeats,
-        "search.latency_model": settings.latency_model,
+        **{f"search.{k}": v for k, v in settings.to_section().items()},
     }
     return json.loads(json.dumps(record))
 
@@ -105,21 +104,10 @@ def check_recorded_settings(
         recorded = json.loads(read_bytes(join(run_path, SETTINGS_FILE)).decode("utf-8"))
     except (FileNotFoundError, OSError):
         return None, None  # a search from before settings were recorded: nothing to compare with
-    extended_from = None
-    for key, value in settings.items():
-        old = recorded.get(key)
-        if old == value:
-            continue
-        if key == "search.generations" and isinstance(old, int) and value > old:
-            extended_from = old
-            continue
-        raise UserError(
-            f"--resume: search {run_path!r} was started with {key} = {old!r}, not {value!r}; a run's settings are "
-            f"fixed when it starts (only search.generations may grow): resume with the same settings, or start "
-            f"another --name"
-        )
-    if extended_from is None:
+    grown = check_recorded(f"search {run_path!r}", recorded, settings, RESUME_RULES, RESUME_HINT)
+    if not grown:
         return None, None
+    extended_from = grown[0].recorded
     recorded["search.generations"] = settings["search.generations"]
     recorded.setdefault("extensions", []).append(
         {"generations_from": extended_from, "generations_to": settings["search.generations"], "at": _now()}
@@ -149,20 +137,23 @@ def load_latency_model(settings: SearchSettings, space: SearchSpace) -> LatencyM
     return model
 
 
-def run_search(
-    task: Task,
-    supernet: str,
-    settings: SearchSettings,
-    resources: EvaluatorResources,
-    storage: str | None = None,
-    name: str | None = None,
-    resume: bool = False,
-    log: Sequence[str] = (),
-) -> SearchOutcome:
-    storage = resolve_storage(storage)
-    name = safe_run_name(name or f"{task.name}-search")
-    run_path = join(storage, name)
-    tracking = plan_tracking(log, storage, name, by_tune=True)
+@dataclasses.dataclass
+class Prepared:
+    """What the pre-flight checks leave for the search: the supernet (config, space, weights), the strategy with
+    generation 0 built, the latency model if any, and the search split."""
+
+    supernet_config: dict[str, Any]
+    space: SearchSpace
+    strategy: Strategy
+    latency_model: LatencyModel | None
+    split: SplitArrays
+    weights: dict[str, Any]
+
+
+def prepare(task: Task, supernet: str, settings: SearchSettings, run_path: str, resume: bool) -> Prepared:
+    """Every check that needs no cluster, in the order users meet them: the supernet fits the task, the
+    constraints leave part of the space, the run name is free (or, resuming, taken), the search split is the one
+    held out of training; then the weights, read once and checked against their checksum."""
     with local_supernet(supernet) as supernet_dir:
         sconf = read_supernet_config(supernet_dir)
         where = f"supernet {supernet!r}"
@@ -177,54 +168,104 @@ def run_search(
         split = load_split(task, "search", batch_size=settings.batch_size)
         check_search_split(sconf, split.summary, where)
         weights = read_weights(supernet_dir, sconf, load_file)
+    return Prepared(sconf, space, strategy, latency_model, split, weights)
 
+
+def claim_evaluators(resources: EvaluatorResources) -> int:
+    """Join (or start) the cluster and check it can hold the evaluators; how many there will be."""
+    joined = connect(resources.gpu, "search")
+    count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
+    unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
+    check_resources(unit, count, "evaluators", "search", joined)
+    return count
+
+
+def write_settings_record(
+    run_path: str, settings_file: dict[str, Any] | None, extended_from: int | None, generations: int
+) -> None:
+    """Write the settings file (a new search, or an extended one), and let an extended search's saved state run
+    on to ``generations``; after every check has passed, so a refused run is left as it was."""
+    if settings_file is not None:
+        write_bytes(join(run_path, SETTINGS_FILE), (json.dumps(settings_file, indent=2) + "\n").encode("utf-8"))
+    if extended_from is not None:
+        extend_saved_search(run_path, generations)
+        say(
+            f"[search] extending {run_path} from {extended_from} to {generations} generations "
+            f"(recorded in {SETTINGS_FILE})"
+        )
+
+
+def evaluator_kwargs(task: Task, settings: SearchSettings, prepared: Prepared) -> dict[str, Any]:
+    """What every evaluator is built with besides the weights and the split."""
+    return {
+        "supernet_config": {k: prepared.supernet_config[k] for k in ("space", "sharing", "regularization")},
+        "normalization": {"mean": task.data["mean"], "std": task.data["std"]},
+        "batch_size": settings.batch_size,
+        "latency_batch": settings.latency_batch,
+        "latency_repeats": settings.latency_repeats,
+        "time_latency": prepared.latency_model is None,
+    }
+
+
+def search_with_pool(
+    task: Task,
+    settings: SearchSettings,
+    resources: EvaluatorResources,
+    count: int,
+    prepared: Prepared,
+    spec: ExperimentSpec,
+) -> SearchOutcome:
+    """Start the pool of ``count`` evaluators, run the Tune experiment against it, and stop the pool whatever
+    happens."""
+    kwargs = evaluator_kwargs(task, settings, prepared)
+    router, infos, refs = start_pool(
+        spec.router_name, count, resources.gpu, resources.cpus, prepared.weights, prepared.split, kwargs
+    )
+    prepared.weights = {}  # the object store holds them now: not kept twice in the driver's memory
+    try:
+        if spec.max_latency_ms is not None:
+            check_latency_feasible(router, prepared.space, spec.max_latency_ms)
+        start = time.perf_counter()
+        records = run_experiment(prepared.strategy, spec)
+        tune_s = time.perf_counter() - start
+        replaced = ray.get(router.replaced_count.remote())
+    finally:
+        ray.kill(router)
+        del refs  # held until here: a restarted router starts its evaluators from them
+    return SearchOutcome(
+        spec.run_path, records, settings, prepared.space, prepared.supernet_config, infos, replaced, tune_s
+    )
+
+
+def run_search(
+    task: Task,
+    supernet: str,
+    settings: SearchSettings,
+    resources: EvaluatorResources,
+    storage: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    log: Sequence[str] = (),
+) -> SearchOutcome:
+    """Search ``supernet`` under run ``storage/name`` (resuming it with ``resume``); ``log``: experiment
+    trackers that get one result per candidate. Everything that can be refused is checked before the cluster is
+    asked for anything, and nothing is written before the cluster is known to hold the evaluators."""
+    storage = resolve_storage(storage)
+    name = safe_run_name(name or f"{task.name}-search")
+    run_path = join(storage, name)
+    tracking = plan_tracking(log, storage, name, by_tune=True)
+    prepared = prepare(task, supernet, settings, run_path, resume)
     with run_lock(run_path, "search"):
         extended_from, settings_file = check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
-        joined = connect(resources.gpu, "search")
-        count = resources.count or default_evaluator_count(resources.gpu, resources.cpus)
-        unit = {"CPU": resources.cpus, **({"GPU": 1.0} if resources.gpu else {})}
-        check_resources(unit, count, "--evaluators/--cpus-per-evaluator", "search", joined)
-        if settings_file is not None:
-            write_bytes(join(run_path, SETTINGS_FILE), (json.dumps(settings_file, indent=2) + "\n").encode("utf-8"))
-        if extended_from is not None:
-            extend_saved_search(run_path, settings.strategy.generations)
-            say(
-                f"[search] extending {run_path} from {extended_from} to {settings.strategy.generations} generations "
-                f"(recorded in {SETTINGS_FILE})"
-            )
-        evaluator_kwargs = {
-            "supernet_config": {k: sconf[k] for k in ("space", "sharing", "regularization")},
-            "normalization": {"mean": task.data["mean"], "std": task.data["std"]},
-            "batch_size": settings.batch_size,
-            "latency_batch": settings.latency_batch,
-            "latency_repeats": settings.latency_repeats,
-            "time_latency": latency_model is None,
-        }
-        router_name = f"autoformer-router-{name}"
-        router, infos, refs = start_pool(
-            router_name, count, resources.gpu, resources.cpus, weights, split, evaluator_kwargs
+        count = claim_evaluators(resources)
+        write_settings_record(run_path, settings_file, extended_from, settings.strategy.generations)
+        spec = ExperimentSpec(
+            storage=storage,
+            name=name,
+            resume=resume,
+            router_name=f"autoformer-router-{name}",
+            concurrency=min(count, settings.strategy.population),
+            max_latency_ms=settings.constraints.max_latency_ms if prepared.latency_model is None else None,
+            tracking=tracking,
         )
-        del weights
-        try:
-            if settings.constraints.max_latency_ms is not None and latency_model is None:
-                check_latency_feasible(router, space, settings.constraints.max_latency_ms)
-            concurrency = min(count, settings.strategy.population)
-            start = time.perf_counter()
-            measured_limit = settings.constraints.max_latency_ms if latency_model is None else None
-            records = run_experiment(
-                strategy,
-                router_name,
-                measured_limit,
-                concurrency,
-                trial_resources(concurrency),
-                storage,
-                name,
-                resume,
-                tracking,
-            )
-            tune_s = time.perf_counter() - start
-            replaced = ray.get(router.replaced_count.remote())
-        finally:
-            ray.kill(router)
-            del refs  # held until here: a restarted router starts its evaluators from them
-        return SearchOutcome(run_path, records, settings, space, sconf, infos, replaced, tune_s)
+        return search_with_pool(task, settings, resources, count, prepared, spec)

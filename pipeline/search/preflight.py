@@ -1,7 +1,7 @@
 """Checks a search makes before it starts anything: each fails in seconds with one line, writing nothing.
 
 The task must describe the images and space the supernet was trained on, the constraints must leave part of
-the space, the run name must be new (or, with ``--resume``, exist), the search split must be the one held out
+the space, the run name must be new (or, resuming, exist), the search split must be the one held out
 of training, and a latency limit must admit at least the smallest architecture.
 """
 
@@ -59,10 +59,11 @@ def check_population(population: int, space: SearchSpace) -> None:
 
 
 def check_run_name(run_path: str, exists: bool, resume: bool) -> None:
+    """A new search needs a new run name; resuming needs one taken (a typo would otherwise start afresh)."""
     if exists and not resume:
-        raise UserError(f"search {run_path!r} already exists; pass --resume to continue it, or choose another --name")
+        raise UserError(f"search {run_path!r} already exists; resume it, or choose another run name")
     if resume and not exists:
-        raise UserError(f"--resume: there is no search at {run_path!r} to resume")
+        raise UserError(f"resume: there is no search at {run_path!r} to resume")
 
 
 def check_latency_feasible(router: Any, space: SearchSpace, max_latency_ms: float) -> None:

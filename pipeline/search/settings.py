@@ -1,23 +1,32 @@
-"""The search's settings as typed values, built once from the task's ``search`` section.
+"""The search's settings as one typed object, built once from the task's ``search`` section.
 
-The task schema (``pipeline.core.task``) validates each value of the section; command-line flags reach it
-as ``search.KEY=VALUE`` overrides, so a value is checked once, in one place, on its way in.
-``SearchSettings.from_task`` turns the section into the strategy's settings, the constraints and the
-evaluation sizes; ``EvaluatorResources`` is what a run asks of the cluster (not part of the task).
+The task schema (``pipeline.core.task``) checks each value of the section when the task loads, and holds the
+defaults; command-line flags reach it as ``search.KEY=VALUE`` overrides, so a value is checked once, in one place,
+on its way in. ``SearchSettings.from_task`` splits the section by key into its parts, each a dataclass whose
+fields are the section's keys by the same names: the strategy's (``evolution.Settings``), the constraints
+(``Constraints``), and the evaluation sizes here. The parts check only what relates their fields (min_params <=
+max_params, mutations + crossovers <= population), which the schema cannot. ``EvaluatorResources`` is what a run
+asks of the cluster (not part of the task).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from pipeline.core.task import Task
 from pipeline.search.constraints import Constraints
 from pipeline.search.evolution import Settings
 from pipeline.shared.errors import UserError
 
+PARTS = ("strategy", "constraints")  # the nested parts of SearchSettings; its other fields are keys themselves
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
+    """A search's settings: the strategy's and the constraints' parts, and the evaluation sizes."""
+
     strategy: Settings
     constraints: Constraints
     batch_size: int  # images per forward pass when scoring
@@ -31,27 +40,29 @@ class SearchSettings:
 
         ``parents``, ``mutations`` and ``crossovers`` are shares of a generation: they are capped to fit a
         smaller ``population`` (at most the population as parents, half of it as mutants, the rest as
-        crossovers), so ``--population 6`` works without restating the paper's 10/25/25.
+        crossovers), so ``search.population=6`` works without restating the paper's 10/25/25.
         """
         s = task.search
         population = s["population"]
         mutations = min(s["mutations"], population // 2)
-        strategy = Settings(
-            algorithm=s["algorithm"],
-            objective=s["objective"],
-            population=population,
-            generations=s["generations"],
-            parents=min(s["parents"], population),
-            mutations=mutations,
-            crossovers=min(s["crossovers"], population - mutations),
-            depth_prob=s["depth_prob"],
-            gene_prob=s["gene_prob"],
-            mutation=s["mutation"],
-            pareto_costs=tuple(s["pareto_costs"]),
-            seed=s["seed"],
-        )
-        constraints = Constraints(s["min_params"], s["max_params"], s["max_macs"], s["max_latency_ms"])
-        return cls(strategy, constraints, s["batch_size"], s["latency_batch"], s["latency_repeats"], s["latency_model"])
+        shares = {
+            "parents": min(s["parents"], population),
+            "mutations": mutations,
+            "crossovers": min(s["crossovers"], population - mutations),
+        }
+        own = {f.name: s[f.name] for f in dataclasses.fields(cls) if f.name not in PARTS}
+        return cls(Settings(**{**_keys_of(Settings, s), **shares}), Constraints(**_keys_of(Constraints, s)), **own)
+
+    def to_section(self) -> dict[str, Any]:
+        """Every key of the search section with the value this search runs with (the capped shares included),
+        as a run records it."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PARTS}
+        return {**dataclasses.asdict(self.strategy), **self.constraints.to_dict(), **own}
+
+
+def _keys_of(part: type, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The section's values for the fields of ``part`` (a dataclass whose fields are section keys)."""
+    return {f.name: section[f.name] for f in dataclasses.fields(part)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,6 @@ class EvaluatorResources:
 
     def __post_init__(self) -> None:
         if self.count is not None and self.count < 1:
-            raise UserError(f"--evaluators {self.count}: must be at least 1")
-        if self.cpus <= 0:
-            raise UserError(f"--cpus-per-evaluator {self.cpus}: must be positive")
+            raise UserError(f"evaluators {self.count}: must be at least 1")
+        if not self.cpus > 0:
+            raise UserError(f"cpus per evaluator {self.cpus:g}: must be positive")

@@ -3,8 +3,8 @@
 The driver's storage settings travel with the job: every ``AWS_*`` variable (endpoint, region, credentials,
 the way MinIO, Ceph or R2 users work) and the Google Cloud ones reach every Ray process the job starts
 (Train controller and workers, Tune trials, evaluators) through its runtime environment, so a cluster whose
-nodes were started without them still reads and writes ``s3://`` and ``gs://`` runs. The tracking settings of
-``--log`` (``MLFLOW_*``, ``WANDB_*``) travel the same way.
+nodes were started without them still reads and writes ``s3://`` and ``gs://`` runs. The experiment
+trackers' settings (``MLFLOW_*``, ``WANDB_*``) travel the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import ray
 
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
+from pipeline.shared.ray_console import INIT_LOGGING
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "CLOUDSDK_")
-TRACKING_ENV_PREFIXES = ("MLFLOW_", "WANDB_")  # --log: the tracking server, its credentials, W&B's mode and key
+TRACKING_ENV_PREFIXES = ("MLFLOW_", "WANDB_")  # trackers: the server, its credentials, W&B's mode and key
 FORWARDED_ENV_PREFIXES = STORAGE_ENV_PREFIXES + TRACKING_ENV_PREFIXES
 
 
@@ -59,12 +60,12 @@ def connect(gpu: bool, phase: str) -> bool:
         env = forwarded_environment() if joining else {}
         ray.init(
             address=None if joining else "local",
-            log_to_driver=True,
             runtime_env={"env_vars": env} if env else None,
+            **INIT_LOGGING,
         )
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
         if not joining:
-            raise UserError(f"--gpu was given but this machine has no GPU; drop --gpu to {phase} on CPUs")
+            raise UserError(f"gpu: a GPU was asked for, but this machine has none; {phase} on CPUs instead")
         say(f"[{phase}] no GPU in the cluster yet: waiting for the autoscaler to add GPU nodes")
     return joining
 

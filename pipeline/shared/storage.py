@@ -95,16 +95,16 @@ def resolve_storage(storage: str | None) -> str:
             fs.get_file_info(path)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"--storage {storage!r} cannot be reached: {first}") from None
+            raise UserError(f"storage {storage!r} cannot be reached: {first}") from None
         return storage
     root = Path(storage).expanduser().resolve()
     if root.exists() and not root.is_dir():
-        raise UserError(f"--storage {storage!r} is a file, not a directory")
+        raise UserError(f"storage {storage!r} is a file, not a directory")
     existing = root
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--storage {storage!r}: {str(existing)!r} is not writable")
+        raise UserError(f"storage {storage!r}: {str(existing)!r} is not writable")
     return str(root)
 
 
@@ -112,7 +112,7 @@ def safe_run_name(name: str) -> str:
     """A run name stays inside the storage root: relative, no '..' and no empty parts."""
     parts = name.split("/")
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in name:
-        raise UserError(f"--name {name!r}: a run name must stay inside the storage root (no '..', '.' or leading '/')")
+        raise UserError(f"name {name!r}: a run name must stay inside the storage root (no '..', '.' or leading '/')")
     return name
 
 

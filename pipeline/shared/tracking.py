@@ -57,15 +57,15 @@ def check_installed(backends: Sequence[str]) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(backends))
     for backend in chosen:
         if backend not in BACKENDS:
-            raise UserError(f"--log {backend!r}: choose from {', '.join(BACKENDS)}")
+            raise UserError(f"tracking backend {backend!r}: choose from {', '.join(BACKENDS)}")
         try:
             found = importlib.util.find_spec(MODULES[backend]) is not None
         except (ImportError, ValueError):  # a parent package missing, or an entry in sys.modules that is not one
             found = False
         if not found:
             raise UserError(
-                f"--log {backend} needs the {PACKAGES[backend]} package: pip install {PACKAGES[backend]} (or pip "
-                f"install 'autoformer-pipeline[tracking]' for every tracker)"
+                f"tracking backend {backend} needs the {PACKAGES[backend]} package: pip install "
+                f"{PACKAGES[backend]} (or pip install 'autoformer-pipeline[tracking]' for every tracker)"
             )
     return chosen
 
@@ -82,15 +82,15 @@ def plan_tracking(backends: Sequence[str], storage: str, name: str, *, by_tune: 
     run_path = join(storage, name)
     if "tensorboard" in chosen and is_uri(storage) and not by_tune:
         raise UserError(
-            f"--log tensorboard writes event files to a local directory, not to --storage {storage!r}; use --log "
-            f"mlflow (with MLFLOW_TRACKING_URI) or --log wandb with this storage"
+            f"tracking backend tensorboard writes event files to a local directory, not to storage {storage!r}; "
+            f"use mlflow (with MLFLOW_TRACKING_URI) or wandb with this storage"
         )
     mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
     if "mlflow" in chosen and mlflow_uri is None:
         if is_uri(storage):
             raise UserError(
-                f"--log mlflow with --storage {storage!r} needs an MLflow server: set MLFLOW_TRACKING_URI (the default "
-                f"file store lives in a local run directory)"
+                f"tracking backend mlflow with storage {storage!r} needs an MLflow server: set MLFLOW_TRACKING_URI "
+                f"(the default file store lives in a local run directory)"
             )
         mlflow_uri = Path(run_path, MLFLOW_DIR).as_uri()
     project = os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT

@@ -1,0 +1,144 @@
+"""What Ray may print on our console: the one place that quiets it, in every process a run involves.
+
+Our own progress lines (``progress.say``) are what a user follows; Ray's start-up notes, Tune's result tables
+and hints, Train's per-report INFO lines and a few known-harmless lines from Ray's own processes would bury
+them. Each function below is called where its process starts:
+
+- ``quiet_driver(verbose)``: the command's process, before anything imports Ray (environment variables are
+  read when Ray is first imported), and its stdout/stderr filtered of known-harmless forwarded lines;
+- ``INIT_LOGGING``: the log options the driver passes to ``ray.init``;
+- ``quiet_tune()``: the driver of a Tune experiment (a search, a fidelity run);
+- ``quiet_worker()``: a Ray Train worker or a Tune trial that trains;
+- ``without_native_lines(pattern)``: around a call after which Ray's C++ side prints a known-harmless line.
+
+No Ray import here: the CLI calls ``quiet_driver`` at start-up, and Ray must not load before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+# The driver's ``ray.init`` log options: worker processes' lines (the per-epoch progress of training workers and
+# trials) are forwarded to the driver's console.
+INIT_LOGGING: dict[str, Any] = {"log_to_driver": True}
+
+
+def quiet_driver(verbose: bool) -> None:
+    """Our progress lines and the warnings that matter, nothing else by default.
+
+    Ray folds log lines that differ only in numbers ("[repeated 6x across cluster]"), which would swallow the
+    per-epoch lines of parallel trials and workers: never. Unless ``verbose``: Ray's Python loggers say
+    warnings and errors only (no start-up and dashboard lines) in the driver and the processes a local Ray
+    starts, its token-authentication note is hidden, and colour codes are stripped when output is not a
+    terminal. Environment variables are read when Ray is first imported, so this runs before anything imports it.
+    """
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if verbose:
+        return
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    sys.stdout, sys.stderr = QuietStream(sys.stdout), QuietStream(sys.stderr)
+
+
+class QuietStream:
+    """A text stream without Ray's known-harmless lines, and without ANSI colour codes when it is not a
+    terminal (Ray colours the prefix of every worker line it forwards)."""
+
+    CODES = re.compile(r"\x1b\[[0-9;]*m")
+    # Forwarded from Ray's own processes, harmless, printed on every run: the Train controller's note about its
+    # PreemptionWatcher actor, and the traceback of the placement-group cleaner's monitor thread when another
+    # Ray instance runs on the same machine (it cannot tell which to watch; the run is not affected). And DDP's
+    # note, printed by torch's C++ side (past Python's warning filters) whenever a step uses every parameter,
+    # that find_unused_parameters was set: a supernet step usually leaves most of them out, so it must be.
+    HARMLESS = re.compile(
+        r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
+    )
+    # The same cleaner, when it has already left for that reason, makes the controller print a note spread over
+    # several forwarded lines: dropped from its first line to the one that ends it, at most MULTILINE_MAX lines.
+    MULTILINE = {"Failed to register placement group with cleaner": "may not be cleaned up if controller dies"}
+    MULTILINE_MAX = 12
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
+        self._until: str | None = None
+        self._left = 0
+
+    def write(self, text: str) -> int:
+        if self._until is not None and text != "\n":
+            self._left -= 1
+            if self._until in text or self._left <= 0:
+                self._until = None
+            self._dropped = True
+            return len(text)
+        end = next((last for first, last in self.MULTILINE.items() if first in text), None)
+        if end is not None and end not in text:
+            self._until, self._left = end, self.MULTILINE_MAX
+        if end is not None or self.HARMLESS.search(text) or (self._dropped and text == "\n"):
+            self._dropped = text != "\n"
+            return len(text)
+        self._dropped = False
+        return self._stream.write(self.CODES.sub("", text) if self._plain else text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def quiet_tune() -> None:
+    """Ray Tune on the driver: no result tables (our own lines are the progress), warnings only, and without its
+    "Resume experiment with: Tuner.restore(path=..., trainable=...)" hint or its notes on its own bookkeeping's
+    speed, which CLI users cannot act on: the command's own message says how to resume."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.tune").addFilter(_without_restore_hint)
+    # Tune timing its own bookkeeping ("... took 1.004 s, which may be a performance bottleneck"): on a busy
+    # machine it fires during searches, and a CLI user has no Tune code to change.
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+    # On a resumed experiment, a list of every trial that had not started yet ("Failed to fetch metrics ...: both
+    # result.json and progress.csv were not found"): those trials run now, and each command counts what finished.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def _without_restore_hint(record: logging.LogRecord) -> bool:
+    return "Tuner.restore(" not in record.getMessage()
+
+
+def quiet_worker() -> None:
+    """Ray Train and Tune log every report and checkpoint at INFO (some loggers are named by file path, not
+    module); our epoch lines are the progress."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("ray.train", "ray.tune")) or any(
+            f"{os.sep}ray{os.sep}{part}{os.sep}" in name for part in ("train", "tune")
+        ):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def without_native_lines(pattern: re.Pattern[str]) -> Iterator[None]:
+    """Run the body with file descriptor 2 captured, then pass every captured line on except those matching
+    ``pattern``. For a line that native code (Ray's C++ core worker) prints synchronously to the process's stderr,
+    where neither Python's streams nor its loggers see it."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a daemon with fd 2 closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+                if not pattern.search(line):
+                    os.write(2, line.encode("utf-8"))
