@@ -24,11 +24,12 @@ from pipeline.core.task import Task
 from pipeline.core.training_settings import TrainSettings, check_recipe
 from pipeline.fidelity.inherited import inherited_top1, scoring_splits
 from pipeline.model.supernet_dir import load_supernet
-from pipeline.shared.progress import quiet_tune, say
+from pipeline.shared.progress import say
+from pipeline.shared.ray_console import quiet_tune, quiet_worker
 from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
 from pipeline.training.run_spec import MODEL, SubjectSpec, WorkerConfig
 from pipeline.training.session import tune_session
-from pipeline.training.worker import quiet_ray_logs, run_training
+from pipeline.training.worker import run_training
 
 PLAN_FILE = "fidelity-plan.json"  # what the experiment was started with: re-runs must match it
 PLAN_KEYS = ("supernet", "architectures", "standalone")  # compared as they are (the recipe and splits by key)
@@ -43,7 +44,7 @@ def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bo
 
 def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, Any], gpu: bool, threads: int) -> None:
     """One architecture: inherited scores, then stand-alone training to the end (resuming a checkpoint)."""
-    quiet_ray_logs()
+    quiet_worker()
     candidate = config["candidate"]
     run_task = Task.from_dict(task)
     arch = Architecture.from_dict(candidate["arch"])

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import sys
 
-# Imported from here by pipeline/fidelity/experiment.py until it imports it from ray_console
-# (its home); then this line goes.
-from pipeline.shared.ray_console import quiet_tune as quiet_tune
-
 
 def say(line: str) -> None:
     """One progress line, straight to stdout and flushed. On Ray Train workers ``print`` is patched into a logger

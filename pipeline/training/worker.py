@@ -12,8 +12,6 @@ checkpoint epochs.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 import random
 import statistics
 import tempfile
@@ -41,6 +39,7 @@ from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
+from pipeline.shared.ray_console import quiet_worker
 from pipeline.shared.storage import join, read_bytes, write_bytes
 from pipeline.shared.tracking import open_trackers
 from pipeline.training.checkpoint import (
@@ -83,16 +82,6 @@ def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
-
-
-def quiet_ray_logs() -> None:
-    """Ray Train and Tune log every report and checkpoint at INFO (some loggers are named by file path, not
-    module); our epoch lines are the progress."""
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("ray.train", "ray.tune")) or any(
-            f"{os.sep}ray{os.sep}{part}{os.sep}" in name for part in ("train", "tune")
-        ):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -466,7 +455,7 @@ def rank_nodes(where: Session) -> list[str]:
 
 def train_loop_per_worker(config: dict[str, WorkerConfig]) -> None:
     """The Ray Train entry: one DDP rank (``train_loop_config`` is ``{"worker": WorkerConfig}``)."""
-    quiet_ray_logs()
+    quiet_worker()
     # A supernet step leaves most parameters unused, so DDP must look for them; the step that samples the
     # largest subnet uses all, and DDP warns about that every time: expected here, not a problem.
     warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
