@@ -34,7 +34,7 @@ from pipeline.search.launch import SearchOutcome, run_search
 from pipeline.search.settings import EvaluatorResources, SearchSettings
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage
+from pipeline.shared.storage import absolute, is_uri, join, resolve_storage
 from pipeline.training.launch import train_supernet
 from pipeline.training.run_spec import RunSpec
 
@@ -184,6 +184,7 @@ def fidelity_report(
     only this supernet's inherited scores are computed: minutes instead of hours, and one ground truth for every
     supernet compared against it."""
     start = time.perf_counter()
+    supernet = absolute(supernet)  # the trials run in directories of their own
     front = tuple(_front_architectures(candidates)) if candidates is not None else ()
     request = FidelityRequest(
         supernet, archs, front, _earlier_report(standalone) if standalone else None, storage, name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -119,6 +120,23 @@ def test_requests_this_machine_can_never_place_fail_in_seconds(tmp_path: Path, d
     assert out.returncode == 2 and "evaluators: 2 x (4096 CPU) asked for" in out.stderr
     assert time.perf_counter() - start < 180
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing written
+
+
+def test_a_training_run_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """A second ``train`` on a busy run name: one line before anything starts (no header line, nothing written)."""
+    from pipeline.shared.storage import LOCK_FILE
+
+    run = tmp_path / "runs" / "busy"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_FILE).write_text(f"{socket.gethostname()}:{holder.pid}\n")
+        out = _cli("train", "digits", "--storage", str(tmp_path / "runs"), "--name", "busy")
+        assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+        assert f"run '{run}' is in use by another driver ({socket.gethostname()}:{holder.pid})" in out.stderr
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]
+    finally:
+        holder.kill()
 
 
 def test_a_run_in_use_is_refused_naming_its_holder_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:

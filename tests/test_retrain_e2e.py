@@ -25,10 +25,15 @@ ARCH = Architecture(48, 2, (3, 2), (2.0, 3.0))
 TINY = ["--set", "retrain.warmup_epochs=1", "--set", "retrain.checkpoint_every=1"]
 
 
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "pipeline.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -192,12 +197,17 @@ def test_fidelity_refuses_more_architectures_than_the_space_has(tmp_path: Path, 
 @pytest.mark.slow
 def test_fidelity_report_end_to_end_and_resumed(tmp_path: Path, digits_supernet: Path) -> None:
     runs = tmp_path / "runs"
+    # the supernet path as a user types it, relative to where they are: resolved once, on the driver (each
+    # Tune trial runs in a directory of its own)
+    relative = os.path.relpath(digits_supernet, tmp_path)
     command = [
-        "fidelity", "--supernet", str(digits_supernet), "--archs", "3", "--storage", str(runs), "--name", "fid",
+        "fidelity", "--supernet", relative, "--archs", "3", "--storage", str(runs), "--name", "fid",
         "--cpus-per-trial", "0.5", "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0",
     ]  # fmt: skip
-    out = _cli(*command)
+    out = _cli(*command, cwd=tmp_path)
     _ok(out)
+    plan = json.loads((runs / "fid" / "fidelity-plan.json").read_text())
+    assert plan["supernet"] == str(digits_supernet.resolve())
     # an untrained supernet scores every architecture alike: tau is undefined, and the report says so
     assert "[fidelity] Kendall tau undefined over 3 architectures" in out.stdout
     assert (out.stdout + out.stderr).count("epoch 1/1") == 3
@@ -213,11 +223,11 @@ def test_fidelity_report_end_to_end_and_resumed(tmp_path: Path, digits_supernet:
     assert (runs / "fid" / "fidelity.png").stat().st_size > 10_000
 
     # the same command again: the finished experiment is restored, nothing is retrained
-    out = _cli(*command)
+    out = _cli(*command, cwd=tmp_path)
     _ok(out)
     assert "resuming" in out.stdout and "epoch 1/1" not in out.stdout + out.stderr
     # the same name with other settings is refused, and the run is left as it was
-    out = _cli(*command[:4], "4", *command[5:])
+    out = _cli(*command[:4], "4", *command[5:], cwd=tmp_path)
     _refused(out, "run '" + str(runs / "fid") + "' was made with architectures = ")
 
 

@@ -162,8 +162,9 @@ def _broken_tree(root: Path) -> None:
         (["digits", "--set", "data.image_size=9"], "patch_size 2 does not divide image_size 9"),
         (["digits", "--workers", "0"], "--workers 0: must be at least 1"),
         (["digits", "--gpu", "--cpus-per-worker", "1"], "gpu: a GPU was asked for, but this machine has none"),
+        (["digits", "--name", "dé"], "name 'dé': Ray Train takes ASCII run names only"),
     ],
-    ids=["missing-dataset", "unreadable-image", "patch-does-not-divide", "zero-workers", "gpu-without-gpu"],
+    ids=["missing-dataset", "unreadable-image", "patch-does-not-divide", "zero-workers", "gpu-without-gpu", "non-ascii"],
 )
 def test_bad_runs_fail_clearly_and_write_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     if args == ["BROKEN"]:

@@ -25,7 +25,7 @@ from pipeline.model.supernet_dir import load_supernet, local_supernet, read_supe
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import join, resolve_storage, run_lock, safe_run_name
+from pipeline.shared.storage import absolute, join, resolve_storage, run_lock, safe_run_name
 from pipeline.training.launch import local_data_root, validate_data
 
 
@@ -68,6 +68,7 @@ class FidelityResults:
 def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
     """Check everything (architectures in the supernet, splits, the recipe against a reused report, the run
     name), then score: a Tune experiment, or the reused report's architectures rescored with inherited weights."""
+    request = dataclasses.replace(request, supernet=absolute(request.supernet))  # trials run elsewhere
     if request.cpus_per_trial <= 0:
         raise UserError(f"cpus_per_trial {request.cpus_per_trial}: must be positive")
     if request.standalone is not None and (request.archs is not None or request.front):

@@ -108,6 +108,12 @@ def resolve_storage(storage: str | None) -> str:
     return str(root)
 
 
+def absolute(path: str) -> str:
+    """A local path the user gave, made absolute on the driver (workers and trials run in directories of their
+    own); a URI as it is."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
 def safe_run_name(name: str) -> str:
     """A run name stays inside the storage root: relative, no '..' and no empty parts."""
     parts = name.split("/")
@@ -185,6 +191,26 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
         path.unlink(missing_ok=True)
         if created and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a run refused before it wrote anything leaves no empty directory behind
+
+
+def check_free(run_path: str, what: str) -> None:
+    """Refuse at once a run that another driver holds, before anything is checked, loaded or printed (``run_lock``
+    takes the run later, when the work starts)."""
+    if is_uri(run_path):
+        held = _read_lease(join(run_path, LOCK_FILE))
+        if held is not None and time.time() - held.get("renewed", 0) < LEASE_S and not _gone(held.get("holder", "")):
+            raise UserError(f"{what} {run_path!r} is in use by another driver ({held.get('holder', 'unknown')})")
+        return
+    path = Path(run_path) / LOCK_FILE
+    try:
+        holder = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return  # no lock (or none readable): run_lock decides when the work starts
+    if not _gone(holder):
+        raise UserError(
+            f"{what} {run_path!r} is in use by another driver ({holder or 'unknown'}); wait for it to finish, "
+            f"or delete {str(path)!r} if that process is gone"
+        )
 
 
 def _gone(holder: str) -> bool:

@@ -29,7 +29,15 @@ from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_super
 from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import is_uri, join, resolve_storage, run_lock, safe_run_name, write_directory_to
+from pipeline.shared.storage import (
+    check_free,
+    is_uri,
+    join,
+    resolve_storage,
+    run_lock,
+    safe_run_name,
+    write_directory_to,
+)
 from pipeline.shared.tracking import TrackingPlan, plan_tracking
 from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
 from pipeline.training.run_spec import MODEL, SUPERNET, RunSpec, SubjectSpec, WorkerConfig
@@ -69,11 +77,14 @@ def prepare_run(task: Task, run: RunSpec, default_name: str, subject: SubjectSpe
     the run recorded there is this one (same task up to resumable changes, same subject). ``subject``: None to
     check it later (a finetune's fixed parts come from the data)."""
     check_run_shape(task, run.workers)
+    storage = resolve_storage(run.storage)
+    name = safe_run_name(run.name or default_name)
+    if not name.isascii():  # Ray Train's controller encodes the run name as ASCII and stops with a traceback
+        raise UserError(f"name {name!r}: Ray Train takes ASCII run names only; choose another run name")
+    check_free(join(storage, name), "run")  # a busy run is refused before the data is read
     task = local_data_root(task)
     checked = validate_data(task)
     check_teacher(task, checked["space"])
-    storage = resolve_storage(run.storage)
-    name = safe_run_name(run.name or default_name)
     newest = newest_complete_checkpoint(storage, name)
     prepared = PreparedRun(
         task, checked["space"], checked["splits"], storage, name, plan_tracking(run.log, storage, name), newest
