@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.data.folder_listing import check_distinct_files, list_image_folder
 from pipeline.shared.errors import UserError
 
 IMAGE_CHECK_LIMIT = 20_000  # trees up to this size are checked image by image before training; larger ones by sample
@@ -47,17 +48,12 @@ TEST_DIRS = ("val", "test")  # an ImageFolder tree's own test split, beside trai
 class FolderSource:
     """An ImageFolder directory (``<root>/<class>/<image>``), decoded lazily by PIL."""
 
-    def __init__(self, root: Path, mode: str) -> None:
-        from torchvision.datasets import ImageFolder  # loaded only by the datasets that need it (start-up time)
-
-        try:
-            folder = ImageFolder(str(root), allow_empty=False)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise UserError(f"image folder {str(root)!r}: {exc}") from None
+    def __init__(self, root: Path, mode: str, tree: Path | None = None) -> None:
+        samples, labels, classes = list_image_folder(root, tree or root)
         self.root, self.mode = root, mode
-        self.samples = [path for path, _ in folder.samples]
-        self.labels = np.asarray(folder.targets, dtype=np.int64)
-        self.classes = list(folder.classes)
+        self.samples = samples
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -127,15 +123,16 @@ def open_sources(data: dict, check_images: bool = False) -> tuple[ImageSource, I
             f"image folder {root!r} has both {held_out[0]}/ and {held_out[1]}/: keep the one that is the test split "
             f"(the search split is carved from train/)"
         )
-    pool = FolderSource(train_dir, mode)
+    pool = FolderSource(train_dir, mode, Path(root))
     if len(pool.classes) < 2:
         raise UserError(
             f"image folder {str(train_dir)!r} has {len(pool.classes)} class; a classifier needs at least 2 "
             f"(one sub-directory per class)"
         )
-    test = FolderSource(Path(root) / held_out[0], mode) if held_out else None
+    test = FolderSource(Path(root) / held_out[0], mode, Path(root)) if held_out else None
     if test is not None and test.classes != pool.classes:
         raise UserError(f"image folder {root!r}: the classes of {held_out[0]}/ differ from those of train/")
+    check_distinct_files({"train/": pool.samples, **({f"{held_out[0]}/": test.samples} if test else {})}, Path(root))
     if check_images:
         pool.check_readable()
         if test is not None:
