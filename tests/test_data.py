@@ -120,7 +120,7 @@ def test_randaugment_at_full_magnitude_runs() -> None:
         assert transform(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))).shape == (3, 8, 8)
 
 
-def _tree(root: Path, classes: dict[str, int]) -> Path:
+def _nested_tree(root: Path, classes: dict[str, int]) -> Path:
     """An ImageFolder ``root/train/<class>/...`` with a nested directory per class (torchvision walks them)."""
     rng = np.random.default_rng(0)
     for name, count in classes.items():
@@ -131,13 +131,13 @@ def _tree(root: Path, classes: dict[str, int]) -> Path:
     return root
 
 
-def test_folder_listing_keeps_torchvisions_order_and_follows_links_out_of_the_tree(tmp_path: Path) -> None:
+def test_folder_listing_keeps_torchvisions_order_and_follows_links_out_of_the_nested_tree(tmp_path: Path) -> None:
     from torchvision.datasets import ImageFolder
 
     from pipeline.data.sources import FolderSource
 
-    root = _tree(tmp_path / "data", {"b": 5, "a": 4, "c": 3})
-    outside = _tree(tmp_path / "elsewhere", {"x": 3})
+    root = _nested_tree(tmp_path / "data", {"b": 5, "a": 4, "c": 3})
+    outside = _nested_tree(tmp_path / "elsewhere", {"x": 3})
     (root / "train" / "c" / "more").symlink_to(outside / "train" / "x")  # a link out of the tree is followed
     ours = FolderSource(root / "train", "RGB", root)
     theirs = ImageFolder(str(root / "train"))
@@ -147,21 +147,21 @@ def test_folder_listing_keeps_torchvisions_order_and_follows_links_out_of_the_tr
 
 def test_a_link_back_into_the_tree_or_a_file_listed_twice_is_refused(tmp_path: Path) -> None:
     data = {"dataset": "imagefolder", "in_chans": 3}
-    loop = _tree(tmp_path / "loop", {"a": 4, "b": 4})
+    loop = _nested_tree(tmp_path / "loop", {"a": 4, "b": 4})
     (loop / "train" / "a" / "loop").symlink_to("..")  # the reported loop: 90 files became 3,690 samples
     with pytest.raises(UserError, match="the link .*loop' leads back into the tree"):
         open_sources({**data, "root": str(loop)})
-    twice = _tree(tmp_path / "twice", {"a": 4, "b": 4})
+    twice = _nested_tree(tmp_path / "twice", {"a": 4, "b": 4})
     (twice / "train" / "b" / "copy.png").symlink_to(twice / "train" / "a" / "0.png")  # one file, two labels
     with pytest.raises(UserError, match=r"are the same file .*every image must appear once"):
         open_sources({**data, "root": str(twice)})
-    leak = _tree(tmp_path / "leak", {"a": 4, "b": 4})
+    leak = _nested_tree(tmp_path / "leak", {"a": 4, "b": 4})
     for name in ("a", "b"):
         (leak / "val" / name).mkdir(parents=True)
         (leak / "val" / name / "t.png").symlink_to(leak / "train" / name / "0.png")  # a training image as test
     with pytest.raises(UserError, match=r"\(val/\) and .* \(train/\) are the same file"):
         open_sources({**data, "root": str(leak)})
-    empty = _tree(tmp_path / "empty", {"a": 4})
+    empty = _nested_tree(tmp_path / "empty", {"a": 4})
     (empty / "train" / "b").mkdir()
     with pytest.raises(UserError, match="class 'b' has no images"):
         open_sources({**data, "root": str(empty)})
