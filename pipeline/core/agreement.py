@@ -2,38 +2,44 @@
 
 Used to judge predictors against measurements (latency models against timings; inherited accuracy against
 stand-alone accuracy in the fidelity report) and to put intervals on accuracies measured on a finite split.
-Pure Python: the lists are a few hundred long at most.
+The statistics are scipy.stats' (tested, and maintained by others); this module keeps the project's names and
+its conventions on top: NaN where a statistic is undefined rather than a warning, plain floats (they go into
+JSON and YAML files), and a seeded bootstrap that leaves out resamples where the statistic is undefined.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import warnings
 from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats
 
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
 
 
+def _check_pairs(name: str, a: Sequence[float], b: Sequence[float]) -> bool:
+    """Raise on lists of different lengths; True when there are at least two pairs to correlate."""
+    if len(a) != len(b):
+        raise ValueError(f"{name} needs lists of equal length, got {len(a)} and {len(b)}")
+    return len(a) >= 2
+
+
+def _settled(value: float) -> float:
+    """``value`` rounded to 12 decimals. scipy divides by two square roots where the textbook formula takes
+    one of a product, so a perfect ranking with ties comes out as 1 - 2e-16; this gives back the exact 1.0 (or
+    -1.0) that reports and comparisons expect, and moves no other value by a difference that could matter."""
+    return round(float(value), 12)
+
+
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b (ties in either list handled); NaN for fewer than two pairs or a constant list."""
-    if len(a) != len(b):
-        raise ValueError(f"kendall_tau needs lists of equal length, got {len(a)} and {len(b)}")
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return (concordant - discordant) / denominator if denominator else math.nan
+    if not _check_pairs("kendall_tau", a, b):
+        return math.nan
+    with warnings.catch_warnings():  # a constant list: NaN is the answer, not a warning
+        warnings.simplefilter("ignore")
+        return _settled(stats.kendalltau(a, b, variant="b").statistic)
 
 
 def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
@@ -43,33 +49,14 @@ def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
     return sum(abs(p - t) / abs(t) for p, t in zip(predicted, actual)) / len(actual)
 
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    """Ranks from 1, ties given their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rho: the Pearson correlation of the ranks (ties averaged); NaN for a constant list."""
-    if len(a) != len(b):
-        raise ValueError(f"spearman_rho needs lists of equal length, got {len(a)} and {len(b)}")
-    ra, rb = _ranks(a), _ranks(b)
-    n = len(ra)
-    if n < 2:
+    """Spearman's rho: the Pearson correlation of the ranks (ties averaged); NaN for fewer than two pairs or a
+    constant list."""
+    if not _check_pairs("spearman_rho", a, b):
         return math.nan
-    ma, mb = sum(ra) / n, sum(rb) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb) if va and vb else math.nan
+    with warnings.catch_warnings():  # scipy warns about a constant list; NaN says it here
+        warnings.simplefilter("ignore")
+        return _settled(stats.spearmanr(a, b).statistic)
 
 
 def bootstrap_interval(
@@ -80,22 +67,33 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(a, b)`` over pairs drawn with replacement (seeded);
-    resamples where the statistic is undefined (NaN) are left out."""
-    rng = random.Random(seed)
-    n = len(a)
-    values = []
-    for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        value = statistic([a[i] for i in idx], [b[i] for i in idx])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
+    """Percentile bootstrap interval of ``statistic(a, b)`` over pairs drawn with replacement (seeded).
+
+    ``scipy.stats.bootstrap`` (paired, percentile method) draws the resamples. A resample can make the statistic
+    undefined (a rank correlation of a resample that repeats one pair); those are left out and the percentiles
+    taken over the rest, where scipy's own interval would turn NaN. Without such resamples the interval is
+    exactly scipy's. NaN, NaN when fewer than two pairs or no resample is defined.
+    """
+    if not _check_pairs("bootstrap_interval", a, b):
         return math.nan, math.nan
-    values.sort()
-    tail = (1 - level) / 2
-    pick = lambda q: values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]  # noqa: E731
-    return pick(tail), pick(1 - tail)
+    with warnings.catch_warnings():  # NaN resamples and degenerate distributions are handled below
+        warnings.simplefilter("ignore")
+        result = stats.bootstrap(
+            (np.asarray(a, dtype=float), np.asarray(b, dtype=float)),
+            statistic,
+            n_resamples=resamples,
+            vectorized=False,
+            paired=True,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    values = np.asarray(result.bootstrap_distribution, dtype=float)
+    if np.isnan(values).all():
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(values, [tail, 100 - tail])  # what scipy's percentile method computes
+    return float(low), float(high)
 
 
 def top_k_overlap(a: Sequence[float], b: Sequence[float], k: int) -> float:
@@ -107,14 +105,13 @@ def top_k_overlap(a: Sequence[float], b: Sequence[float], k: int) -> float:
 
 def wilson_interval(correct: float, count: int, z: float = Z95) -> tuple[float, float]:
     """95 % Wilson score interval of an accuracy of ``correct`` hits out of ``count`` images: valid near 0 and 1
-    and for small splits, where the normal approximation is not."""
+    and for small splits, where the normal approximation is not. ``correct`` is rounded to whole images (the
+    binomial counts them); ``z`` picks another two-sided level. NaN, NaN for no images."""
     if count <= 0:
         return math.nan, math.nan
-    p = correct / count
-    denominator = 1 + z * z / count
-    centre = (p + z * z / (2 * count)) / denominator
-    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    level = math.erf(z / math.sqrt(2))  # the two-sided level whose normal quantile is z
+    interval = stats.binomtest(round(correct), int(count)).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -125,5 +122,4 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     n = only_a + only_b
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
-    return min(1.0, 2 * tail / 2**n)
+    return float(stats.binomtest(min(only_a, only_b), n, 0.5).pvalue)

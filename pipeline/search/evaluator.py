@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import time
 import warnings
 from typing import Any
@@ -22,12 +21,13 @@ import torch
 from pipeline.core.agreement import wilson_interval
 from pipeline.core.arch import Architecture
 from pipeline.data.arrays import channel_stats, normalize, normalized_batches
+from pipeline.latency.profiler import median_ms
 from pipeline.model.supernet_dir import build_supernet
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_hits, finish
 
-LATENCY_WARMUP = 2
+LATENCY_REPEAT_S = 0.01  # timed seconds one of search.latency_repeats buys (see Evaluator.latency_ms)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -92,17 +92,18 @@ class Evaluator:
 
     @torch.no_grad()
     def latency_ms(self, static: torch.nn.Module) -> float:
-        """Median milliseconds per forward pass of ``latency_batch`` images on this actor's device."""
-        times = []
-        with self.autocast():
-            for i in range(LATENCY_WARMUP + self.latency_repeats):
-                self._sync()
-                start = time.perf_counter()
-                static(self.latency_images)
-                self._sync()
-                if i >= LATENCY_WARMUP:
-                    times.append(time.perf_counter() - start)
-        return 1000.0 * statistics.median(times)
+        """Median milliseconds per forward pass of ``latency_batch`` images on this actor's device.
+
+        Timed by ``torch.utils.benchmark`` (``pipeline.latency.profiler.median_ms``: warm-up, GPU
+        synchronization, the median of blocks of passes), with this actor's CPU threads. It chooses how many
+        passes make a block, so ``search.latency_repeats`` cannot be a count of passes any more: it sets how long
+        to time, ``LATENCY_REPEAT_S`` each (blocked_autorange's min_run_time; 5 repeats: at least 50 ms after
+        the warm-up), so more repeats still buy a steadier median. A candidate slower than that is timed as
+        one warm-up pass and one timed pass.
+        """
+        with self.autocast():  # the Timer runs the passes in this thread, under this autocast and no_grad
+            run = lambda: static(self.latency_images)
+            return median_ms(run, torch.get_num_threads(), self.latency_repeats * LATENCY_REPEAT_S)
 
     def evaluate(self, arch: dict[str, Any], max_latency_ms: float | None = None) -> dict[str, Any]:
         """Latency of the extracted static subnet, then (if within ``max_latency_ms``) search-split scores."""
