@@ -7,6 +7,7 @@ Workers get fractional CPUs so that two of them fit on a 2-core machine.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.model.supernet_dir import load_supernet
@@ -105,6 +107,38 @@ def _latest_epoch(run: Path) -> int:
     return newest[1]["epoch"] if newest else 0
 
 
+def test_sigterm_checkpoints_at_the_next_step_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """A spot node's SIGTERM with checkpoints far apart: the run checkpoints at its next step (mid-epoch), exits
+    143 saying where, and the same command ends with the weights of a run that was never stopped."""
+    from safetensors.torch import load_file
+
+    args = ["--set", "train.epochs=4", "--set", "train.checkpoint_every=100"]
+    _check_ok(_train(tmp_path / "whole", *args))
+    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path / "cut"), *FAST,
+           *args]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[train] epoch 1/4 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    printed = "".join(seen) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, printed[-3000:]
+    assert "[train] SIGTERM: the workers checkpoint at their next step and stop" in printed, printed[-3000:]
+    kept = re.search(r"keeps its checkpoint at epoch (\d), step (\d+) of epoch \d; the same command resumes", printed)
+    assert kept and not (tmp_path / "cut" / "digits-supernet" / "supernet").exists(), printed[-3000:]
+    out = _train(tmp_path / "cut", *args)
+    _check_ok(out)
+    epoch, step = kept.groups()
+    assert f"continuing from epoch {epoch}, step {step} of epoch {int(epoch) + 1} (restarts 0, resumes 1)" in out.stdout
+    config = _export(tmp_path / "cut")
+    assert [h["epoch"] for h in config["history"]] == [1, 2, 3, 4] and config["resumes"] == 1
+    whole, cut = (load_file(p / "digits-supernet" / "supernet" / "supernet.safetensors") for p in (tmp_path / "whole", tmp_path / "cut"))  # fmt: skip
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
 def test_interrupted_driver_resumes_when_run_again(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
@@ -164,7 +198,14 @@ def _broken_tree(root: Path) -> None:
         (["digits", "--gpu", "--cpus-per-worker", "1"], "gpu: a GPU was asked for, but this machine has none"),
         (["digits", "--name", "dé"], "name 'dé': Ray Train takes ASCII run names only"),
     ],
-    ids=["missing-dataset", "unreadable-image", "patch-does-not-divide", "zero-workers", "gpu-without-gpu", "non-ascii"],
+    ids=[
+        "missing-dataset",
+        "unreadable-image",
+        "patch-does-not-divide",
+        "zero-workers",
+        "gpu-without-gpu",
+        "non-ascii",
+    ],
 )
 def test_bad_runs_fail_clearly_and_write_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     if args == ["BROKEN"]:

@@ -213,7 +213,7 @@ def test_a_restart_is_told_by_the_run_directory_and_finds_the_newest_checkpoint(
         (checkpoint / name).write_bytes(b"x")
     sums = {name: file_checksum(checkpoint / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
     (checkpoint / STATE_FILE).write_text(json.dumps({"epoch": 1, "checksums": sums}))
-    assert start_point(config, where) == (True, {"path": str(checkpoint), "epoch": 1})  # Ray restarted a1's workers
+    assert start_point(config, where) == (True, {"path": str(checkpoint), "progress": (1, 0)})  # Ray restarted a1's workers
     assert start_point(dataclasses.replace(config, attempt="a2"), where)[0] is False  # the command run again: a resume
     trial = dataclasses.replace(config, attempt="t", run=None, newest_checkpoint=None)
     assert start_point(trial, where) == (None, None)  # a Tune trial

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from typing import Any
 
 from pipeline import __version__
 from pipeline.cli import (
@@ -16,7 +18,7 @@ from pipeline.cli import (
     space_commands,
     train_command,
 )
-from pipeline.shared.errors import UserError
+from pipeline.shared.errors import Terminated, UserError
 from pipeline.shared.ray_console import quiet_driver
 
 
@@ -46,13 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_driver(args.verbose)
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        """SIGTERM (a spot node's notice) stops every phase as Ctrl-C does, keeping what it saves; training
+        installs its own while it runs (a checkpoint at the next step)."""
+        terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return args.func(args)
     except UserError as exc:
         print(f"autoformer: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # what was kept has been said by the phase that was interrupted
-        return 130
+    except KeyboardInterrupt as exc:  # what was kept has been said by the phase that was interrupted
+        return 143 if terminated or isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.format import add_set_option, si
 from pipeline.cli.options import add_log_option, positive_float, positive_int
 from pipeline.core.task import SEARCH_ALGORITHMS, SEARCH_OBJECTIVES, Task, builtin_task_names, load_task
-from pipeline.shared.errors import UserError
 
 if TYPE_CHECKING:  # CLI start-up: the search package (Ray) loads only for the commands that use it
     from pipeline.search.settings import EvaluatorResources
@@ -182,7 +182,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             log=args.log,
         )
     except SearchInterrupted as exc:
-        raise UserError(f"{exc.summary}: run the same command again with --resume to continue") from None
+        print(f"autoformer: {exc.summary}: run the same command again with --resume to continue", file=sys.stderr)
+        raise
     print_report(searched)
     return 0
 
@@ -196,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         run = run_pipeline(task, workers=args.workers, resources=_resources(args), storage=args.storage, log=args.log)
     except SearchInterrupted as exc:
-        raise UserError(f"{exc.summary}: run the same command again to continue") from None
+        print(f"autoformer: {exc.summary}: run the same command again to continue", file=sys.stderr)
+        raise
     print_report(run.search)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ SEARCHER_STATE_PREFIX = "searcher-state-"  # Tune's name for the searcher's save
 TRIAL_RETRIES = 3
 
 
-class SearchInterrupted(UserError):
-    """The Tune run stopped before the strategy finished; its state is saved. ``summary`` says what was kept, the
-    message adds how to continue in this library's words (the CLI says it in its own)."""
+class SearchInterrupted(KeyboardInterrupt):
+    """The Tune run stopped before the strategy finished (Ctrl-C, SIGTERM, a lost driver connection); its state is
+    saved. ``summary`` says what was kept, the message adds how to continue in this library's words (the CLI says
+    it in its own). An interruption, not bad input: the CLI exits as interrupted programs do (130, or 143)."""
 
     def __init__(self, run_path: str, evaluated: int) -> None:
         self.summary = f"search {run_path!r} was interrupted after {evaluated} candidates; its state is saved"
@@ -109,7 +111,11 @@ def run_experiment(strategy: Strategy, spec: ExperimentSpec) -> list[CandidateRe
         tuner = tune.Tuner.restore(spec.run_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = _new_tuner(strategy, spec, trainable)
-    grid = tuner.fit()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:  # Tune's own Ctrl-C handler stays installed after fit(): a Ctrl-C during export would be swallowed
+        signal.signal(signal.SIGINT, handler)
     saved = saved_strategy(spec.run_path)
     records = records_from_results(grid)
     if saved is None or not saved.finished:

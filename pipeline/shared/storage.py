@@ -65,6 +65,24 @@ def read_bytes(source: str) -> bytes:
     return Path(source).read_bytes()
 
 
+def exists(path: str) -> bool:
+    """Whether a file is at ``path`` (local or URI)."""
+    if not is_uri(path):
+        return Path(path).is_file()
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type == pyarrow.fs.FileType.File
+
+
+def remove(path: str) -> None:
+    """Delete the file at ``path`` (local or URI) if it is there."""
+    if not is_uri(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.File:
+        fs.delete_file(inner)
+
+
 def copy_directory(source: str, target: str) -> None:
     """Copy a directory tree between local paths and URIs (exported supernets and models on object storage)."""
     pyarrow.fs.copy_files(source, target)
@@ -90,12 +108,7 @@ def resolve_storage(storage: str | None) -> str:
     must be a directory this process can write (or creatable); URIs (s3://, gs://, ...) must be reachable."""
     storage = storage or "runs"
     if is_uri(storage):
-        try:
-            fs, path = filesystem(storage)
-            fs.get_file_info(path)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"storage {storage!r} cannot be reached: {first}") from None
+        check_reachable(storage, "storage")
         return storage
     root = Path(storage).expanduser().resolve()
     if root.exists() and not root.is_dir():
@@ -106,6 +119,66 @@ def resolve_storage(storage: str | None) -> str:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"storage {storage!r}: {str(existing)!r} is not writable")
     return str(root)
+
+
+PROBE_CONNECT_S = 5.0  # the quick look at object storage: an endpoint that refuses fails at once, one that
+PROBE_ANSWER_S = 10.0  # accepts but does not answer within this long fails then (the SDK's own default: ~100 s)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message): what one-line errors quote."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quick(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
+    """``fs`` for one quick look: an S3 filesystem makes a single attempt with short timeouts (its default,
+    three attempts with backoff and the SDK's timeouts, takes minutes to give up on an endpoint that does not
+    answer); other filesystems as they are. The options ``from_uri`` resolved (endpoint, region, credentials)
+    are kept: they are what its pickled form carries."""
+    s3 = getattr(pyarrow.fs, "S3FileSystem", None)
+    if s3 is None or not isinstance(fs, s3):
+        return fs
+    options = dict(fs.__reduce__()[1][0])
+    if not (options.get("proxy_options") or {}).get("scheme"):
+        options.pop("proxy_options", None)  # no proxy: its empty form is not a valid argument
+    options.update(
+        connect_timeout=PROBE_CONNECT_S,
+        request_timeout=PROBE_ANSWER_S,
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1),
+    )
+    return s3(**options)
+
+
+def check_reachable(uri: str, what: str) -> pyarrow.fs.FileInfo:
+    """What is at ``uri``, looked at once and quickly, before any work needs it: storage that cannot be
+    reached is one line naming ``what``, the URI and the cause within seconds, not a traceback after the
+    SDK's retries."""
+    try:
+        fs, path = filesystem(uri)
+        return _quick(fs).get_file_info(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} {uri!r} cannot be reached: {first_line(exc)}") from None
+
+
+def check_output_file(target: str, what: str) -> None:
+    """Refuse, before the work that ends in writing it, a local file ``target`` that could not be written:
+    a directory in its place, a file where a directory must be, or a directory this process cannot create
+    files in (read-only permissions or a read-only filesystem: a file is made there and removed)."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {target!r} is a directory; give the path of a file to write")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # missing directories are created when the file is written
+    if not existing.is_dir():
+        raise UserError(f"{what} {target!r}: {str(existing)!r} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=existing)
+    except OSError as exc:
+        raise UserError(f"{what} {target!r} cannot be written: {exc.strerror or first_line(exc)}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def absolute(path: str) -> str:

@@ -39,6 +39,12 @@ def write_checkpoint(
     (directory / STATE_FILE).write_text(json.dumps({**state, "checksums": sums}, indent=2) + "\n", encoding="utf-8")
 
 
+def progress(state: dict[str, Any]) -> tuple[int, int]:
+    """How far a checkpoint's run got: (finished epochs, steps into the next one: a run stopped mid-epoch)."""
+    partial = state.get("partial")
+    return state["epoch"], partial["step"] if partial else 0
+
+
 def checkpoint_problem(directory: Path) -> str | None:
     """Why the checkpoint in (local) ``directory`` cannot be resumed from, or None when it is sound."""
     for name in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE):

@@ -26,8 +26,9 @@ from pipeline.core.training_settings import RESUMABLE_KEYS, TrainSettings
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import plan_from_settings
 from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
+from pipeline.shared.arguments import require_type
 from pipeline.shared.cluster import check_resources, connect
-from pipeline.shared.errors import UserError
+from pipeline.shared.errors import Terminated, UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import (
     check_free,
@@ -39,8 +40,9 @@ from pipeline.shared.storage import (
     write_directory_to,
 )
 from pipeline.shared.tracking import TrackingPlan, plan_tracking
-from pipeline.training.checkpoint import newest_complete_checkpoint, read_state, read_weights
+from pipeline.training.checkpoint import newest_complete_checkpoint, progress, read_state, read_weights
 from pipeline.training.run_spec import MODEL, SUPERNET, RunSpec, SubjectSpec, WorkerConfig
+from pipeline.training.stop import clear_stop, stop_on_sigterm
 from pipeline.training.teacher import check_teacher
 from pipeline.training.worker import train_loop_per_worker
 
@@ -197,7 +199,7 @@ def fit_run(prepared: PreparedRun, run: RunSpec, subject: SubjectSpec, phase: st
         phase=phase,
         attempt=uuid.uuid4().hex,
         threads=max(1, int(cpus)),
-        newest_checkpoint={"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None,
+        newest_checkpoint={"path": newest[0], "progress": progress(newest[1])} if newest else None,
         run=(storage, name),  # workers look at its checkpoints again at each (re)start
         tracking=prepared.tracking,
     )
@@ -219,20 +221,22 @@ def fit_run(prepared: PreparedRun, run: RunSpec, subject: SubjectSpec, phase: st
 
 def _fit(trainer: TorchTrainer, storage: str, name: str, phase: str, epochs: int) -> ray.train.Result:
     """``trainer.fit()`` under the run's lock; an interrupted or aborted run says where it will resume from."""
-    try:
-        # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
-        with run_lock(join(storage, name), f"{phase} run"):
-            result = trainer.fit()
-    except (KeyboardInterrupt, SystemExit):
-        say(interrupted_note(storage, name, phase))
-        raise KeyboardInterrupt from None
+    clear_stop(storage, name)
+    with stop_on_sigterm(storage, name, phase) as terminated:
+        try:
+            # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
+            with run_lock(join(storage, name), f"{phase} run"):
+                result = trainer.fit()
+        except (KeyboardInterrupt, SystemExit):
+            say(interrupted_note(storage, name, phase))
+            raise (Terminated if terminated.is_set() else KeyboardInterrupt) from None
     finished = -1
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             finished = read_state(Path(d))["epoch"]
-    if finished < epochs:  # aborted: what is kept is a checkpoint to resume from, not a result
+    if finished < epochs:  # stopped or aborted: what is kept is a checkpoint to resume from, not a result
         say(interrupted_note(storage, name, phase))
-        raise KeyboardInterrupt
+        raise Terminated if terminated.is_set() else KeyboardInterrupt
     return result
 
 
@@ -241,15 +245,18 @@ def interrupted_note(storage: str, name: str, phase: str) -> str:
     newest = newest_complete_checkpoint(storage, name)
     if newest is None:
         return f"[{phase}] interrupted before the first checkpoint: the same command starts run {name!r} afresh"
+    epoch, step = progress(newest[1])
+    at = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
     return (
-        f"[{phase}] interrupted: run {name!r} keeps its checkpoint at epoch {newest[1]['epoch']}; the same command "
-        f"resumes from there (train.checkpoint_every sets how often one is written)"
+        f"[{phase}] interrupted: run {name!r} keeps its checkpoint at {at}; the same command resumes from there "
+        f"(train.checkpoint_every sets how often one is written)"
     )
 
 
 def train_supernet(task: Task, run: RunSpec | None = None) -> TrainOutcome:
     """Train (or resume) the supernet run ``storage/name`` (``run``: workers, GPU, storage, name, trackers; its
     name defaults to TASK-supernet)."""
+    require_type(task, Task, "train_supernet: task", "a Task (from pipeline.load_task)")
     run = run or RunSpec()
     subject = SubjectSpec(SUPERNET)
     prepared = prepare_run(task, run, f"{task.name}-supernet", subject)

@@ -45,7 +45,11 @@ def train_session() -> Session:
         prepare_model=lambda model, unused: ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": unused}
         ),
-        prepare_loader=lambda loader: ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False),
+        # The loop moves each batch itself (pinned memory, non-blocking): Ray's device wrapper fetches a batch
+        # ahead, which would draw the next batch's augmentation before a step's random state is checkpointed.
+        prepare_loader=lambda loader: ray.train.torch.prepare_data_loader(
+            loader, add_dist_sampler=False, move_to_device=False
+        ),
         report=report,
         checkpoint=ray.train.get_checkpoint,
     )

@@ -12,12 +12,13 @@ checkpoint epochs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from pipeline.shared.tracking import open_trackers
 from pipeline.training.checkpoint import (
     checkpoint_problem,
     newest_complete_checkpoint,
+    progress,
     read_checkpoint,
     read_state,
     write_checkpoint,
@@ -54,15 +56,29 @@ from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, b
 from pipeline.training.run_spec import MODEL, WorkerConfig
 from pipeline.training.session import Session, train_session
 from pipeline.training.step import forward_backward
+from pipeline.training.stop import StopWatch, random_state, set_random_state
 from pipeline.training.subject import Subject, logits, model_subject, supernet_subject
 from pipeline.training.teacher import Teacher, load_teacher
+
+
+class EpochSampler(DistributedSampler):
+    """DDP's sampler, able to start an epoch part-way: a run stopped mid-epoch resumes at the batch it stopped
+    before, in the same order (``skip`` indices of this rank's share are passed over)."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
 
 
 @dataclasses.dataclass
 class Loaders:
     space: SearchSpace  # the task's space with the class count found in the data
     train: DataLoader
-    sampler: DistributedSampler
+    sampler: EpochSampler
     search: DataLoader  # this rank's shard of the search split
     splits: dict[str, Any]  # the split plan's record (sizes, seed, fingerprints)
 
@@ -102,7 +118,7 @@ def build_loaders(task: Task, where: Session) -> Loaders:
     require_role(search_set, "search", "tracking scores during training")
 
     workers = task.data["loader_workers"]
-    sampler = DistributedSampler(
+    sampler = EpochSampler(
         train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr.seed, drop_last=True
     )
     loader = DataLoader(
@@ -163,16 +179,16 @@ def _resume_checkpoint(where: Session, newest_on_storage: dict[str, Any] | None)
     own checkpoint is the newer and wins.
     """
     checkpoint = where.checkpoint()
-    ray_epoch = -1
+    ray_progress = (-1, 0)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             problem = checkpoint_problem(Path(d))
             if problem is None:
-                ray_epoch = read_state(Path(d))["epoch"]
+                ray_progress = progress(read_state(Path(d)))
             else:  # damaged: the driver's choice (the newest sound one on storage), or a fresh start
                 say(f"[train] not resuming from Ray's latest checkpoint: {problem}")
                 checkpoint = None
-    if newest_on_storage is not None and newest_on_storage["epoch"] > ray_epoch:
+    if newest_on_storage is not None and tuple(newest_on_storage["progress"]) > ray_progress:
         return ray.train.Checkpoint(newest_on_storage["path"])
     return checkpoint
 
@@ -205,7 +221,7 @@ def start_point(config: WorkerConfig, where: Session) -> tuple[bool | None, dict
         if not restart:
             write_bytes(marker, config.attempt.encode("utf-8"))
         newest = newest_complete_checkpoint(storage, name)
-        decided = [(restart, {"path": newest[0], "epoch": newest[1]["epoch"]} if newest else None)]
+        decided = [(restart, {"path": newest[0], "progress": progress(newest[1])} if newest else None)]
     if where.world > 1 and dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(decided, src=0)
     return decided[0]
@@ -243,10 +259,15 @@ def resume_or_init(config: WorkerConfig, task: Task, training: Training, loaders
         state["task"] = task.to_dict()  # the driver allowed only resumable changes (e.g. more epochs)
     if where.rank == 0:
         say(
-            f"[{config.phase}] continuing from epoch {state['epoch']} (restarts {state['restarts']}, "
-            f"resumes {state['resumes']})"
+            f"[{config.phase}] continuing from epoch {state['epoch']}{_step_note(state)} (restarts "
+            f"{state['restarts']}, resumes {state['resumes']})"
         )
     return state
+
+
+def _step_note(state: dict[str, Any]) -> str:
+    partial = state.get("partial")
+    return f", step {partial['step']} of epoch {partial['epoch'] + 1}" if partial else ""
 
 
 def optimizer_step(training: Training, train: TrainSettings) -> None:
@@ -265,6 +286,24 @@ def optimizer_step(training: Training, train: TrainSettings) -> None:
         training.optimizer.step()
 
 
+def train_step(net: torch.nn.Module, training: Training, tr: TrainSettings, archs: list, batch: Any, where: Session):
+    """One optimizer step on one batch (Mixup, the teacher's logits, the forward and backward passes of the
+    step's subnets); the step's mean loss and its image count."""
+    images, labels = (t.to(where.device, non_blocking=True) for t in batch)
+    targets = labels
+    if training.mixup is not None:
+        images, targets = training.mixup(images, labels)
+    teacher_logits = None
+    if training.teacher is not None:
+        with training.autocast():
+            teacher_logits = training.teacher.logits(images)
+    training.optimizer.zero_grad(set_to_none=True)
+    model = training.subject.model
+    loss = forward_backward(net, model, archs, images, targets, teacher_logits, training.loss_fn, training.autocast, tr)
+    optimizer_step(training, tr)
+    return loss.detach(), images.shape[0]
+
+
 def train_one_epoch(
     net: torch.nn.Module,
     training: Training,
@@ -274,50 +313,37 @@ def train_one_epoch(
     state: dict[str, Any],
     where: Session,
     phase: str,
-) -> dict[str, Any]:
-    """One pass over the training split (one sampled subnet per step for a supernet); the epoch's metrics."""
+    watch: StopWatch,
+) -> dict[str, Any] | None:
+    """One pass over the training split (one sampled subnet per step for a supernet); the epoch's metrics, or
+    None when the driver asked the run to stop (``state["partial"]`` then says where, for the checkpoint)."""
     tr = task.train
-    _seed_epoch(tr.seed, epoch, where.rank)
-    loaders.sampler.set_epoch(epoch)
+    partial = state.pop("partial", None)
+    partial = partial if partial and partial["epoch"] == epoch else None
+    first = _start_epoch(tr, loaders, epoch, partial, where)
     net.train()
-    start = time.perf_counter()
+    start = time.perf_counter() - (partial["elapsed"] if partial else 0.0)
     totals = torch.zeros(2, dtype=torch.float64, device=where.device)
-    steps = len(loaders.train)
-    for step, (images, labels) in enumerate(loaders.train):
-        archs = training.subject.step_architectures(epoch, step)
-        images, labels = images.to(where.device, non_blocking=True), labels.to(where.device, non_blocking=True)
-        targets = labels
-        if training.mixup is not None:
-            images, targets = training.mixup(images, labels)
-        teacher_logits = None
-        if training.teacher is not None:
-            with training.autocast():
-                teacher_logits = training.teacher.logits(images)
-        training.optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(
-            net,
-            training.subject.model,
-            archs,
-            images,
-            targets,
-            teacher_logits,
-            training.loss_fn,
-            training.autocast,
-            tr,
-        )
-        optimizer_step(training, tr)
+    if partial and where.rank == 0:
+        totals += torch.tensor(partial["totals"], dtype=torch.float64, device=where.device)  # the ranks' sums so far
+    steps = first + len(loaders.train)
+    batches = iter(loaders.train)  # its creation draws from torch's random stream: the stopped run's state after it
+    if partial and len(partial["random"]) == where.world:
+        set_random_state(partial["random"][where.rank])
+    for step, batch in enumerate(batches, start=first):
+        loss, count = train_step(net, training, tr, training.subject.step_architectures(epoch, step), batch, where)
         state["global_step"] += 1
         training.scheduler.step_update(state["global_step"])
-        totals[0] += loss.detach().double() * images.shape[0]
-        totals[1] += images.shape[0]
+        totals[0] += loss.double() * count
+        totals[1] += count
         every = tr.keeping.log_every_steps
         if every and where.rank == 0 and (step + 1) % every == 0:
             say(f"[{phase}] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
+        if watch.requested(where.device):
+            state["partial"] = _stopped_at(epoch, step + 1, totals, start, where)
+            return None
     _all_reduce(totals)
-    elapsed = _all_reduce(
-        torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=where.device), dist.ReduceOp.MAX
-    )
-    train_time = float(elapsed.item())
+    train_time = _elapsed(start, where)
     return {
         "epoch": epoch + 1,
         "train_loss": float(totals[0] / max(totals[1], 1)),
@@ -325,6 +351,34 @@ def train_one_epoch(
         "images_per_s": float(totals[1]) / train_time,
         "epoch_time_s": train_time,
     }
+
+
+def _start_epoch(tr: TrainSettings, loaders: Loaders, epoch: int, partial: dict | None, where: Session) -> int:
+    """Seed the epoch (data order, augmentation, Mixup, DropPath); when resuming a stopped epoch, skip the batches
+    it trained. The first step's index."""
+    _seed_epoch(tr.seed, epoch, where.rank)
+    loaders.sampler.set_epoch(epoch)
+    first = partial["step"] if partial else 0
+    loaders.sampler.skip = first * (tr.batch_size // where.world)
+    return first
+
+
+def _elapsed(start: float, where: Session) -> float:
+    """Seconds since ``start`` on the slowest rank."""
+    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=where.device)
+    return float(_all_reduce(elapsed, dist.ReduceOp.MAX).item())
+
+
+def _stopped_at(epoch: int, step: int, totals: torch.Tensor, start: float, where: Session) -> dict[str, Any]:
+    """Where a stopped run is, for its checkpoint: the epoch and step, the loss sums of all ranks so far, the
+    time spent, and every rank's random state."""
+    summed = _all_reduce(totals.clone())
+    states = [random_state()]
+    if where.world > 1 and dist.is_available() and dist.is_initialized():
+        states = [None] * where.world
+        dist.all_gather_object(states, random_state())
+    elapsed = _elapsed(start, where)
+    return {"epoch": epoch, "step": step, "totals": summed.tolist(), "elapsed": elapsed, "random": states}
 
 
 def split_scores(training: Training, arch: Any, batches: DataLoader, where: Session) -> dict[str, float]:
@@ -386,10 +440,13 @@ def run_training(config: WorkerConfig, where: Session) -> dict[str, Any]:
     net = where.prepare_model(subject.model, subject.unused_parameters)
     plan = config.tracking if where.rank == 0 else None
     recorded = state.get("tracking", {})
+    watch = StopWatch(config.run, where.rank, where.world)
     with open_trackers(plan, tracking_params(config, where), recorded, phase) as trackers:
         state["tracking"] = {**recorded, **trackers.ids}  # a resumed run continues the same tracking runs
         for epoch in range(state["epoch"], task.train.epochs):
-            run_epoch(config, net, training, loaders, epoch, state, where, trackers)
+            if not run_epoch(config, net, training, loaders, epoch, state, where, trackers, watch):
+                break
+    watch.close()
     return state
 
 
@@ -402,14 +459,22 @@ def run_epoch(
     state: dict[str, Any],
     where: Session,
     trackers: Any,
-) -> None:
+    watch: StopWatch,
+) -> bool:
     """One epoch: train, score the tracked subnets (or the model; its test split after the last epoch), print
-    the epoch line, log to the trackers, and checkpoint every ``checkpoint_every`` epochs and at the end."""
+    the epoch line, log to the trackers, and checkpoint every ``checkpoint_every`` epochs and at the end. False
+    when the driver asked the run to stop: it is checkpointed where it stopped, mid-epoch."""
     task, phase, subject = config.task, config.phase, training.subject
     epochs = task.train.epochs
     if epoch == fault_parameter("train_exit_at_epoch") and where.rank == where.world - 1 and claim_fault():
         exit_now(f"[{phase}] fault injection: rank {where.rank} exits at the start of epoch {epoch}")
-    metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase)
+    metrics = train_one_epoch(net, training, loaders, task, epoch, state, where, phase, watch)
+    if metrics is None:
+        stopped = {"epoch": epoch, "step": state["partial"]["step"], "restarts": state["restarts"]}
+        if where.rank == 0:
+            say(f"[{phase}] stopped at epoch {epoch + 1}, step {stopped['step']}: checkpointing there")
+        save_checkpoint(training, state, stopped, where)
+        return False
     metrics.update(evaluate_tracked(training, loaders, where))
     state["epoch"] = epoch + 1
     state["history"].append(metrics)
@@ -426,6 +491,7 @@ def run_epoch(
     # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
     # one-slot queue, so a report every (short) epoch would stall training. The console line, the trackers rank 0
     # logs to (--log) and the run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
+    return True
 
 
 def tracking_params(config: WorkerConfig, where: Session) -> dict[str, Any]:
