@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from pipeline.latency.profiler import median_ms
 from pipeline.search import evaluator
+from pipeline.shared.timing import median_ms
 
 
 def test_median_ms_is_milliseconds_per_call_and_restores_threads() -> None:

@@ -12,11 +12,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-
-import numpy as np
-from scipy import stats
+from types import ModuleType
 
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
+
+
+def _scipy() -> tuple[ModuleType, ModuleType]:
+    """numpy and scipy.stats, imported when a statistic is first computed: importing scipy.stats takes about a
+    second, which the commands that never compute one (and ``import pipeline``) should not pay."""
+    import numpy
+    from scipy import stats
+
+    return numpy, stats
 
 
 def _check_pairs(name: str, a: Sequence[float], b: Sequence[float]) -> bool:
@@ -39,7 +46,7 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     with warnings.catch_warnings():  # a constant list: NaN is the answer, not a warning
         warnings.simplefilter("ignore")
-        return _settled(stats.kendalltau(a, b, variant="b").statistic)
+        return _settled(_scipy()[1].kendalltau(a, b, variant="b").statistic)
 
 
 def mape(predicted: Sequence[float], actual: Sequence[float]) -> float:
@@ -56,7 +63,7 @@ def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     with warnings.catch_warnings():  # scipy warns about a constant list; NaN says it here
         warnings.simplefilter("ignore")
-        return _settled(stats.spearmanr(a, b).statistic)
+        return _settled(_scipy()[1].spearmanr(a, b).statistic)
 
 
 def bootstrap_interval(
@@ -76,6 +83,7 @@ def bootstrap_interval(
     """
     if not _check_pairs("bootstrap_interval", a, b):
         return math.nan, math.nan
+    np, stats = _scipy()
     with warnings.catch_warnings():  # NaN resamples and degenerate distributions are handled below
         warnings.simplefilter("ignore")
         result = stats.bootstrap(
@@ -110,7 +118,7 @@ def wilson_interval(correct: float, count: int, z: float = Z95) -> tuple[float, 
     if count <= 0:
         return math.nan, math.nan
     level = math.erf(z / math.sqrt(2))  # the two-sided level whose normal quantile is z
-    interval = stats.binomtest(round(correct), int(count)).proportion_ci(confidence_level=level, method="wilson")
+    interval = _scipy()[1].binomtest(round(correct), int(count)).proportion_ci(confidence_level=level, method="wilson")
     return float(interval.low), float(interval.high)
 
 
@@ -122,4 +130,4 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     n = only_a + only_b
     if n == 0:
         return 1.0
-    return float(stats.binomtest(min(only_a, only_b), n, 0.5).pvalue)
+    return float(_scipy()[1].binomtest(min(only_a, only_b), n, 0.5).pvalue)

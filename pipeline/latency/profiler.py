@@ -4,16 +4,13 @@ Plain Python (the build places it with ``ray.remote`` on the target node, or run
 ``--device local``). Modules are built from the standalone model's own pieces with random weights (timing does
 not depend on their values), put in eval mode, and timed under ``torch.inference_mode`` (torch eager) or as an
 ONNX Runtime CPU session of their exported graph, by ``torch.utils.benchmark.Timer.blocked_autorange``
-(``median_ms``): it warms up, synchronizes an accelerator around its timings, and keeps the median.
+(``shared.timing.median_ms``): it warms up, synchronizes an accelerator around its timings, and keeps the median.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import platform
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,8 +21,8 @@ from pipeline.core.arch import Architecture
 from pipeline.core.space import SearchSpace, mlp_hidden_dim
 from pipeline.model.onnx_export import onnx_bytes, onnx_session, require_onnxruntime
 from pipeline.model.static import Attention, Block, StaticViT
+from pipeline.shared.timing import median_ms
 
-MIN_SECONDS = 0.2  # blocked_autorange's min_run_time for each module the profiler times
 
 
 def cpu_model() -> str:
@@ -104,29 +101,3 @@ class Profiler:
                 module(example)
 
         return median_ms(run, self.threads)  # the Timer synchronizes a GPU around each block it times
-
-
-@functools.cache
-def _timer_class() -> type:
-    """``torch.utils.benchmark.Timer``, imported quietly: the import loads torch's C++-extension helper, which
-    logs a warning on a machine with a CUDA toolkit but no GPU (a CPU node of the cluster); nothing is compiled."""
-    log = logging.getLogger("torch.utils.cpp_extension")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        from torch.utils.benchmark import Timer
-    finally:
-        log.setLevel(level)
-    return Timer
-
-
-def median_ms(run: Callable[[], Any], threads: int, min_run_time: float = MIN_SECONDS) -> float:
-    """Median milliseconds per call of ``run``, measured by ``Timer.blocked_autorange``.
-
-    It warms up while it picks how many calls make one block (enough that the timer's own cost, an accelerator
-    synchronization included, is negligible against the block), times blocks until ``min_run_time`` seconds are
-    spent, and reports the median block's time per call: one slow call (a page fault, a scheduler hiccup) moves
-    it little. ``threads`` is torch's intra-op thread count while timing (the Timer sets it and restores it).
-    """
-    timer = _timer_class()("run()", globals={"run": run}, num_threads=threads)
-    return 1000.0 * timer.blocked_autorange(min_run_time=min_run_time).median

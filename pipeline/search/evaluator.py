@@ -21,11 +21,11 @@ import torch
 from pipeline.core.agreement import wilson_interval
 from pipeline.core.arch import Architecture
 from pipeline.data.arrays import channel_stats, normalize, normalized_batches
-from pipeline.latency.profiler import median_ms
 from pipeline.model.supernet_dir import build_supernet
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.metrics import autocast_factory, evaluate_hits, finish
+from pipeline.shared.timing import median_ms
 
 LATENCY_REPEAT_S = 0.01  # timed seconds one of search.latency_repeats buys (see Evaluator.latency_ms)
 
@@ -94,7 +94,7 @@ class Evaluator:
     def latency_ms(self, static: torch.nn.Module) -> float:
         """Median milliseconds per forward pass of ``latency_batch`` images on this actor's device.
 
-        Timed by ``torch.utils.benchmark`` (``pipeline.latency.profiler.median_ms``: warm-up, GPU
+        Timed by ``torch.utils.benchmark`` (``pipeline.shared.timing.median_ms``: warm-up, GPU
         synchronization, the median of blocks of passes), with this actor's CPU threads. It chooses how many
         passes make a block, so ``search.latency_repeats`` cannot be a count of passes any more: it sets how long
         to time, ``LATENCY_REPEAT_S`` each (blocked_autorange's min_run_time; 5 repeats: at least 50 ms after

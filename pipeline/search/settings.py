@@ -31,7 +31,7 @@ class SearchSettings:
     constraints: Constraints
     batch_size: int  # images per forward pass when scoring
     latency_batch: int  # images per timed forward pass
-    latency_repeats: int  # timed passes per candidate (the median counts)
+    latency_repeats: int  # how long a candidate is timed: 10 ms of blocked_autorange each (the median counts)
     latency_model: str | None = None  # a latency model file: predicted latency, no timing per candidate
 
     @classmethod

@@ -1,0 +1,37 @@
+"""Timing a call on CPU or GPU with ``torch.utils.benchmark``: what the latency profiler and the search's
+evaluators measure with (both layers use it, so it lives here)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+MIN_SECONDS = 0.2  # the least a measurement runs, warm-up excluded
+
+
+@functools.cache
+def _timer_class() -> type:
+    """``torch.utils.benchmark.Timer``, imported quietly: the import loads torch's C++-extension helper, which
+    logs a warning on a machine with a CUDA toolkit but no GPU (a CPU node of the cluster); nothing is compiled."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
+
+
+def median_ms(run: Callable[[], Any], threads: int, min_run_time: float = MIN_SECONDS) -> float:
+    """Median milliseconds per call of ``run``, measured by ``Timer.blocked_autorange``.
+
+    It warms up while it picks how many calls make one block (enough that the timer's own cost, an accelerator
+    synchronization included, is negligible against the block), times blocks until ``min_run_time`` seconds are
+    spent, and reports the median block's time per call: one slow call (a page fault, a scheduler hiccup) moves
+    it little. ``threads`` is torch's intra-op thread count while timing (the Timer sets it and restores it).
+    """
+    timer = _timer_class()("run()", globals={"run": run}, num_threads=threads)
+    return 1000.0 * timer.blocked_autorange(min_run_time=min_run_time).median
