@@ -98,9 +98,17 @@ def test_build_locally_validates_on_held_out_architectures(digits_supernet: Path
     assert model.device["cpu"] and model.device["torch"] == torch.__version__ and model.kind in ("table", "regressor")
 
 
-def test_onnx_runtime_build(digits_supernet: Path, tmp_path: Path, capsys) -> None:
+def test_onnx_runtime_build(tmp_path: Path, capsys) -> None:
+    """The ONNX Runtime path end to end, on a supernet of the digits space cut to one block shape (every block
+    and validation architecture is one ONNX export, seconds each with the dynamo exporter)."""
+    from pipeline.core.space import SearchSpace
+    from pipeline.model.supernet import Supernet
+    from pipeline.model.supernet_dir import save_supernet
+
+    cut = {**load_space("digits").to_dict(), "embed_dim": [32], "num_heads": [2], "mlp_ratio": [2.0], "depth": [1, 2]}
+    supernet = save_supernet(Supernet(SearchSpace.from_dict(cut, source="test")), tmp_path / "supernet")
     out = tmp_path / "ort.json"
-    args = ["latency", "build", "--supernet", str(digits_supernet), "--runtime", "onnxruntime", "--validate", "4"]
+    args = ["latency", "build", "--supernet", str(supernet), "--runtime", "onnxruntime", "--validate", "2"]
     assert main([*args, "--out", str(out), "--json"]) == 0
     assert LatencyModel.load(out).device["onnxruntime"]
 

@@ -135,6 +135,10 @@ def _with_correction(
     """Least squares of measured latency on (1, table sum, depth), fitted on architectures apart from the held-out
     ones; the caller keeps it only if it predicts the held-out ones better than the table."""
     fit = distinct_architectures(space, settings.validate, settings.seed + 1, seen)
+    if len(fit) < 3:  # three coefficients: a space this small keeps its table
+        say(f"[latency] the table misses by more than {100 * MAPE_THRESHOLD:.0f} %, but the space has too few "
+            f"other architectures ({len(fit)}) to fit a correction on")  # fmt: skip
+        return model
     features = np.array([[1.0, model.table_ms(a), float(a.depth)] for a in fit])
     measured = np.array([call("arch_ms", a.to_dict()) for a in fit])
     coef = np.linalg.lstsq(features, measured, rcond=None)[0]
