@@ -97,7 +97,7 @@ def _cifar(name: str, root: str, download: bool, train: bool) -> ArraySource:
     except RuntimeError as exc:
         raise UserError(
             f"{name} not found under data.root {root!r} ({exc}); point data.root at the folder holding the "
-            f"python version of the files, or add --set data.download=true to fetch them"
+            f"python version of the files, or set data.download to true to fetch them"
         ) from None
     return ArraySource(ds.data, np.asarray(ds.targets), list(ds.classes), f"{name}-{'train' if train else 'test'}")
 
