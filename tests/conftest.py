@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +45,56 @@ def digits_supernet(tmp_path_factory):
     checked = validate_data(task)
     save_supernet(Supernet(checked["space"]), path, task=task.to_dict(), splits=checked["splits"], epochs=0)
     return path
+
+
+# Tracker settings a developer's shell may have: the shared runs below log offline into their own directories.
+TRACKER_ENV = ("MLFLOW_TRACKING_URI", "WANDB_PROJECT", "WANDB_MODE", "MLFLOW_ALLOW_FILE_STORE")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``autoformer ARGS`` in its own process, as a user runs it."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def one_worker_training(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One 2-epoch training of digits on one worker (checkpoint every epoch, one random subnet scored), logging
+    to TensorBoard, MLflow and W&B (offline, under this run's directory): its storage root and the command's
+    output. The training test (tests/test_train_e2e.py) and the tracking test (tests/test_tracking.py) both read
+    it; neither changes it."""
+    root = tmp_path_factory.mktemp("one-worker-training")
+    env = {k: v for k, v in os.environ.items() if k not in TRACKER_ENV}
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_CONFIG_DIR=str(root / "wandb-config"),
+        WANDB_CACHE_DIR=str(root / "wandb-cache"),
+        WANDB_DATA_DIR=str(root / "wandb-data"),
+    )
+    storage = root / "runs"
+    out = run_cli(
+        "train", "digits", "--storage", str(storage), "--set", "train.warmup_epochs=1", "--set",
+        "train.checkpoint_every=1", "--set", "train.eval_subnets=1", "--set", "train.epochs=2", "--cpus-per-worker",
+        "1", "--log", "tensorboard", "--log", "mlflow", "--log", "wandb", env=env,
+    )  # fmt: skip
+    return storage, out
+
+
+# The finished search below: population 6, 5 generations, seed 7.
+FINISHED_SEARCH = ["--population", "6", "--generations", "5", "--set", "search.parents=3", "--seed", "7", "--set",
+                   "search.latency_repeats=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory, digits_supernet) -> tuple[Path, subprocess.CompletedProcess]:
+    """One finished search of the session's supernet (``FINISHED_SEARCH``, run 'whole'): its storage root and the
+    command's output. The interrupted search's test (tests/test_search_e2e.py) compares with its candidates, the
+    refused resume's (tests/test_reliability.py) resumes it with other settings; neither changes it."""
+    storage = tmp_path_factory.mktemp("finished-search")
+    out = run_cli(
+        "search", "digits", "--supernet", str(digits_supernet), "--storage", str(storage), "--name", "whole",
+        *FINISHED_SEARCH,
+    )  # fmt: skip
+    return storage, out

@@ -160,18 +160,21 @@ def test_a_run_in_use_is_refused_naming_its_holder_and_a_dead_holder_is_taken_ov
 
 
 @pytest.mark.slow
-def test_resuming_a_search_with_other_settings_is_refused(tmp_path: Path, digits_supernet: Path) -> None:
-    common = ["search", "digits", "--supernet", str(digits_supernet), "--storage", str(tmp_path), "--name", "s",
+def test_resuming_a_search_with_other_settings_is_refused(digits_supernet: Path, finished_search) -> None:
+    from conftest import FINISHED_SEARCH
+
+    # a finished search (population 6, 5 generations), shared (tests/conftest.py): run 'whole'
+    storage, out = finished_search
+    common = ["search", "digits", "--supernet", str(digits_supernet), "--storage", str(storage), "--name", "whole",
               "--evaluators", "1", "--cpus-per-evaluator", "0.5"]  # fmt: skip
-    out = _cli(*common, "--population", "6", "--generations", "1")
     assert out.returncode == 0, out.stderr[-2000:]
-    footer = (tmp_path / "s" / "candidates.parquet").read_bytes()
-    out = _cli(*common, "--population", "5", "--generations", "1", "--max-params", "50000", "--resume")
+    footer = (storage / "whole" / "candidates.parquet").read_bytes()
+    out = _cli(*common, *FINISHED_SEARCH, "--population", "5", "--max-params", "50000", "--resume")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"autoformer: error: search '{tmp_path / 's'}' was made with search.max_params = 100000 (now 50000); only "
+        f"autoformer: error: search '{storage / 'whole'}' was made with search.max_params = 100000 (now 50000); only "
         f"search.generations may grow: re-run with the same settings to resume it, or choose another run name"
     ]
-    assert (tmp_path / "s" / "candidates.parquet").read_bytes() == footer  # nothing rewritten
+    assert (storage / "whole" / "candidates.parquet").read_bytes() == footer  # nothing rewritten
 
 
 def test_off_space_architectures_are_exported_with_a_warning(tmp_path: Path, digits_supernet: Path) -> None:
@@ -220,11 +223,19 @@ def test_a_cluster_driver_says_while_it_waits_for_room(monkeypatch: pytest.Monke
     nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}]
     monkeypatch.setattr(cluster.ray, "nodes", lambda: nodes)
     monkeypatch.setattr(cluster, "WAIT_LINE_EVERY_S", 0.05)
+    lines: list[str] = []
+
+    def wait_for_line(start: str) -> None:  # the lines come from the waiting thread
+        deadline = time.monotonic() + 60
+        while not any(line.startswith(start) for line in lines):
+            assert time.monotonic() < deadline, f"no line {start!r} in {lines}"
+            time.sleep(0.01)
+            lines.extend(capsys.readouterr().out.splitlines())
+
     cluster.check_resources({"CPU": 1.0}, 2, "--workers", "train", joined=True)
-    time.sleep(0.3)
+    wait_for_line("[train] still waiting for room")
     nodes.append({"Alive": True, "Resources": {"CPU": 1.0}})  # the autoscaler added a node
-    time.sleep(0.3)
-    lines = capsys.readouterr().out.splitlines()
+    wait_for_line("[train] the cluster now has room")
     assert lines[0] == "[train] waiting for the cluster to make room for 2 x (1 CPU): 1 fit now (1 CPU)"
     assert any(line.startswith("[train] still waiting for room for 2 x (1 CPU) after") for line in lines)
     assert lines[-1] == "[train] the cluster now has room for 2 x (1 CPU)"
@@ -245,10 +256,19 @@ def test_a_run_on_an_object_store_is_held_by_a_lease(tmp_path: Path, monkeypatch
     monkeypatch.setattr(storage, "RENEW_EVERY_S", 0.05)
     with storage.run_lock(run, "search"):
         first = json.loads(lease.read_text())["renewed"]
+
+        def renewed() -> float:
+            try:
+                return json.loads(lease.read_text())["renewed"]
+            except ValueError:  # read while the renewer rewrites it (a store's write is not atomic)
+                return first
+
         with pytest.raises(UserError, match=r"search 'file://.*' is in use by another driver \(.*:\d+, lease renewed"):
             with storage.run_lock(run, "search"):
                 pass
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while renewed() <= first and time.monotonic() < deadline:  # until the renewer has rewritten it
+            time.sleep(0.01)
         assert json.loads(lease.read_text())["renewed"] > first  # renewed while held
     assert not lease.exists()  # released
     lease.write_text(json.dumps({"holder": "elsewhere:1", "token": "x", "renewed": time.time() - 1000}))

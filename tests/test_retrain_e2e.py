@@ -194,17 +194,30 @@ def test_fidelity_refuses_more_architectures_than_the_space_has(tmp_path: Path, 
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
-def test_fidelity_report_end_to_end_and_resumed(tmp_path: Path, digits_supernet: Path) -> None:
-    runs = tmp_path / "runs"
-    # the supernet path as a user types it, relative to where they are: resolved once, on the driver (each
-    # Tune trial runs in a directory of its own)
-    relative = os.path.relpath(digits_supernet, tmp_path)
-    command = [
-        "fidelity", "--supernet", relative, "--archs", "3", "--storage", str(runs), "--name", "fid",
+def _fidelity_command(supernet: Path, where: Path) -> list[str]:
+    """3 architectures, 1 retrain epoch each, run 'fid' in ``where``/runs; the supernet path as a user types it,
+    relative to where they are (``where``): resolved once, on the driver (each Tune trial runs in a directory of
+    its own)."""
+    relative = os.path.relpath(supernet, where)
+    return [
+        "fidelity", "--supernet", relative, "--archs", "3", "--storage", str(where / "runs"), "--name", "fid",
         "--cpus-per-trial", "0.5", "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0",
     ]  # fmt: skip
-    out = _cli(*command, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fidelity_run(tmp_path_factory, digits_supernet: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """One fidelity experiment (``_fidelity_command``, run from the directory it returns) and its command's
+    output: the report test reads and resumes it, the stand-alone test reuses its scores (neither changes it)."""
+    where = tmp_path_factory.mktemp("fidelity")
+    return where, _cli(*_fidelity_command(digits_supernet, where), cwd=where)
+
+
+@pytest.mark.slow
+def test_fidelity_report_end_to_end_and_resumed(digits_supernet: Path, fidelity_run) -> None:
+    tmp_path, out = fidelity_run
+    runs = tmp_path / "runs"
+    command = _fidelity_command(digits_supernet, tmp_path)
     _ok(out)
     plan = json.loads((runs / "fid" / "fidelity-plan.json").read_text())
     assert plan["supernet"] == str(digits_supernet.resolve())
@@ -252,10 +265,13 @@ def _biased_supernet(path: Path, label: int) -> Path:
 
 
 @pytest.mark.slow
-def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(tmp_path: Path, digits_supernet: Path) -> None:
-    runs = tmp_path / "runs"
+def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(
+    tmp_path: Path, digits_supernet: Path, fidelity_run
+) -> None:
+    where, out = fidelity_run  # the earlier run: the same settings as base, 3 architectures, named fid
+    runs = where / "runs"
     base = ["fidelity", "--storage", str(runs), "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0"]
-    _ok(_cli(*base, "--supernet", str(digits_supernet), "--archs", "3", "--name", "fid", "--cpus-per-trial", "0.5"))
+    _ok(out)
     source = pq.read_table(runs / "fid" / "fidelity.parquet").to_pylist()
 
     # the same supernet again: the Tune trials' inherited scores, in the driver, and the stand-alone ones as they were

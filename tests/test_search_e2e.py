@@ -113,10 +113,14 @@ def test_search_survives_an_evaluator_death_and_writes_results(supernet: Path, t
     assert meta["settings"]["population"] == 6 and meta["constraints"]["max_params"] == 120_000
 
 
-def test_interrupted_search_resumes_to_the_same_candidates_and_extends(supernet: Path, tmp_path: Path) -> None:
+def test_interrupted_search_resumes_to_the_same_candidates_and_extends(
+    supernet: Path, tmp_path: Path, finished_search
+) -> None:
     args = ["--seed", "7", "--set", "search.latency_repeats=1"]
-    _ok(_search(supernet, tmp_path, "--name", "whole", "--generations", "5", *args))
-    whole = _generations(tmp_path, "whole")
+    # the uninterrupted search, shared (tests/conftest.py): these settings, 5 generations, named whole
+    finished, out = finished_search
+    _ok(out)
+    whole = _generations(finished, "whole")
     proc = subprocess.Popen(
         _cmd(supernet, tmp_path, "--name", "cut", "--generations", "4", *args),
         stdout=subprocess.PIPE,

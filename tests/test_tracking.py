@@ -189,11 +189,12 @@ def test_a_missing_backend_is_one_line_before_ray_starts(
 
 
 @pytest.mark.slow
-def test_training_logs_every_epoch_to_each_backend(offline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path), "--set"]
-    cmd += ["train.epochs=2", "--set", "train.warmup_epochs=1", "--set", "train.eval_subnets=1"]
-    cmd += ["--cpus-per-worker", "1", "--log", "tensorboard", "--log", "mlflow", "--log", "wandb"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=offline)
+def test_training_logs_every_epoch_to_each_backend(
+    offline: dict, one_worker_training, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2 epochs on 1 worker x 1 CPU with --log tensorboard --log mlflow --log wandb, offline, shared with
+    # tests/test_train_e2e.py (tests/conftest.py)
+    tmp_path, out = one_worker_training
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("logging every epoch to tensorboard") == 1
 

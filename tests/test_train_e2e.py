@@ -46,8 +46,10 @@ def _check_ok(out: subprocess.CompletedProcess) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-def test_one_worker_trains_checkpoints_and_exports(tmp_path: Path) -> None:
-    out = _train(tmp_path, "--set", "train.epochs=2", "--cpus-per-worker", "1")
+def test_one_worker_trains_checkpoints_and_exports(one_worker_training) -> None:
+    # FAST, 2 epochs, 1 worker x 1 CPU (tests/conftest.py; it also logs to every tracker, which tests/test_tracking.py
+    # reads): the console stays quiet with them too
+    tmp_path, out = one_worker_training
     _check_ok(out)
     assert "[train] epoch 2/2" in out.stdout and out.stdout.count("[train] epoch 1/2 ") == 1
     config = _export(tmp_path)
