@@ -32,6 +32,7 @@ from pipeline.results.tables import PARETO_FILE, read_table
 from pipeline.search.experiment import saved_strategy, search_exists
 from pipeline.search.launch import SearchOutcome, run_search
 from pipeline.search.settings import EvaluatorResources, SearchSettings
+from pipeline.shared.arguments import require_type
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import absolute, is_uri, join, resolve_storage
@@ -65,6 +66,7 @@ def search_supernet(
 ) -> SearchRun:
     """Search ``supernet`` with the task's search settings, then export, test-score and write the results;
     ``log``: experiment trackers that get one result per candidate (tensorboard, mlflow, wandb)."""
+    require_type(task, Task, "search_supernet: task", "a Task (from pipeline.load_task)")
     settings = SearchSettings.from_task(task)
     return _search_and_report(task, supernet, settings, resources or EvaluatorResources(), storage, name, resume, log)
 
@@ -125,6 +127,7 @@ def run_pipeline(
     Runs are named after the task (``TASK-supernet``, ``TASK-search``) under ``storage``; calling it again
     continues where the last call stopped. ``log``: experiment trackers both phases also log to.
     """
+    require_type(task, Task, "run_pipeline: task", "a Task (from pipeline.load_task)")
     resources = resources or EvaluatorResources()
     settings = SearchSettings.from_task(task)  # bad search settings fail before hours of training
     storage = resolve_storage(storage)

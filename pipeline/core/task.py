@@ -153,6 +153,11 @@ class Task:
 
     def with_overrides(self, overrides: list[str]) -> Task:
         """This task with ``section.key=value`` overrides applied (e.g. a recorded task, re-pointed at local data)."""
+        if isinstance(overrides, str):  # a string would be applied character by character
+            raise TypeError(
+                "Task.with_overrides: overrides must be a list of 'section.key=value' strings, not str; "
+                f"write [{overrides!r}]"
+            )
         data = self.to_dict()
         name = data.pop("name")
         for item in overrides:
@@ -172,6 +177,10 @@ def builtin_task_names() -> list[str]:
 
 def load_task(name_or_path: str | Path, overrides: list[str] | None = None) -> Task:
     """Load a task by built-in name or path, apply ``section.key=value`` overrides, validate everything."""
+    if isinstance(overrides, str):  # a string would be applied character by character
+        raise TypeError(
+            f"load_task: overrides must be a list of 'section.key=value' strings, not str; write [{overrides!r}]"
+        )
     data, name, label = read_yaml_mapping(name_or_path, "tasks", "task", f"with sections {', '.join(TOP_LEVEL)}")
     for item in overrides or []:
         _apply_override(data, item)

@@ -12,6 +12,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from pipeline.core.complexity import relative_key_width
+from pipeline.shared.errors import UserError
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -95,6 +96,26 @@ class RelativePosition2D(nn.Module):
         per_row = mass.new_zeros(b, h, n, 2 * self.table_v.shape[0] + 1)
         per_row = per_row.scatter_add(-1, self.table_row.expand(b, h, n, -1), mass)
         return per_row[..., :-1] @ self.tables().to(mass.dtype)
+
+
+def check_images(images: object, in_chans: int, image_size: int) -> None:
+    """Raise unless ``images`` is a batch (N, C, H, W) of the size and channels the model was built for.
+
+    A patch embedding takes any image size and gives more or fewer tokens, so a 16 px batch into an 8 px model
+    fails only at the position embedding, in torch's words about tensor sizes; this names both sizes. It sits
+    on the forward path, so the good case is one type check and four integer comparisons (about a microsecond).
+    """
+    if not isinstance(images, torch.Tensor):
+        shape = f"(N, {in_chans}, {image_size}, {image_size})"
+        raise TypeError(f"images must be a torch.Tensor of shape {shape}, not {type(images).__name__}")
+    shape = images.shape
+    if len(shape) == 4 and shape[1] == in_chans and shape[2] == image_size and shape[3] == image_size:
+        return
+    if len(shape) != 4:
+        raise UserError(f"images must be a batch of shape (N, C, H, W), got shape {tuple(shape)}")
+    if shape[2] != image_size or shape[3] != image_size:
+        raise UserError(f"images are {shape[2]}x{shape[3]} px; this model takes {image_size}x{image_size}")
+    raise UserError(f"images have {shape[1]} channels; this model takes {in_chans}")
 
 
 def pool(x: torch.Tensor, pooling: str) -> torch.Tensor:

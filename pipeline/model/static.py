@@ -18,12 +18,14 @@ from pipeline.core.space import complete_fixed_parts
 from pipeline.model.layers import (
     RelativePosition2D,
     attend,
+    check_images,
     drop_path_rates,
     init_vit_weights,
     merge_heads,
     pool,
     split_heads,
 )
+from pipeline.model.state_check import check_state
 
 
 class PatchEmbed(nn.Module):
@@ -143,10 +145,12 @@ class StaticViT(nn.Module):
         """Build with the given weights, skipping the random initialisation they would overwrite.
 
         The model is laid out on the meta device (no memory, no init), takes ``state`` as its tensors, and gets
-        its derived buffers rebuilt; loading a base-size model this way costs a copy, not an init.
+        its derived buffers rebuilt; loading a base-size model this way costs a copy, not an init. Weights of
+        other names or shapes are ``WeightsMismatch`` (a ``ValueError``) naming the first difference in one line.
         """
         with torch.device("meta"):
             model = cls(arch, fixed, **rates)
+        check_state(model.state_dict(), state)
         model.load_state_dict(state, strict=True, assign=True)
         device = next(iter(state.values())).device
         for module in model.modules():
@@ -155,6 +159,7 @@ class StaticViT(nn.Module):
         return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, self.fixed["in_chans"], self.fixed["image_size"])
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.pos_drop(x)

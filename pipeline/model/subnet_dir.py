@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.core.arch import Architecture
+from pipeline.core.arch import ARCH_KEYS, Architecture
 from pipeline.core.complexity import count_macs, count_params
 from pipeline.core.space import FIXED_KEYS, complete_fixed_parts
-from pipeline.model.directory import checked_load, record_checksums, write_config, write_directory
+from pipeline.model.directory import CHECKSUMS_KEY, checked_load, record_checksums, write_config, write_directory
 from pipeline.model.directory import read_config as read_directory_config
 from pipeline.model.onnx_export import onnx_bytes
+from pipeline.model.state_check import WeightsMismatch
 from pipeline.model.static import StaticViT
 from pipeline.shared.errors import UserError
 
@@ -29,6 +30,23 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Every top-level key save_model has ever written (the format is closed: free-form notes go under 'metadata').
+# image_size and num_classes repeat fixed's (readers such as the teacher take them from the top level); params
+# and macs are counts for people reading the file, never read back.
+CONFIG_KEYS = (
+    "format",
+    "format_version",
+    "architecture",
+    "fixed",
+    "image_size",
+    "num_classes",
+    "normalization",
+    "params",
+    "macs",
+    "metadata",
+    CHECKSUMS_KEY,
+)
+COPIED_FIXED_KEYS = ("image_size", "num_classes")
 
 
 def default_normalization(in_chans: int) -> dict[str, list[float]]:
@@ -102,14 +120,34 @@ def read_config(path: str | Path) -> dict[str, Any]:
     config = read_directory_config(
         path, FORMAT, FORMAT_VERSION, "model", "is this a model directory written by 'autoformer export'?"
     )
+    _check_top_level(config, where)
     fixed = config.get("fixed")
     if isinstance(fixed, dict):
         fixed = config["fixed"] = complete_fixed_parts(fixed)
     if not isinstance(fixed, dict) or set(fixed) != set(FIXED_KEYS):
         raise UserError(f"{where}: 'fixed' must have exactly the keys {', '.join(FIXED_KEYS)}")
+    for key in COPIED_FIXED_KEYS:
+        if key in config and config[key] != fixed[key]:
+            raise UserError(
+                f"{where}: top-level {key!r} is {config[key]!r} but fixed.{key} is {fixed[key]!r}; the model is "
+                f"built from fixed.{key} (the top-level one is its copy): make them agree"
+            )
+        config[key] = fixed[key]
     config["architecture"] = Architecture.from_dict(config.get("architecture"), source=f"{where}: architecture")
     config["normalization"] = _check_normalization(config.get("normalization"), fixed["in_chans"], where)
     return config
+
+
+def _check_top_level(config: dict[str, Any], where: str) -> None:
+    """Refuse a top-level key the format does not have, naming where it belongs: the model is built from
+    'architecture' and 'fixed' only, so an ``embed_dim`` or ``head_dim`` edited at the top level would be
+    silently ignored."""
+    unknown = next((str(k) for k in config if k not in CONFIG_KEYS), None)
+    if unknown is None:
+        return
+    home = "architecture" if unknown in ARCH_KEYS else "fixed" if unknown in FIXED_KEYS else "metadata"
+    reads = "the model is built from it" if home != "metadata" else "free-form notes go there"
+    raise UserError(f"{where}: config.json has unknown top-level key {unknown!r}; it belongs under {home!r} ({reads})")
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[StaticViT, dict[str, Any]]:
@@ -118,7 +156,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     state = checked_load(path, WEIGHTS_FILE, config, "model", lambda p: load_file(p, device=str(map_location)))
     try:
         model = StaticViT.from_state_dict(config["architecture"], config["fixed"], state)
-    except RuntimeError as exc:
+    except WeightsMismatch as exc:  # names and shapes compared first: one line, not torch's list
         raise UserError(f"model directory {str(path)!r}: {WEIGHTS_FILE} does not match config.json: {exc}") from None
     return model.eval(), config
 

@@ -39,6 +39,7 @@ from pipeline.core.task import SHARING_MODES
 from pipeline.model.layers import (
     RelativePosition2D,
     attend,
+    check_images,
     drop_path_rates,
     init_vit_weights,
     merge_heads,
@@ -46,6 +47,7 @@ from pipeline.model.layers import (
     split_heads,
 )
 from pipeline.model.static import StaticViT
+from pipeline.shared.arguments import require_type
 from pipeline.shared.errors import UserError
 
 Sharing = Literal["entangled", "classical", "classical_strict"]
@@ -258,14 +260,17 @@ class Supernet(nn.Module):
 
         The entangled supernet runs any architecture that fits inside its largest block (so published models
         whose genes step outside the space can still inherit weights); the classical ones only the space's own
-        choices, since other choices have no weights.
+        choices, since other choices have no weights. Anything but an ``Architecture`` (a dict of genes) is a
+        ``TypeError`` saying how to make one.
         """
+        require_type(arch, Architecture, "arch", "an Architecture (pipeline.Architecture.from_dict(genes))")
         if self.sharing != "entangled":
             validate_in_space(arch, self.space)
             return
         validate_fits(arch, self.space)
 
     def forward(self, images: torch.Tensor, arch: Architecture) -> torch.Tensor:
+        check_images(images, self.space.in_chans, self.space.image_size)
         self.check_architecture(arch)
         e = arch.embed_dim
         drop = self.drop_rate if self.training else 0.0

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.core.space import SearchSpace
+from pipeline.core.space import CHOICE_KEYS, FIXED_KEYS, SearchSpace
 from pipeline.model.directory import (
+    CHECKSUMS_KEY,
     CONFIG_FILE,
     checked_load,
     read_config,
@@ -26,6 +27,7 @@ from pipeline.model.directory import (
     write_config,
     write_directory,
 )
+from pipeline.model.state_check import state_difference
 from pipeline.model.supernet import Supernet
 from pipeline.shared.errors import UserError
 from pipeline.shared.storage import copy_directory, is_uri
@@ -37,12 +39,25 @@ EXPORT_DIR = "supernet"  # the directory name 'autoformer train' exports to, ins
 DROP_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
 HINT = "expected the 'supernet' directory that 'autoformer train' writes"
 T = TypeVar("T")
+# The top level holds these (what the weights mean) plus free-form provenance (task, splits, epochs, history,
+# metrics, source, normalization, ...: whatever the writer records, so unknown keys are kept, not refused).
+FORMAT_KEYS = ("format", "format_version", "space", "sharing", "regularization", CHECKSUMS_KEY)
+# Keys only read inside a section: at the top level they would change nothing, so one there was put in the
+# wrong place (an edit meant for the space) and is refused, naming where it belongs.
+SECTION_OF = {**{k: "space" for k in (*CHOICE_KEYS, *FIXED_KEYS)}, **{k: "regularization" for k in DROP_KEYS}}
 
 
 def supernet_config(
     space: dict[str, Any], sharing: str, regularization: dict[str, float], **provenance: Any
 ) -> dict[str, Any]:
-    """The config.json content: what the weights mean (space, sharing, regularisation) plus provenance."""
+    """The config.json content: what the weights mean (space, sharing, regularisation) plus provenance.
+
+    A provenance key that is a format key or a section's key would be overwritten or refused on loading, so it
+    is a ``ValueError`` here, before anything is written.
+    """
+    clash = next((k for k in provenance if k in FORMAT_KEYS or k in SECTION_OF), None)
+    if clash is not None:
+        raise ValueError(f"supernet_config: provenance key {clash!r} is a key of the format; choose another name")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -77,7 +92,28 @@ def save_supernet(model: Supernet, path: str | Path, **provenance: Any) -> Path:
 
 
 def read_supernet_config(path: str | Path) -> dict[str, Any]:
-    return read_config(path, FORMAT, FORMAT_VERSION, "supernet", HINT)
+    """The checked ``config.json`` of a supernet directory: its format keys present and of the right kind, and
+    no key of a section (``space``, ``regularization``) at the top level, where it would be silently ignored."""
+    config = read_config(path, FORMAT, FORMAT_VERSION, "supernet", HINT)
+    where = f"supernet directory {str(path)!r}: {CONFIG_FILE}"
+    misplaced = next((k for k in config if k in SECTION_OF), None)
+    if misplaced is not None:
+        raise UserError(
+            f"{where} has {misplaced!r} at the top level, where it is not read; it belongs under "
+            f"{SECTION_OF[misplaced]!r}"
+        )
+    for key, kind, words in (
+        ("space", dict, "an object"),
+        ("sharing", str, "a string"),
+        ("regularization", dict, "an object"),
+    ):
+        value = config.get(key, {} if key == "regularization" else None)  # regularization: optional
+        if not isinstance(value, kind):
+            raise UserError(f"{where}: {key!r} must be {words}, got {type(value).__name__}")
+    unknown = sorted(str(k) for k in config.get("regularization", {}) if k not in DROP_KEYS)
+    if unknown:
+        raise UserError(f"{where}: 'regularization' has unknown key {unknown[0]!r}; allowed: {', '.join(DROP_KEYS)}")
+    return config
 
 
 def read_weights(directory: str | Path, config: dict[str, Any], load: Callable[[str], T]) -> T:
@@ -92,12 +128,12 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
         config = read_supernet_config(directory)
         model = build_supernet(config, source=f"supernet directory {str(path)!r}")
         state = read_weights(directory, config, lambda p: load_file(p, device=str(map_location)))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+        difference = state_difference(model.state_dict(), state)  # torch would list every mismatch, 30 lines
+        if difference is not None:
             raise UserError(
-                f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {exc}"
-            ) from None
+                f"supernet directory {str(path)!r}: {WEIGHTS_FILE} does not match {CONFIG_FILE}: {difference}"
+            )
+        model.load_state_dict(state, strict=True)
     return model.to(map_location).eval(), config
 
 
