@@ -24,7 +24,6 @@ from pipeline.model.static import Attention, Block, StaticViT
 from pipeline.shared.timing import median_ms
 
 
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
