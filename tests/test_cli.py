@@ -160,3 +160,60 @@ def test_rays_native_restart_caution_is_dropped_and_every_other_stderr_line_kept
         os.write(2, b"after\n")
     os.write(2, b"outside\n")
     assert capfd.readouterr().err == "before\nafter\noutside\n"
+
+
+def _forwarded(process: str, note: str) -> list[str]:
+    """A note as the driver prints what a Ray process wrote: each line with the process's prefix, then a newline."""
+    return [part for line in note.splitlines() for part in (f"\x1b[36m({process})\x1b[0m {line}", "\n")]
+
+
+RAY_GET_TIMEOUT = """Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/ray/{where}", line 58, in {function}
+    ray.get(
+  File "/venv/lib/python3.11/site-packages/ray/_private/auto_init_hook.py", line 22, in auto_init_wrapper
+    return fn(*args, **kwargs)
+           ^^^^^^^^^^^^^^^^^^^
+  File "/venv/lib/python3.11/site-packages/ray/_private/client_mode_hook.py", line 134, in wrapper
+    return func(*args, **kwargs)
+           ^^^^^^^^^^^^^^^^^^^^^
+  File "/venv/lib/python3.11/site-packages/ray/_private/worker.py", line 3009, in get
+    values, debugger_breakpoint = worker.get_objects(
+                                  ^^^^^^^^^^^^^^^^^^^
+  File "/venv/lib/python3.11/site-packages/ray/_private/worker.py", line 1007, in get_objects
+    ] = self.core_worker.get_objects(
+        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "python/ray/_raylet.pyx", line 3471, in ray._raylet.CoreWorker.get_objects
+  File "python/ray/includes/common.pxi", line 107, in ray._raylet.check_status
+ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready."""
+
+
+def test_the_controllers_timeout_tracebacks_on_an_overloaded_machine_are_dropped_and_other_lines_kept() -> None:
+    """Ray Train's controller logs, with a traceback, two calls that time out when the CPUs are overloaded and
+    that Ray handles itself: the note goes, a worker's line printed in the middle of it stays."""
+    import io
+
+    from pipeline.shared.ray_console import QuietStream
+
+    out = io.StringIO()
+    console = QuietStream(out)
+    request = RAY_GET_TIMEOUT.format(
+        where="train/v2/_internal/execution/scaling_policy/autoscaling_coordinator_client.py",
+        function="send_resource_request",
+    ).splitlines()
+    stop = RAY_GET_TIMEOUT.format(
+        where="train/v2/_internal/callbacks/placement_group_callback.py", function="_stop_cleaner"
+    )
+    for text in (
+        *_forwarded(
+            "TrainController pid=9",
+            "Failed to send resource request for train-183b7e1e. If this only happens transiently during network "
+            "partition or CPU being overloaded, it's safe to ignore this error. If this error persists, file a "
+            "GitHub issue.\n" + "\n".join(request[:6]),
+        ),
+        *_forwarded("RayTrainWorker pid=1", "[train] epoch 1/2  loss 2.3"),
+        *_forwarded("TrainController pid=9", "\n".join(request[6:])),
+        *_forwarded("TrainController pid=9", "Failed to stop PlacementGroupCleaner gracefully.\n" + stop),
+        "[train] done in 27.8 s\n",
+    ):
+        console.write(text)
+    assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n[train] done in 27.8 s\n"

@@ -125,3 +125,24 @@ def test_bad_selections_are_one_line_errors(supernet: Path, args: list[str], mes
         args = [*args, "--supernet", str(supernet)]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_existing_export_directory_is_refused_in_the_words_of_the_caller(
+    supernet: Path, tmp_path: Path, capsys
+) -> None:
+    from pipeline.api import export_model
+    from pipeline.model.supernet_dir import load_supernet
+    from pipeline.shared.errors import UserError
+
+    arch = sample_architectures(load_task("digits").space(), 1, seed=5)[0]
+    (tmp_path / "arch.json").write_text(arch.to_json())
+    (tmp_path / "m").mkdir()
+    argv = ["export", "--supernet", str(supernet), "--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"autoformer: error: --out {str(tmp_path / 'm')!r} already exists; choose another path (or --force to "
+        f"replace it)"
+    ]
+    assert main([*argv, "--force"]) == 0 and load_model(tmp_path / "m")[0].arch == arch
+    with pytest.raises(UserError, match=r"already exists; choose another path \(or overwrite=True to replace it\)"):
+        export_model(load_supernet(supernet)[0], arch, tmp_path / "m", load_task("digits"))

@@ -194,6 +194,16 @@ def test_fidelity_refuses_more_architectures_than_the_space_has(tmp_path: Path, 
     assert not (tmp_path / "r").exists()
 
 
+def test_fidelity_refuses_no_architectures_naming_the_flag(tmp_path: Path, digits_supernet: Path, capsys) -> None:
+    from pipeline.cli.main import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["fidelity", "--supernet", str(digits_supernet), "--archs", "0", "--storage", str(tmp_path / "r")])
+    assert refused.value.code == 2
+    assert "argument --archs: must be an integer >= 1, not '0'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def _fidelity_command(supernet: Path, where: Path) -> list[str]:
     """3 architectures, 1 retrain epoch each, run 'fid' in ``where``/runs; the supernet path as a user types it,
     relative to where they are (``where``): resolved once, on the driver (each Tune trial runs in a directory of

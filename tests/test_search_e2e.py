@@ -173,3 +173,10 @@ def test_search_errors_are_one_line_and_write_nothing(supernet: Path, tmp_path: 
     out = _search(supernet, tmp_path, "--evaluators", "0")
     assert out.returncode == 2 and "argument --evaluators: must be an integer >= 1, not '0'" in out.stderr
     assert not (tmp_path / "digits-search").exists()
+
+
+def test_an_impossible_timed_latency_limit_writes_nothing(supernet: Path, tmp_path: Path) -> None:
+    out = _search(supernet, tmp_path / "runs", "--max-latency-ms", "0.000001")  # (1e-6 is text to YAML 1.1)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "max_latency_ms 1e-06: even the smallest architecture of search space 'digits' takes" in out.stderr
+    assert not (tmp_path / "runs").exists()  # the evaluators timed it before the run was recorded

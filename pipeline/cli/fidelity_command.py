@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.format import add_set_option, si
+from pipeline.cli.options import positive_int
 from pipeline.shared.errors import UserError
 
 
@@ -19,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fidelity.json and fidelity.png. Re-running the same command continues the unfinished trials.",
     )
     p.add_argument("--supernet", required=True, help="supernet directory (path or URI) from 'autoformer train'")
-    p.add_argument("--archs", type=int, default=None, help="architectures spread over the size range (default 16)")
+    p.add_argument(
+        "--archs", type=positive_int, default=None, help="architectures spread over the size range (default 16)"
+    )
     p.add_argument(
         "--candidates",
         default=None,

@@ -7,6 +7,7 @@ import json
 
 from pipeline.cli.options import int_at_least, positive_int
 from pipeline.core.latency_model import RUNTIMES
+from pipeline.shared.storage import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,7 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
     # CLI start-up: torch and Ray load only for the commands that use them
     from pipeline.latency.build import BuildSettings, build_latency_model
 
+    check_output_file(args.out, "--out")  # before the build: a file it could not write would waste all of it
     settings = BuildSettings(args.device, args.runtime, args.batch, args.threads, args.validate, args.seed)
     model = build_latency_model(args.supernet, settings)
     model.save(args.out)

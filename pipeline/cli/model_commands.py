@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from pipeline.cli.options import add_selection, recorded_task, select_architecture
 from pipeline.core.arch import validate_in_space
@@ -89,6 +90,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UserError("--supernet needs --out DIR (the model directory to create)")
+    if Path(args.out).exists() and not args.force:  # before the supernet loads; in flag words (the library's differ)
+        raise UserError(f"--out {args.out!r} already exists; choose another path (or --force to replace it)")
     supernet, config, arch, row = _supernet(args)
     task = recorded_task(args, config.get("task"), f"supernet {args.supernet!r}")
     path = export_model(

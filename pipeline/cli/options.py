@@ -66,7 +66,7 @@ def select_architecture(args: argparse.Namespace) -> tuple[Architecture, dict[st
         source = join(source, CANDIDATES_FILE)
     if not is_uri(source) and not Path(source).is_file():
         raise UserError(f"--candidates: {source!r} does not exist")
-    rows = read_table(source).to_pylist()
+    rows = read_table(source, "--candidates").to_pylist()
     if args.row is not None:
         if not 0 <= args.row < len(rows):
             raise UserError(f"--row {args.row}: {source} has rows 0..{len(rows) - 1}")

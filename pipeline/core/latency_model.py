@@ -86,12 +86,20 @@ class LatencyModel:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **out}
 
     def save(self, path: str | Path) -> None:
-        """Write the file atomically (a temporary sibling, then a rename): a crash never leaves half a model."""
+        """Write the file atomically (a temporary sibling, then a rename): a crash never leaves half a model, and
+        a write that fails (a read-only directory, a directory in the way) is one line naming the file and the
+        cause, leaving no temporary file behind."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise UserError(f"latency model {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyModel:

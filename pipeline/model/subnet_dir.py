@@ -88,7 +88,9 @@ def save_model(
         f"model directory {str(path)!r}",
     )
     if path.exists() and not overwrite:
-        raise UserError(f"model directory {str(path)!r} already exists; choose another path or allow overwriting")
+        raise UserError(
+            f"model directory {str(path)!r} already exists; choose another path (or overwrite=True to replace it)"
+        )
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -30,7 +30,7 @@ from pipeline.model.directory import (
 from pipeline.model.state_check import state_difference
 from pipeline.model.supernet import Supernet
 from pipeline.shared.errors import UserError
-from pipeline.shared.storage import copy_directory, is_uri
+from pipeline.shared.storage import check_reachable, copy_directory, first_line, is_uri
 
 FORMAT = "autoformer-supernet"
 FORMAT_VERSION = 1
@@ -139,12 +139,18 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
 
 @contextmanager
 def local_supernet(path: str) -> Iterator[Path]:
-    """The supernet directory on local disk (downloaded to a temporary directory when ``path`` is a URI)."""
+    """The supernet directory on local disk (downloaded to a temporary directory when ``path`` is a URI). A URI
+    is looked at once, quickly, first: storage that does not answer is one line within seconds naming the URI,
+    not a traceback after minutes of the SDK's retries; a download that fails midway is one line too."""
     if not is_uri(path):
         yield Path(path)
         return
+    check_reachable(path, "supernet")
     with tempfile.TemporaryDirectory() as tmp:
-        copy_directory(path.rstrip("/"), tmp)
+        try:
+            copy_directory(path.rstrip("/"), tmp)
+        except OSError as exc:
+            raise UserError(f"supernet {path!r} could not be downloaded: {first_line(exc)}") from None
         yield Path(tmp)
 
 

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.arch import Architecture
 from pipeline.core.records import by_top1, pareto_front
-from pipeline.shared.storage import read_bytes, write_bytes
+from pipeline.shared.errors import UserError
+from pipeline.shared.storage import first_line, read_bytes, write_bytes
 
 CANDIDATES_FILE = "candidates.parquet"
 PARETO_FILE = "pareto.parquet"
@@ -152,5 +153,12 @@ def write_table(table: pa.Table, target: str, metadata: dict[str, Any] | None = 
     write_bytes(target, buffer.getvalue())
 
 
-def read_table(source: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_bytes(source)))
+def read_table(source: str, what: str = "table") -> pa.Table:
+    """The Parquet table at ``source`` (local or URI); a file that is not one (truncated by a copy that stopped,
+    or another kind of file) is one line naming ``what``, the file and why, not pyarrow's traceback."""
+    data = read_bytes(source)
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        cause = first_line(exc).removeprefix("Could not open Parquet input source '<Buffer>': ")
+        raise UserError(f"{what} {source!r} is not a readable Parquet table ({cause})") from None

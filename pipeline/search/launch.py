@@ -11,9 +11,10 @@ again and the generation count continues.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,11 @@ def search_with_pool(
     count: int,
     prepared: Prepared,
     spec: ExperimentSpec,
+    record: Callable[[], None],
 ) -> SearchOutcome:
-    """Start the pool of ``count`` evaluators, run the Tune experiment against it, and stop the pool whatever
-    happens."""
+    """Start the pool of ``count`` evaluators, check a timed latency limit on it, ``record`` the run's settings,
+    run the Tune experiment, and stop the pool whatever happens. The settings are recorded only after the limit
+    is known to admit the smallest architecture: a refused search leaves no run directory behind."""
     kwargs = evaluator_kwargs(task, settings, prepared)
     router, infos, refs = start_pool(
         spec.router_name, count, resources.gpu, resources.cpus, prepared.weights, prepared.split, kwargs
@@ -225,6 +228,7 @@ def search_with_pool(
     try:
         if spec.max_latency_ms is not None:
             check_latency_feasible(router, prepared.space, spec.max_latency_ms)
+        record()
         start = time.perf_counter()
         records = run_experiment(prepared.strategy, spec)
         tune_s = time.perf_counter() - start
@@ -249,7 +253,8 @@ def run_search(
 ) -> SearchOutcome:
     """Search ``supernet`` under run ``storage/name`` (resuming it with ``resume``); ``log``: experiment
     trackers that get one result per candidate. Everything that can be refused is checked before the cluster is
-    asked for anything, and nothing is written before the cluster is known to hold the evaluators."""
+    asked for anything, and nothing is written before the cluster is known to hold the evaluators (and, with a
+    timed latency limit, before the evaluators have timed the smallest architecture under it)."""
     storage = resolve_storage(storage)
     name = safe_run_name(name or f"{task.name}-search")
     run_path = join(storage, name)
@@ -258,7 +263,6 @@ def run_search(
     with run_lock(run_path, "search"):
         extended_from, settings_file = check_recorded_settings(run_path, recorded_settings(settings, supernet), resume)
         count = claim_evaluators(resources)
-        write_settings_record(run_path, settings_file, extended_from, settings.strategy.generations)
         spec = ExperimentSpec(
             storage=storage,
             name=name,
@@ -268,4 +272,6 @@ def run_search(
             max_latency_ms=settings.constraints.max_latency_ms if prepared.latency_model is None else None,
             tracking=tracking,
         )
-        return search_with_pool(task, settings, resources, count, prepared, spec)
+        generations = settings.strategy.generations
+        record = functools.partial(write_settings_record, run_path, settings_file, extended_from, generations)
+        return search_with_pool(task, settings, resources, count, prepared, spec, record)

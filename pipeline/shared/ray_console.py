@@ -60,31 +60,46 @@ class QuietStream:
     HARMLESS = re.compile(
         r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
     )
-    # The same cleaner, when it has already left for that reason, makes the controller print a note spread over
-    # several forwarded lines: dropped from its first line to the one that ends it, at most MULTILINE_MAX lines.
-    MULTILINE = {"Failed to register placement group with cleaner": "may not be cleaned up if controller dies"}
-    MULTILINE_MAX = 12
+    # Notes the Train controller prints over several forwarded lines, each dropped from its first line to the one
+    # that ends it (at most MULTILINE_MAX lines of the same process): the cleaner above, when it has already left
+    # for that reason; and, on a machine whose CPUs are overloaded, the tracebacks of two calls that timed out and
+    # that Ray handles itself (its resource request to the autoscaling coordinator, which it says is safe to
+    # ignore, and stopping the cleaner at the end of a run, which then exits on its own).
+    MULTILINE = {
+        "Failed to register placement group with cleaner": "may not be cleaned up if controller dies",
+        "Failed to send resource request for train-": "ray.exceptions.GetTimeoutError: ",
+        "Failed to stop PlacementGroupCleaner gracefully": "ray.exceptions.GetTimeoutError: ",
+    }
+    MULTILINE_MAX = 30
 
     def __init__(self, stream: TextIO) -> None:
         self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
         self._until: str | None = None
+        self._source = ""  # the "(Process pid=N)" prefix of the note being dropped
         self._left = 0
 
     def write(self, text: str) -> int:
-        if self._until is not None and text != "\n":
-            self._left -= 1
-            if self._until in text or self._left <= 0:
-                self._until = None
-            self._dropped = True
+        if text == "\n" and self._dropped:  # the end of a dropped line
+            self._dropped = False
             return len(text)
-        end = next((last for first, last in self.MULTILINE.items() if first in text), None)
-        if end is not None and end not in text:
-            self._until, self._left = end, self.MULTILINE_MAX
-        if end is not None or self.HARMLESS.search(text) or (self._dropped and text == "\n"):
-            self._dropped = text != "\n"
+        self._dropped = text != "\n" and self._drop(self.CODES.sub("", text))
+        if self._dropped:
             return len(text)
-        self._dropped = False
         return self._stream.write(self.CODES.sub("", text) if self._plain else text)
+
+    def _drop(self, line: str) -> bool:
+        """Whether ``line`` (colour codes removed) is, or continues, a harmless note. Lines of other processes
+        in between are kept: only the note's own process continues it."""
+        if self._until is not None and line.startswith(self._source):
+            self._left -= 1
+            if self._until in line or self._left <= 0:
+                self._until = None
+            return True
+        end = next((last for first, last in self.MULTILINE.items() if first in line), None)
+        if end is not None and end not in line:
+            self._until, self._left = end, self.MULTILINE_MAX
+            self._source = line[: line.index(")") + 1] if line.startswith("(") and ")" in line else ""
+        return end is not None or bool(self.HARMLESS.search(line))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -238,7 +238,7 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
             yield
         return
     path = Path(run_path) / LOCK_FILE
-    created = not path.parent.exists()
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # the deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     me = f"{socket.gethostname()}:{os.getpid()}"
     for _ in range(2):
@@ -262,8 +262,11 @@ def run_lock(run_path: str, what: str) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
-        if created and not any(path.parent.iterdir()):
-            path.parent.rmdir()  # a run refused before it wrote anything leaves no empty directory behind
+        for directory in created:  # a run refused before it wrote anything leaves no empty directory behind
+            try:
+                directory.rmdir()  # only an empty one goes
+            except OSError:
+                break
 
 
 def check_free(run_path: str, what: str) -> None:
