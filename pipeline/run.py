@@ -179,24 +179,26 @@ def fidelity_report(
     gpu: bool = False,
     seed: int = 0,
     standalone: str | None = None,
+    seeds: int = 1,
 ) -> FidelityRun:
     """Inherited against stand-alone top-1 for ``archs`` architectures (default 16) spread over the supernet's size
     range (plus the Pareto front of a search's ``candidates`` run), as a resumable Tune experiment; writes
     ``fidelity.parquet``, ``fidelity.json`` and ``fidelity.png`` into the run. With ``standalone`` (an earlier
     fidelity run of the same task and retrain recipe), its architectures and stand-alone scores are reused and
     only this supernet's inherited scores are computed: minutes instead of hours, and one ground truth for every
-    supernet compared against it."""
+    supernet compared against it. ``seeds`` 2 trains each architecture twice (the task's seed and the next): the
+    two trainings' tau against each other is the ceiling any supernet's ranking can reach."""
     start = time.perf_counter()
     supernet = absolute(supernet)  # the trials run in directories of their own
     front = tuple(_front_architectures(candidates)) if candidates is not None else ()
     request = FidelityRequest(
         supernet, archs, front, _earlier_report(standalone) if standalone else None, storage, name,
-        tuple(overrides or ()), cpus_per_trial, gpu, seed,
+        tuple(overrides or ()), cpus_per_trial, gpu, seed, seeds,
     )  # fmt: skip
     done = run_fidelity_report(request)
     rows = fidelity_rows(done.results)
     summary = summarize(rows, seed=seed, planned=done.planned)
-    summary.update(supernet=supernet, retrain_epochs=done.retrain_epochs, seed=seed)
+    summary.update(supernet=supernet, retrain_epochs=done.retrain_epochs, seed=seed, seeds=seeds)
     if standalone is not None:
         summary["standalone"] = standalone
     write_fidelity(done.run_path, rows, summary, f"{done.name}: {describe(summary)}")

@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+# pytest-xdist runs the suite in two processes (pyproject's addopts): each gets a Ray temp dir of its own, so
+# that a local Ray or a test cluster of one is never the "latest cluster" the other's processes find.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}")
+# Ray Train's controller looks at its workers every 2 s by default: every training run of the suite (dozens)
+# waits that long to notice it has finished. Ray propagates the setting to the workers itself.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray Train looks for preemption notices (a node draining) every 5 s by default: the drill gives one mid-run.
+os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
+
 # The multi-node Ray cluster and the S3 server (started only when a test asks for them).
 from cluster_fixtures import ray_cluster, s3_server  # noqa: F401
 
@@ -98,3 +108,26 @@ def finished_search(tmp_path_factory, digits_supernet) -> tuple[Path, subprocess
         *FINISHED_SEARCH,
     )  # fmt: skip
     return storage, out
+
+
+# Session fixtures that run a command: the modules using one run in the same xdist process, so it runs once.
+SHARED_RUNS = ("one_worker_training", "finished_search")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One xdist group per test module (its module fixtures, a cluster or an S3 server, start once), modules
+    sharing a session run merged into one group."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        for run in SHARED_RUNS:
+            if run in getattr(item, "fixturenames", ()):
+                parent[find(module)] = find(run)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(find(item.nodeid.split("::", 1)[0])))

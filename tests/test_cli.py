@@ -217,3 +217,64 @@ def test_the_controllers_timeout_tracebacks_on_an_overloaded_machine_are_dropped
     ):
         console.write(text)
     assert out.getvalue() == "(RayTrainWorker pid=1) [train] epoch 1/2  loss 2.3\n[train] done in 27.8 s\n"
+
+
+FATAL_WORKER = """Error in training function:
+Traceback (most recent call last):
+  File "/work/pipeline/training/worker.py", line 564, in train_loop_per_worker
+    raise FatalTrainingError(line) from None
+pipeline.training.fatal.FatalTrainingError: unreadable image 'pack/train/part-00000.parquet row 1': not an image
+"""
+FATAL_CONTROLLER = """Error in control loop iteration: unreadable image 'pack/train/part-00000.parquet row 1'
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/ray/train/v2/_internal/execution/controller/controller.py", line 914
+    result = await self._step()
+  File "/work/pipeline/training/fatal.py", line 91, in after_exception
+    raise FatalTrainingError(line)
+pipeline.training.fatal.FatalTrainingError: unreadable image 'pack/train/part-00000.parquet row 1': not an image
+"""
+WATCHER_AT_EXIT = """PreemptionWatcher poll failed
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/ray/train/v2/_internal/execution/preemption.py", line 175, in _poll_once
+    drained = _get_draining_nodes() or {}
+ray.exceptions.RaySystemError: System error: Ray has not been started yet. Trying to use state API before ray.init() has been called.
+"""
+A_BUG = """Error in training function:
+Traceback (most recent call last):
+  File "/work/pipeline/training/worker.py", line 300, in run_epoch
+    metrics["missing"]
+KeyError: 'missing'
+"""
+
+
+def test_tracebacks_of_errors_the_run_reports_in_one_line_are_dropped_and_others_kept() -> None:
+    """A worker's and the controller's traceback ending in a FatalTrainingError (the command's last line says
+    it) go; a traceback of anything else (a bug) is printed whole, and other processes' lines in between stay."""
+    import io
+
+    from pipeline.shared.ray_console import QuietStream
+
+    out = io.StringIO()
+    console = QuietStream(out)
+    fatal = FATAL_WORKER.splitlines()
+    for text in (
+        *_forwarded("RayTrainWorker pid=1", "\n".join(fatal[:3])),
+        *_forwarded("RayTrainWorker pid=2", "[train] epoch 1/2  loss 2.3"),
+        *_forwarded("RayTrainWorker pid=1", "\n".join(fatal[3:])),
+        *_forwarded("TrainController pid=9", FATAL_CONTROLLER),
+        *_forwarded("RayTrainWorker pid=3", A_BUG),
+        *_forwarded("PreemptionWatcher pid=7", WATCHER_AT_EXIT),
+        "autoformer: error: train run 't' stopped, not restarted: unreadable image\n",
+    ):
+        console.write(text)
+    bug = "".join(f"(RayTrainWorker pid=3) {line}\n" for line in A_BUG.splitlines())
+    assert out.getvalue() == (
+        "(RayTrainWorker pid=2) [train] epoch 1/2  loss 2.3\n"
+        + bug
+        + "autoformer: error: train run 't' stopped, not restarted: unreadable image\n"
+    )
+    unfinished = io.StringIO()
+    console = QuietStream(unfinished)
+    for text in (*_forwarded("RayTrainWorker pid=1", "\n".join(fatal[:3])), "[train] interrupted\n"):
+        console.write(text)
+    assert unfinished.getvalue().count("(RayTrainWorker pid=1)") == 3  # a traceback cut short is printed, not lost

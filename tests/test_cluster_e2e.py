@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 TRAIN = ["--workers", "2", "--cpus-per-worker", "1", "--set", "train.warmup_epochs=1", "--set",
          "train.checkpoint_every=1", "--set", "train.eval_subnets=1"]  # fmt: skip
 # 0.9 CPU: one evaluator per 1-CPU node (the trials take none, on the head). 20 generations: the replacement was
-# ready 29-30 s after the loss here (Ray notices the lost node after about 12 s, then the new node joins and its
-# evaluator loads), by generation 10, while the survivor went on alone at 2-3 s a generation; so about half the
+# ready 29-30 s after the loss when Ray took about 12 s to notice a lost node (the test cluster's health checks now
+# take about 5 s), by generation 10, while the survivor went on alone at 2-3 s a generation; so about half the
 # search is still left for it.
 GENERATIONS = 20
 SEARCH = ["--population", "6", "--generations", str(GENERATIONS), "--set", "search.parents=3", "--set",
@@ -130,17 +130,21 @@ def s3_supernet(digits_supernet: Path, s3_server: S3Server) -> str:
 
 def _continued_from(out: str, restarts: int) -> list[int]:
     """The epochs the workers continued from with ``restarts`` restarts (and the one resume) so far."""
-    return [int(e) for e in re.findall(rf"continuing from epoch (\d+) \(restarts {restarts}, resumes 1\)", out)]
+    found = re.findall(
+        rf"continuing from epoch (\d+)(?:, step \d+ of epoch \d+)? \(restarts {restarts}, resumes 1\)", out
+    )
+    return [int(e) for e in found]
 
 
 def test_training_on_two_nodes_with_s3_survives_a_killed_driver_and_a_lost_node(
     ray_cluster: RayCluster, s3_server: S3Server, tmp_path: Path
 ) -> None:
     """DDP with one rank per worker node, checkpoints and the export on S3; the driver killed after the first
-    checkpoint (the same command resumes from S3), then a worker node lost mid-run (Ray Train restarts the
-    workers from the last checkpoint on S3 once the autoscaler's replacement node is up)."""
+    checkpoint (the same command resumes from S3), then a worker node preempted mid-run: the cloud's notice
+    (Ray's drain) makes the ranks checkpoint at their next step and train on; the node goes, and Ray Train
+    restarts the workers from that checkpoint on S3 once the autoscaler's replacement node is up."""
     run = "runs/digits-supernet"
-    args = ["train", "digits", "--storage", f"s3://{BUCKET}/runs", *TRAIN, "--set", "train.epochs=4"]
+    args = ["train", "digits", "--storage", f"s3://{BUCKET}/runs", *TRAIN, "--set", "train.epochs=8"]
     first = Driver(ray_cluster, s3_server, *args, log=tmp_path / "first.log")
     first.wait_for(lambda: _checkpointed_epochs(s3_server, run))
     first.proc.kill()  # a lost driver: nothing of it runs to clean up; its job's actors go with it
@@ -151,17 +155,22 @@ def test_training_on_two_nodes_with_s3_survives_a_killed_driver_and_a_lost_node(
     resumed_at = _continued_from(second.output, restarts=0)[0]
     assert 1 <= resumed_at <= 2
     second.wait_for(lambda: _checkpointed_epochs(s3_server, run)[-1] > resumed_at)
-    written = _checkpointed_epochs(s3_server, run)[-1]
     lost = ray_cluster.workers[0]
-    ray_cluster.remove_node(lost)  # a spot instance gone, with the rank it held
+    ray_cluster.drain_node(lost, 60)  # a spot instance's notice: it goes in a minute
+    second.wait_for_line("preemption notice")
+    noticed = re.search(r"checkpoint at epoch (\d+), step (\d+); training goes on", second.output)
+    assert noticed, second.output[-4000:]
+    ray_cluster.remove_node(lost)  # the spot instance gone, with the rank it held
     new = ray_cluster.add_node()  # and the autoscaler's replacement
     out = second.ok()
-    # the restart continues from the newest checkpoint on S3, even one Ray's controller had not registered yet
-    restarted_at = _continued_from(out, restarts=1)
-    assert restarted_at and restarted_at[0] >= written, out[-4000:]
+    # the restart continues from the notice's checkpoint on S3 (or a newer one), not an older periodic one
+    epoch, step = (int(g) for g in noticed.groups())
+    restarted = re.search(r"continuing from epoch (\d+)(?:, step (\d+) of epoch \d+)? \(restarts 1, resumes 1\)", out)
+    assert restarted, out[-4000:]
+    assert (int(restarted.group(1)), int(restarted.group(2) or 0)) >= (epoch - 1, step), out[-4000:]
     config = _read_json(s3_server, f"{BUCKET}/{run}/supernet/config.json")
-    assert config["epochs"] == 4 and config["resumes"] == 1 and config["restarts"] >= 1
-    assert [h["epoch"] for h in config["history"]] == [1, 2, 3, 4]
+    assert config["epochs"] == 8 and config["resumes"] == 1 and config["restarts"] >= 1
+    assert [h["epoch"] for h in config["history"]] == list(range(1, 9))
     # the last attempt's ranks: one on each worker node (the head has no CPU for one), the new node included
     assert len(config["nodes"]) == 2 and sorted(config["nodes"]) == sorted(ray_cluster.workers)
     assert lost not in config["nodes"] and new in config["nodes"]

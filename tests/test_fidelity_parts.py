@@ -191,3 +191,37 @@ def test_a_fidelity_run_started_before_a_setting_existed_resumes(tmp_path) -> No
     changed = fidelity_plan("/s", load_task("digits", [f"retrain.epochs={epochs + 1}"]), [])
     with pytest.raises(UserError, match=rf"was made with retrain.epochs = {epochs} \(now {epochs + 1}\)"):
         check_plan(str(tmp_path), changed)
+
+
+def test_two_seeds_give_the_ceiling_beside_the_inherited_tau() -> None:
+    """``--seeds 2``: each architecture's two stand-alone trainings against each other (tau and interval), over
+    the architectures both finished; one seed reports no ceiling."""
+    from pipeline.fidelity.summary import ceiling
+    from pipeline.results.fidelity import fidelity_rows
+
+    archs = [Architecture(embed_dim=48, depth=2, num_heads=(2, 2), mlp_ratio=(r, r)) for r in (2, 3, 4, 2.5)]
+    second = [0.62, 0.61, 0.70, 0.66]  # swaps the first two of the first seed's ranking
+    results = []
+    for i, arch in enumerate(archs):
+        metrics = {"search_top1": 0.6 + i / 100, "test_top1": 0.5, "inherited_search_top1": 0.4 + i / 100}
+        results.append({"arch": arch, "picked": "stratum", "metrics": metrics, "done": True, "seed_index": 0})
+        done = i != 3  # the fourth architecture's second training has not finished
+        again = {"search_top1": second[i], "test_top1": 0.5}
+        results.append({"arch": arch, "picked": "stratum", "metrics": again, "done": done, "seed_index": 1})
+    rows = fidelity_rows(results)
+    assert len(rows) == 4 and all(len(r["standalone_search_top1_by_seed"]) == 2 for r in rows)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key[archs[3].key]["standalone_search_top1_by_seed"][0] == pytest.approx(0.63)
+    assert math.isnan(by_key[archs[3].key]["standalone_search_top1_by_seed"][1])
+    found = ceiling(rows)
+    first = [0.60, 0.61, 0.62]
+    assert found["ceiling_architectures"] == 3
+    assert found["ceiling_tau"] == pytest.approx(kendall_tau(first, second[:3])) and found["ceiling_tau"] < 1
+    lo, hi = found["ceiling_tau_95"]
+    assert lo <= found["ceiling_tau"] <= hi
+    summary = summarize(rows)
+    assert summary["ceiling_tau"] == found["ceiling_tau"] and "ceiling (stand-alone seed 1 against seed 2)" in describe(
+        summary
+    )
+    one_seed = fidelity_rows([r for r in results if r["seed_index"] == 0])
+    assert ceiling(one_seed) == {} and "ceiling" not in describe(summarize(one_seed))

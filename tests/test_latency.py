@@ -92,6 +92,7 @@ def test_build_locally_validates_on_held_out_architectures(digits_supernet: Path
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["count"] == 8 and 0 <= result["mape"] < 10 and -1 <= result["kendall_tau"] <= 1
+    assert 3 <= result["rounds"] <= 9 and 0 <= result["noise_floor_mape"] < 1
     model = LatencyModel.load(out)
     space = load_space("digits")
     assert len(model.blocks) == len(space.embed_dim) * len(space.num_heads) * len(space.mlp_ratio)
@@ -226,3 +227,42 @@ def test_search_with_a_latency_model_times_only_the_exports(digits_supernet: Pat
         timeout=300,
     )
     assert bad.returncode == 2 and "built for batch 8" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_rounds_interleave_the_entries_and_stop_when_the_medians_are_stable() -> None:
+    from pipeline.latency.build import MAX_ROUNDS, MIN_ROUNDS, measure_rounds, noise_floor
+
+    calls: list[str] = []
+
+    def job(key: str, base: float):
+        def run() -> float:
+            calls.append(key)
+            return base * (1 + 0.001 * len(calls))  # a machine drifting slowly: later calls are slower
+
+        return run
+
+    jobs = {f"k{i}": job(f"k{i}", 1.0 + i) for i in range(6)}
+    medians, count, rounds = measure_rounds(jobs, seed=0)
+    assert count == MIN_ROUNDS and len(calls) == 6 * MIN_ROUNDS  # stable: no more rounds than needed
+    assert [sorted(calls[i : i + 6]) for i in range(0, len(calls), 6)] == [sorted(jobs)] * MIN_ROUNDS
+    assert calls[:6] != calls[6:12]  # each round in its own order: drift is spread over all entries
+    assert all(abs(medians[k] - (1.0 + i)) < 0.05 * (1.0 + i) for i, k in enumerate(jobs))
+
+    flip = iter(range(1000))
+    noisy = {"a": lambda: 1.0 + 0.5 * (next(flip) % 2), "b": lambda: 2.0}
+    _, count, rounds = measure_rounds(noisy, seed=0)
+    assert count == MAX_ROUNDS  # the median of "a" keeps moving: rounds go on to the cap
+    assert noise_floor([{"x": 1.0}, {"x": 1.1}, {"x": 1.0}], ["x"]) == pytest.approx(0.1 / 1.1)
+    assert noise_floor([{"x": 2.0}, {"x": 2.0}, {"x": 2.0}], ["x"]) == 0
+
+
+def test_a_model_worse_than_the_noise_floor_says_so(capsys) -> None:
+    from pipeline.latency.build import _say_if_worse_than_noise
+
+    _say_if_worse_than_noise({"noise_floor_mape": 0.02, "mape": 0.30})
+    first = capsys.readouterr()
+    assert "warning: the model misses held-out architectures by 30.0 %" in first.out + first.err
+    _say_if_worse_than_noise({"noise_floor_mape": 0.15, "mape": 0.30})  # a noisy device: its floor explains it
+    _say_if_worse_than_noise({"noise_floor_mape": 0.001, "mape": 0.05})  # under the threshold
+    captured = capsys.readouterr()
+    assert "warning" not in captured.out + captured.err

@@ -17,7 +17,8 @@ from PIL import Image
 from pipeline.core.arch import Architecture
 from pipeline.core.records import candidate_record
 from pipeline.core.task import load_task
-from pipeline.data.arrays import load_split, score
+from pipeline.data.arrays import score
+from pipeline.data.ray_ingest import load_split
 from pipeline.model.subnet_dir import load_model
 from pipeline.results.tables import CANDIDATES_FILE, candidates_table, write_table
 
@@ -328,3 +329,36 @@ def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(
         "is not a fidelity run",
     )
     assert sorted(p.name for p in runs.iterdir()) == ["biased", "fid", "same"]
+
+
+@pytest.mark.slow
+def test_fidelity_with_two_seeds_reports_the_ceiling(tmp_path: Path, digits_supernet: Path, capsys) -> None:
+    """``--seeds 2``: each architecture trained twice (the task's seed and the next); the report gives the two
+    trainings' tau against each other, the ceiling, beside inherited against stand-alone; the plan records the
+    seeds (one seed on the same name is refused) and ``--seeds 0`` is one line before anything is written."""
+    runs = tmp_path / "runs"
+    command = [
+        "fidelity", "--supernet", str(digits_supernet), "--archs", "3", "--seeds", "2", "--storage", str(runs),
+        "--name", "two", "--cpus-per-trial", "0.5", "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0",
+    ]  # fmt: skip
+    out = _cli(*command)
+    _ok(out)
+    assert (out.stdout + out.stderr).count("epoch 1/1") == 6 and "with 2 seeds" in out.stdout
+    assert "s-a seed 2" in out.stdout and "ceiling" in out.stdout
+    table = pq.read_table(runs / "two" / "fidelity.parquet").to_pylist()
+    assert len(table) == 3
+    for r in table:
+        seeds = r["standalone_search_top1_by_seed"]
+        assert len(seeds) == 2 and seeds[0] == r["standalone_search_top1"] and 0 <= seeds[1] <= 1
+        assert r["standalone_test_top1_by_seed"][0] == r["standalone_test_top1"]
+    summary = json.loads((runs / "two" / "fidelity.json").read_text())
+    assert summary["seeds"] == 2 and summary["ceiling_architectures"] == 3 and "ceiling_tau" in summary
+    _refused(_cli(*command[:6], "1", *command[7:]), "was made with seeds = 2 (now 1)")
+
+    from pipeline.cli.main import main
+
+    with pytest.raises(SystemExit) as refused:
+        main([*command[:6], "0", "--storage", str(tmp_path / "zero"), *command[9:]])
+    assert refused.value.code == 2
+    assert "argument --seeds: must be an integer >= 1, not '0'" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()

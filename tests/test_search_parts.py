@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.core.sampling import sample_architectures
 from pipeline.core.task import load_task
-from pipeline.data.arrays import check_same_splits, load_split, split_dataset
+from pipeline.data.arrays import check_same_splits, split_dataset
+from pipeline.data.ray_ingest import load_split
 from pipeline.data.splits import SplitDataset
 from pipeline.data.transforms import eval_transform
 from pipeline.model.supernet import Supernet

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -115,6 +116,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_to_the_same_weights(tm
     from safetensors.torch import load_file
 
     args = ["--set", "train.epochs=4", "--set", "train.checkpoint_every=100"]
+    args += ["--set", "train.probe_archs=4", "--set", "train.probe_every=1"]  # the probe's history resumes too
     _check_ok(_train(tmp_path / "whole", *args))
     cmd = [sys.executable, "-m", "pipeline.cli.main", "train", "digits", "--storage", str(tmp_path / "cut"), *FAST,
            *args]  # fmt: skip
@@ -139,6 +141,32 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes_to_the_same_weights(tm
     assert [h["epoch"] for h in config["history"]] == [1, 2, 3, 4] and config["resumes"] == 1
     whole, cut = (load_file(p / "digits-supernet" / "supernet" / "supernet.safetensors") for p in (tmp_path / "whole", tmp_path / "cut"))  # fmt: skip
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    probes = [pd.read_parquet(p / "digits-supernet" / "probe.parquet") for p in (tmp_path / "whole", tmp_path / "cut")]
+    assert len(probes[0]) == 4 * 4 and probes[0].equals(probes[1])  # 4 evaluations x 4 architectures, as if never cut
+    assert config["probe"] == _export(tmp_path / "whole")["probe"]
+
+
+def test_the_probe_scores_while_training_and_its_stop_rule_ends_the_run(tmp_path: Path) -> None:
+    """The convergence probe: 4 architectures scored after every epoch (tau against the previous evaluation and
+    the spread on the epoch line), its history in probe.parquet and config.json; the stop rule (here: any
+    defined tau, once) ends training early with the usual checkpoint and export."""
+    probe = ["train.probe_archs=4", "train.probe_every=1", "train.stop_when_stable=[-1, 1]", "train.epochs=10"]
+    out = _train(tmp_path, *[a for s in probe for a in ("--set", s)])
+    _check_ok(out)
+    config = _export(tmp_path)
+    stopped = config["epochs"]
+    assert 2 <= stopped < 10, out.stdout[-3000:]
+    assert f"training ends after epoch {stopped} of 10" in out.stdout
+    lines = re.findall(r"\[train\] epoch \d+/10 .* probe tau (\S+) spread (\S+)", out.stdout)
+    assert len(lines) == stopped and lines[0][0] == "-" and lines[-1][0] != "-"
+    record = config["probe"]
+    assert record["evaluations"] == stopped and record["stable_since"] == stopped and record["every"] == 1
+    assert record["stop_when_stable"] == [-1, 1] and len(record["archs"]) == 4
+    assert record["last_tau"] == pytest.approx(float(lines[-1][0]), abs=0.005)
+    table = pd.read_parquet(tmp_path / "digits-supernet" / "probe.parquet")
+    assert len(table) == 4 * stopped and sorted(set(table.epoch)) == list(range(1, stopped + 1))
+    assert list(table.architecture[:4]) == record["archs"] and (table.params.diff()[:4].dropna() > 0).all()
+    assert f"stopped at epoch {stopped} of 10 by stop_when_stable" in out.stdout
 
 
 def test_interrupted_driver_resumes_when_run_again(tmp_path: Path) -> None:

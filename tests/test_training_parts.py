@@ -213,7 +213,34 @@ def test_a_restart_is_told_by_the_run_directory_and_finds_the_newest_checkpoint(
         (checkpoint / name).write_bytes(b"x")
     sums = {name: file_checksum(checkpoint / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
     (checkpoint / STATE_FILE).write_text(json.dumps({"epoch": 1, "checksums": sums}))
-    assert start_point(config, where) == (True, {"path": str(checkpoint), "progress": (1, 0)})  # Ray restarted a1's workers
+    assert start_point(config, where) == (
+        True,
+        {"path": str(checkpoint), "progress": (1, 0)},
+    )  # Ray restarted a1's workers
     assert start_point(dataclasses.replace(config, attempt="a2"), where)[0] is False  # the command run again: a resume
     trial = dataclasses.replace(config, attempt="t", run=None, newest_checkpoint=None)
     assert start_point(trial, where) == (None, None)  # a Tune trial
+
+
+def test_a_preemption_notice_asks_for_one_checkpoint_and_a_stop_request_wins() -> None:
+    """Ray's notice is asked for every NOTICE_POLL_S seconds (all ranks together); once given, the loop writes
+    one checkpoint and trains on; the driver's stop request (SIGTERM) still stops the run."""
+    from pipeline.training.stop import CHECKPOINT, NOTICE_POLL_S, STOP, StopWatch
+
+    now, asked = [0.0], []
+
+    def notice() -> object | None:
+        asked.append(now[0])
+        return "node going" if now[0] >= 3 * NOTICE_POLL_S else None
+
+    watch = StopWatch(None, rank=0, world=1, notice=notice, clock=lambda: now[0])
+    answers = []
+    for tick in range(int(6 * NOTICE_POLL_S)):
+        now[0] = float(tick)
+        answers.append(watch.requested(torch.device("cpu")))
+    assert asked == [NOTICE_POLL_S, 2 * NOTICE_POLL_S, 3 * NOTICE_POLL_S]  # none after the one acted on
+    assert answers.count(CHECKPOINT) == 1 and answers[int(3 * NOTICE_POLL_S)] == CHECKPOINT
+    assert watch.preemption == "node going"
+    watch.seen.set()
+    assert watch.requested(torch.device("cpu")) == STOP
+    assert StopWatch(None, rank=0, world=1).requested(torch.device("cpu")) is None  # no notice: a Tune trial

@@ -34,7 +34,7 @@ def test_the_flat_task_keys_round_trip_through_the_typed_settings() -> None:
 def test_what_a_key_is_follows_from_where_it_sits() -> None:
     assert set(SUPERNET_ONLY_KEYS) == {f.name for f in dataclasses.fields(SupernetRules)}
     assert "gradient_projection" in SUPERNET_ONLY_KEYS and "checkpoint_every" in BOOKKEEPING_KEYS
-    assert set(RESUMABLE_KEYS) == {"epochs", "max_failures"}
+    assert set(RESUMABLE_KEYS) == {"epochs", "max_failures", "probe_every", "stop_when_stable"}
     for phase in ("retrain", "finetune"):  # a stand-alone phase cannot set what only a supernet uses
         assert not set(SUPERNET_ONLY_KEYS) & set(phase_schema(phase)) and set(BOOKKEEPING_KEYS) <= set(
             phase_schema(phase)

@@ -43,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per stand-alone training (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per trial")
     p.add_argument("--seed", type=int, default=0, help="seed of the architecture picks and the bootstrap")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        help="stand-alone trainings per architecture (default 1); 2 also reports the ceiling: the two trainings' "
+        "Kendall tau against each other",
+    )
     add_set_option(p, "retrain.epochs=30")
     p.set_defaults(func=cmd_fidelity)
 
@@ -55,6 +62,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise UserError(f"--cpus-per-trial {args.cpus_per_trial}: must be positive")
     if args.standalone is not None and (args.archs is not None or args.candidates is not None):
         raise UserError("--standalone takes its run's architectures: leave out --archs and --candidates")
+    if args.standalone is not None and args.seeds != 1:
+        raise UserError("--standalone takes its run's stand-alone trainings, with their seeds: leave out --seeds")
     run = fidelity_report(
         args.supernet,
         archs=args.archs,
@@ -66,13 +75,20 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         seed=args.seed,
         standalone=args.standalone,
+        seeds=args.seeds,
     )
-    print(f"{'params':>8} {'picked':>8}  {'inherited':>9}  {'stand-alone':>11}  {'test inh.':>9}  {'test s-a':>8}  key")
+    seeds = max((len(r["standalone_search_top1_by_seed"] or []) for r in run.rows), default=1)
+    others = "".join(f"  {f's-a seed {i + 1}':>10}" for i in range(1, seeds))
+    print(
+        f"{'params':>8} {'picked':>8}  {'inherited':>9}  {'stand-alone':>11}{others}  {'test inh.':>9}  "
+        f"{'test s-a':>8}  key"
+    )
     for r in run.rows:
+        again = "".join(f"  {v:>10.4f}" for v in (r["standalone_search_top1_by_seed"] or [])[1:])
         print(
             f"{si(r['params']):>8} {r['picked']:>8}  {r['inherited_search_top1']:>9.4f}  "
-            f"{r['standalone_search_top1']:>11.4f}  {r['inherited_test_top1']:>9.4f}  {r['standalone_test_top1']:>8.4f}  "
-            f"{r['key']}"
+            f"{r['standalone_search_top1']:>11.4f}{again}  {r['inherited_test_top1']:>9.4f}  "
+            f"{r['standalone_test_top1']:>8.4f}  {r['key']}"
         )
     print(f"[fidelity] {describe(run.summary)}")
     print(f"[fidelity] done in {run.wall_s:.1f} s; fidelity.parquet, fidelity.json and fidelity.png in {run.run_path}")

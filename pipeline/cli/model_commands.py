@@ -104,7 +104,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     # CLI start-up: torch loads only for the commands that use it
     from pipeline.core.complexity import count_macs, count_params
-    from pipeline.data.arrays import load_split, score
+    from pipeline.data.arrays import score
+    from pipeline.data.ray_ingest import load_split
     from pipeline.shared.metrics import pick_device
 
     if (args.model is None) == (args.supernet is None):

@@ -64,3 +64,17 @@ def pair(lo: float, hi: float) -> tuple[str, Check]:
             and lo <= v[0] <= v[1] <= hi
         ),
     )
+
+
+def auto_or_integer(lo: int = 1) -> tuple[str, Check]:
+    return f"auto or an integer >= {lo}", lambda v: v == "auto" or integer(lo)[1](v)
+
+
+def stop_rule() -> tuple[str, Check]:
+    """A convergence rule: ``[tau, evaluations]``, a Kendall tau in [-1, 1] and a count of at least 1."""
+    return (
+        "null or [tau, evaluations] with tau in [-1, 1] and evaluations an integer >= 1",
+        lambda v: (
+            v is None or (isinstance(v, list) and len(v) == 2 and number(-1.0, 1.0)[1](v[0]) and integer(1)[1](v[1]))
+        ),
+    )

@@ -30,6 +30,8 @@ SEARCH_ALGORITHMS = ("evolution", "random")
 SEARCH_OBJECTIVES = ("constrained", "pareto")
 SEARCH_PARETO_COSTS = ("params", "macs", "latency_ms")
 MUTATION_MODES = ("per_layer", "per_gene")
+DATA_FORMATS = ("auto", "folder", "parquet")
+INGEST_MODES = ("auto", "loader", "ray_data")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 SPACE_OVERRIDE_KEYS = ("patch_size", "max_relative_position", "relative_position", "qkv_bias")
 
@@ -47,6 +49,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, Spec]]] = {
         "interpolation": ("bilinear", one_of(INTERPOLATIONS)),
         "eval_crop_pct": (0.875, number(0.05, 1.0)),
         "loader_workers": (2, integer(0)),
+        # folder: an ImageFolder tree; parquet: a pack of one (`autoformer data pack`); auto: what data.root holds
+        "format": ("auto", one_of(DATA_FORMATS)),
+        # loader: a torch DataLoader in each training worker; ray_data: decoding and augmentation in Ray Data
+        # tasks on any node with CPUs; auto: ray_data for data in object storage and for packs, else loader
+        "ingest": ("auto", one_of(INGEST_MODES)),
+        "ingest_cpus": (1.0, number(0.01, 64.0)),  # CPUs each Ray Data decoding task asks for
     },
     "splits": {
         "search_per_class": (100, integer(1)),

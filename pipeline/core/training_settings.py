@@ -17,7 +17,18 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipeline.core.checks import Spec, boolean, integer, number, one_of, optional, pair, text
+from pipeline.core.checks import (
+    Spec,
+    auto_or_integer,
+    boolean,
+    integer,
+    number,
+    one_of,
+    optional,
+    pair,
+    stop_rule,
+    text,
+)
 from pipeline.core.recorded import RESUME_HINT, Rules, check_recorded, differences
 from pipeline.shared.errors import UserError
 
@@ -102,6 +113,11 @@ class SupernetRules:
     largest's step is kept whole; others: the smaller subnets', NASViT's choice). ``freeze_inactive``: a step
     changes only what its subnet used (else, like the reference code, every weight). ``eval_subnets``: random
     subnets scored on the search split every epoch, beside the smallest and the largest.
+
+    The convergence probe (``pipeline/core/convergence.py``): ``probe_archs`` architectures spread over the
+    space's sizes (0: none) scored on the search split every ``probe_every`` epochs (auto: as often as costs at
+    most a tenth of an epoch); ``stop_when_stable`` [tau, n] ends training once the probe ranking's tau against
+    the previous evaluation has held at least tau for n evaluations in a row.
     """
 
     freeze_inactive: bool = _key(True, boolean())
@@ -114,6 +130,9 @@ class SupernetRules:
     alpha_max: float = _key(1.0, number(0.0, 10.0))
     alpha_clip: float = _key(5.0, number(1.0, 1e6))
     gradient_projection: str = _key("off", one_of(GRADIENT_PROJECTION))
+    probe_archs: int = _key(16, integer(0))
+    probe_every: int | str = _key("auto", auto_or_integer(1), resumable=True)
+    stop_when_stable: tuple[float, int] | None = _key(None, stop_rule(), resumable=True)
 
     @property
     def subnets_per_step(self) -> int:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
-from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
+from pipeline.data.splits import SplitDataset, plan_from_settings, require_role, splits_summary
 from pipeline.data.transforms import eval_transform
 from pipeline.shared.errors import UserError
 from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
@@ -25,10 +25,17 @@ from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 
 @dataclasses.dataclass
 class SplitArrays:
-    images: np.ndarray  # (N, C, H, W) uint8, eval-transformed, not normalised
-    labels: np.ndarray  # (N,) int64
+    images: np.ndarray | None  # (N, C, H, W) uint8, eval-transformed, not normalised; None: held in ``refs``
+    labels: np.ndarray | None  # (N,) int64
     role: str
     summary: dict[str, Any]  # the split plan's record (sizes, seed, fingerprints), compared with the supernet's
+    refs: tuple[Any, Any] | None = None  # (images, labels) in Ray's object store, decoded there by Ray Data tasks
+    count: int = 0
+    pending: tuple[Any, np.ndarray, dict[str, Any]] | None = None  # (source, indices, data section): to decode
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.count = len(self.labels)
 
 
 def split_dataset(task: Task, role: str) -> tuple[SplitDataset, dict[str, Any]]:
@@ -47,10 +54,12 @@ def split_dataset(task: Task, role: str) -> tuple[SplitDataset, dict[str, Any]]:
         )
     else:
         raise ValueError(f"role {role!r}")
-    return dataset, plan.summary(len(own_test) if own_test is not None else None)
+    return dataset, splits_summary(pool, own_test, plan)
 
 
-def load_split(task: Task, role: str, batch_size: int = 256) -> SplitArrays:
+def decode_locally(task: Task, role: str, batch_size: int = 256) -> SplitArrays:
+    """The role's split decoded in this process by a DataLoader (``ray_ingest.load_split`` picks this or Ray
+    Data by ``data.ingest``)."""
     dataset, summary = split_dataset(task, role)
     if role == "search":
         require_role(dataset, "search", "scoring candidates")
@@ -65,6 +74,12 @@ def load_split(task: Task, role: str, batch_size: int = 256) -> SplitArrays:
 def check_same_splits(supernet_splits: dict[str, Any], summary: dict[str, Any], where: str) -> None:
     """The search split must be the one held out of supernet training (else candidates are scored on images
     the supernet was trained on)."""
+    if supernet_splits.get("dataset") and summary.get("dataset") and supernet_splits["dataset"] != summary["dataset"]:
+        raise UserError(
+            f"{where}: the task's data (fingerprint {summary['dataset']}) is not the dataset the supernet was "
+            f"trained on (fingerprint {supernet_splits['dataset']}); a tree and its pack share a fingerprint, "
+            f"another tree or another version of it does not"
+        )
     for part in ("train", "search"):
         old, new = supernet_splits.get(part, {}), summary.get(part, {})
         if old.get("fingerprint") != new.get("fingerprint") or old.get("size") != new.get("size"):

@@ -40,9 +40,11 @@ class SplitPlan:
     test: np.ndarray | None
     seed: int
 
-    def summary(self, test_size: int | None = None) -> dict[str, Any]:
-        """What checkpoints and exports record: sizes, seed, where test comes from, and index fingerprints."""
+    def summary(self, test_size: int | None = None, dataset: str | None = None) -> dict[str, Any]:
+        """What checkpoints and exports record: sizes, seed, where test comes from, index fingerprints, and the
+        fingerprint of the dataset's listing (``dataset``: the same for a tree and its pack, local or remote)."""
         out: dict[str, Any] = {
+            **({"dataset": dataset} if dataset else {}),
             "seed": self.seed,
             "train": {"size": int(len(self.train)), "fingerprint": _fingerprint(self.train)},
             "search": {"size": int(len(self.search)), "fingerprint": _fingerprint(self.search)},
@@ -82,6 +84,14 @@ def plan_splits(labels: np.ndarray, search_per_class: int, test_per_class: int |
         test=np.sort(np.concatenate(test)) if test_per_class else None,
         seed=seed,
     )
+
+
+def splits_summary(pool: ImageSource, own_test: ImageSource | None, plan: SplitPlan) -> dict[str, Any]:
+    """The plan's record for ``pool`` (and the dataset's own test split, when it has one)."""
+    fingerprint = getattr(pool, "fingerprint", None)
+    if fingerprint and own_test is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}/{own_test.fingerprint}".encode()).hexdigest()[:16]
+    return plan.summary(len(own_test) if own_test is not None else None, fingerprint)
 
 
 def plan_from_settings(labels: np.ndarray, splits: dict[str, Any], has_own_test: bool) -> SplitPlan:

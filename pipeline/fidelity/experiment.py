@@ -9,6 +9,7 @@ same command again restores it and continues the unfinished trials where they st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -50,11 +51,17 @@ def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, A
     arch = Architecture.from_dict(candidate["arch"])
     torch.set_num_threads(threads)
     extra = {"params": candidate["params"], "macs": candidate["macs"], "key": arch.key}
-    extra.update(inherited_scores(supernet_path, arch, run_task, gpu))
+    seed_index = candidate.get("seed_index", 0)
+    if seed_index == 0:  # the other seeds' trainings are the ceiling's; the inherited scores are taken once
+        extra.update(inherited_scores(supernet_path, arch, run_task, gpu))
+    else:  # the same recipe, another seed: how far two stand-alone trainings of one architecture agree
+        run_task = dataclasses.replace(
+            run_task, train=dataclasses.replace(run_task.train, seed=run_task.train.seed + seed_index)
+        )
     config = WorkerConfig(
         task=run_task,
         subject=SubjectSpec(MODEL, arch.to_dict(), candidate["fixed"]),
-        phase=f"fidelity {arch.key}",
+        phase=f"fidelity {arch.key}" + (f" seed +{seed_index}" if seed_index else ""),
         attempt=uuid.uuid4().hex,
         threads=threads,
         extra_metrics=extra,
@@ -82,20 +89,43 @@ def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     recorded = read_plan(run_path)
     if recorded is None:
         return False
-    flat = lambda p: {**flatten({"splits": p.get("splits") or {}}), **{k: p.get(k) for k in PLAN_KEYS}}  # noqa: E731
+    flat = lambda p: {  # noqa: E731 - a plan from before --seeds trained one seed
+        **flatten({"splits": p.get("splits") or {}}),
+        **{k: p.get(k) for k in PLAN_KEYS},
+        "seeds": p.get("seeds") or 1,
+    }
     check_recorded(f"run {run_path!r}", flat(recorded), flat(plan), Rules())
     check_recipe(f"run {run_path!r}", recorded.get("recipe") or {}, TrainSettings.from_flat(plan["recipe"]), "retrain")
     return True
 
 
-def fidelity_plan(supernet_path: str, task: Task, archs: list[tuple[Architecture, str]]) -> dict[str, Any]:
+def fidelity_plan(
+    supernet_path: str, task: Task, archs: list[tuple[Architecture, str]], seeds: int = 1
+) -> dict[str, Any]:
     """What fixes an experiment's results: a re-run must match it to resume."""
     return {
         "supernet": supernet_path,
         "architectures": [a.key for a, _ in archs],
         "recipe": task.recipe("retrain").to_flat(),
         "splits": task.splits,
+        "seeds": seeds,
     }
+
+
+def trial_configs(archs: list[tuple[Architecture, str]], fixed: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
+    """One Tune trial per architecture and seed (seed 0 first: the trials a one-seed report has)."""
+    return [
+        {
+            "arch": a.to_dict(),
+            "picked": picked,
+            "params": count_params(a, fixed),
+            "macs": count_macs(a, fixed),
+            "fixed": fixed,
+            "seed_index": seed_index,
+        }
+        for seed_index in range(seeds)
+        for a, picked in archs
+    ]
 
 
 def run_fidelity(
@@ -107,12 +137,14 @@ def run_fidelity(
     name: str,
     cpus_per_trial: float,
     gpu: bool,
+    seeds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from).
-    The caller has checked the plan against the run (``check_plan``) before starting Ray."""
+    """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from), each
+    trained with ``seeds`` seeds (the task's, then the next ones). The caller has checked the plan against the
+    run (``check_plan``) before starting Ray."""
     run_path = join(storage, name)
     run_task = task.for_phase("retrain")
-    plan = fidelity_plan(supernet_path, task, archs)
+    plan = fidelity_plan(supernet_path, task, archs, seeds)
     resume = check_plan(run_path, plan) and tune.Tuner.can_restore(run_path)
     quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     resources = {"CPU": cpus_per_trial, **({"GPU": 1} if gpu else {})}
@@ -130,16 +162,7 @@ def run_fidelity(
         say(f"[fidelity] resuming {run_path}")
         tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        configs = [
-            {
-                "arch": a.to_dict(),
-                "picked": picked,
-                "params": count_params(a, fixed),
-                "macs": count_macs(a, fixed),
-                "fixed": fixed,
-            }
-            for a, picked in archs
-        ]
+        configs = trial_configs(archs, fixed, seeds)
         tuner = tune.Tuner(
             trainable,
             param_space={"candidate": tune.grid_search(configs)},
@@ -156,5 +179,8 @@ def run_fidelity(
             continue
         arch = Architecture.from_dict(config["arch"])
         done = result.error is None and "test_top1" in metrics
-        rows.append({"arch": arch, "picked": config["picked"], "metrics": metrics, "done": done})
+        seed_index = config.get("seed_index", 0)
+        rows.append(
+            {"arch": arch, "picked": config["picked"], "metrics": metrics, "done": done, "seed_index": seed_index}
+        )
     return rows

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.core.arch import Architecture
 from pipeline.core.task import Task
-from pipeline.data.arrays import SplitArrays, load_split, score
+from pipeline.data.arrays import SplitArrays, score
+from pipeline.data.ray_ingest import load_split
 from pipeline.model.supernet import Supernet
 
 
@@ -60,6 +61,9 @@ def rescored_results(
             "epoch": row["epochs"],
             **inherited_top1(supernet, arch, task, splits, device),
         }
+        for column in ("standalone_search_top1_by_seed", "standalone_test_top1_by_seed"):
+            if row.get(column):  # a report from before --seeds has none: its one seed is the score itself
+                metrics[column] = row[column]
         progress(f"[fidelity] {i}/{len(standalone)} {arch.key}: inherited {metrics['inherited_search_top1']:.4f}")
         results.append({"arch": arch, "picked": row["picked"], "metrics": metrics, "done": True})
     return results

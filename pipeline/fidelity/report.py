@@ -42,6 +42,7 @@ class FidelityRequest:
         overrides: ``section.key=value`` on the supernet's recorded task (e.g. retrain.epochs).
         cpus_per_trial, gpu: what each Tune trial asks for.
         seed: of the architecture picks and the bootstrap intervals.
+        seeds: stand-alone trainings per architecture (2: the ceiling, two trainings against each other).
     """
 
     supernet: str
@@ -54,6 +55,7 @@ class FidelityRequest:
     cpus_per_trial: float = 1.0
     gpu: bool = False
     seed: int = 0
+    seeds: int = 1
 
 
 @dataclasses.dataclass
@@ -73,6 +75,10 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
         raise UserError(f"cpus_per_trial {request.cpus_per_trial}: must be positive")
     if request.standalone is not None and (request.archs is not None or request.front):
         raise UserError("standalone takes its run's architectures: leave out archs and the front")
+    if not isinstance(request.seeds, int) or request.seeds < 1:
+        raise UserError(f"seeds {request.seeds!r}: stand-alone trainings per architecture, an integer >= 1")
+    if request.standalone is not None and request.seeds != 1:
+        raise UserError("standalone takes its run's stand-alone trainings, with their seeds: leave out seeds")
     task, space, config = _recorded_task(request.supernet, list(request.overrides))
     source_rows = _standalone_rows(request.standalone, task) if request.standalone is not None else None
     archs = 16 if request.archs is None else request.archs
@@ -83,7 +89,7 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
     storage = resolve_storage(request.storage)
     name = safe_run_name(request.name or f"{task.name}-fidelity")
     run_path = join(storage, name)
-    plan = fidelity_plan(request.supernet, task, picked)
+    plan = fidelity_plan(request.supernet, task, picked, request.seeds)
     epochs = task.recipe("retrain").epochs
     if request.standalone is not None:
         plan["standalone"] = request.standalone[0]
@@ -99,8 +105,9 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
             connect(request.gpu, "fidelity")
             fixed = checked["space"].fixed_parts()
             results = run_fidelity(
-                request.supernet, task, picked, fixed, storage, name, request.cpus_per_trial, request.gpu
-            )
+                request.supernet, task, picked, fixed, storage, name, request.cpus_per_trial, request.gpu,
+                request.seeds,
+            )  # fmt: skip
     return FidelityResults(run_path, name, results, len(picked), epochs)
 
 
@@ -112,9 +119,10 @@ def _announce(request: FidelityRequest, count: int, archs: int, space: SearchSpa
         )
     front = f", the rest from a search's front ({len(request.front)})" if request.front else ""
     per_trial = f"{request.cpus_per_trial:g} CPU{' + 1 GPU' if request.gpu else ''}"
+    times = f" with {request.seeds} seeds" if request.seeds > 1 else ""
     return (
         f"[fidelity] {count} architectures ({archs} spread over {space.name}'s size range{front}), each retrained "
-        f"{epochs} epochs from scratch; {per_trial} per trial; run {run_path}"
+        f"{epochs} epochs from scratch{times}; {per_trial} per trial; run {run_path}"
     )
 
 

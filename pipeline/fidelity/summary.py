@@ -31,6 +31,26 @@ def summarize(rows: list[dict[str, Any]], seed: int = 0, planned: int | None = N
     out["kendall_tau_test"] = kendall_tau(
         [r["inherited_test_top1"] for r in done], [r["standalone_test_top1"] for r in done]
     )
+    out.update(ceiling(rows, seed))
+    return out
+
+
+def ceiling(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """The ceiling any supernet can reach: Kendall tau of the first two seeds' stand-alone search top-1 against
+    each other (with its bootstrap interval) over the architectures both finished. Nothing without two seeds."""
+    pairs = [
+        r["standalone_search_top1_by_seed"][:2]
+        for r in rows
+        if len(r.get("standalone_search_top1_by_seed") or []) >= 2
+        and not any(math.isnan(v) for v in r["standalone_search_top1_by_seed"][:2])
+    ]
+    if not any(len(r.get("standalone_search_top1_by_seed") or []) >= 2 for r in rows):
+        return {}
+    first, second = [p[0] for p in pairs], [p[1] for p in pairs]
+    out: dict[str, Any] = {"ceiling_architectures": len(pairs), "ceiling_tau": math.nan}
+    if len(pairs) >= 3:
+        out["ceiling_tau"] = kendall_tau(first, second)
+        out["ceiling_tau_95"] = list(bootstrap_interval(kendall_tau, first, second, seed=seed))
     return out
 
 
@@ -41,7 +61,7 @@ def describe(summary: dict[str, Any]) -> str:
     if math.isnan(summary["kendall_tau"]):
         return (
             f"Kendall tau undefined over {summary['architectures']} architectures: the inherited or the stand-alone "
-            f"scores are all equal, so there is no ranking to compare"
+            f"scores are all equal, so there is no ranking to compare{describe_ceiling(summary)}"
         )
     lo, hi = summary["kendall_tau_95"]
     rlo, rhi = summary["spearman_rho_95"]
@@ -49,4 +69,15 @@ def describe(summary: dict[str, Any]) -> str:
         f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], Spearman rho {summary['spearman_rho']:.2f} "
         f"[{rlo:.2f}, {rhi:.2f}] over {summary['architectures']} architectures; top-{summary['top_k']} overlap "
         f"{summary['top_k_overlap']:.0%}; inherited - stand-alone {100 * summary['mean_gap_search']:+.1f} pt (search)"
+        f"{describe_ceiling(summary)}"
     )
+
+
+def describe_ceiling(summary: dict[str, Any]) -> str:
+    """``; ceiling (stand-alone seed 1 against seed 2) tau 0.71 [0.52, 0.86]``, or nothing without two seeds."""
+    if "ceiling_tau" not in summary:
+        return ""
+    if math.isnan(summary["ceiling_tau"]):
+        return f"; ceiling undefined ({summary['ceiling_architectures']} architectures with two finished seeds)"
+    lo, hi = summary["ceiling_tau_95"]
+    return f"; ceiling (stand-alone seed 1 against seed 2) tau {summary['ceiling_tau']:.2f} [{lo:.2f}, {hi:.2f}]"

@@ -3,7 +3,8 @@ those files.
 
 One row per architecture: genes, parameters, MACs, where it was picked from (a size stratum or a search's
 front), inherited top-1 and stand-alone top-1 on the search and test splits, each with its 95 % Wilson
-interval, and the epochs of the stand-alone training. The JSON holds the summary (rank correlations with
+interval, the epochs of the stand-alone training, and with ``--seeds N`` the stand-alone top-1 of each seed's
+training (the first is the one the other columns hold; NaN for one not finished). The JSON holds the summary (rank correlations with
 bootstrap intervals, top-k overlap, mean gap); the picture plots inherited against stand-alone top-1.
 """
 
@@ -37,14 +38,37 @@ SCHEMA = pa.schema(
         ("test_images", pa.int64()),
         ("epochs", pa.int32()),
         ("status", pa.string()),
+        ("standalone_search_top1_by_seed", pa.list_(pa.float64())),
+        ("standalone_test_top1_by_seed", pa.list_(pa.float64())),
     ]
 )
+BY_SEED = {"search_top1": "standalone_search_top1_by_seed", "test_top1": "standalone_test_top1_by_seed"}
+
+
+def _by_seed(results: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per architecture key, each seed's stand-alone search and test top-1 (NaN where a training is not done).
+    A reused report's results carry their seeds' scores in their metrics (``*_by_seed``)."""
+    seeds = 1 + max((r.get("seed_index", 0) for r in results), default=0)
+    out: dict[str, dict[str, list[float]]] = {}
+    for result in results:
+        key, index, m = result["arch"].key, result.get("seed_index", 0), result["metrics"]
+        scores = out.setdefault(key, {column: [math.nan] * seeds for column in BY_SEED.values()})
+        for metric, column in BY_SEED.items():
+            if column in m:
+                scores[column] = [float(v) for v in m[column]]
+            elif result["done"]:
+                scores[column][index] = float(m[metric])
+    return out
 
 
 def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows from the experiment's per-trial results (unfinished trials keep NaN stand-alone scores)."""
+    """Table rows from the experiment's per-trial results (unfinished trials keep NaN stand-alone scores): one
+    per architecture, its first seed's training in the score columns, every seed's in the ``*_by_seed`` ones."""
+    by_seed = _by_seed(results)
     rows = []
     for result in results:
+        if result.get("seed_index", 0):
+            continue
         arch, m = result["arch"], result["metrics"]
         row: dict[str, Any] = {
             **arch_fields(arch.to_dict()),
@@ -59,6 +83,7 @@ def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_images": int(m.get("test_images", 0)),
             "epochs": int(m.get("epoch", 0)),
             "status": "done" if result["done"] else "unfinished",
+            **by_seed[arch.key],
         }
         for score in SCORES:
             images = row["search_images"] if "search" in score else row["test_images"]

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.core.records import CandidateRecord, best_record, tied_with
 from pipeline.core.task import Task
-from pipeline.data.arrays import load_split
+from pipeline.data.ray_ingest import load_split
 from pipeline.model.supernet_dir import load_supernet
 from pipeline.results.models import export_ranked
 from pipeline.results.plot import PLOT_FILE, pareto_png

@@ -30,6 +30,7 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.data.arrays import SplitArrays
+from pipeline.data.ray_ingest import in_object_store
 from pipeline.search.evaluator import Evaluator
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
 from pipeline.shared.progress import say
@@ -134,7 +135,7 @@ def start_pool(
     wait until all of them hold both; returns the router, the evaluators' descriptions and the object refs.
     The caller keeps the refs until the search ends: the router only borrows them, and a restarted router
     needs them again."""
-    refs = [ray.put(weights), ray.put(split.images), ray.put(split.labels)]
+    refs = [ray.put(weights), *in_object_store(split).refs]
     options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
     if gpu:
         options["num_gpus"] = 1
@@ -150,7 +151,7 @@ def start_pool(
         ).remote(options, kwargs, refs, count)
     say(
         f"[search] starting {count} evaluator(s) ({'1 GPU' if gpu else f'{cpus:g} CPU'} each), "
-        f"loading the supernet and {len(split.labels):,} search images into each"
+        f"loading the supernet and {split.count:,} search images into each"
     )
     start = time.perf_counter()
     try:

@@ -27,7 +27,8 @@ from pipeline.core.records import CandidateRecord
 from pipeline.core.sampling import smallest_architecture
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
-from pipeline.data.arrays import SplitArrays, load_split
+from pipeline.data.arrays import SplitArrays
+from pipeline.data.ray_ingest import load_split
 from pipeline.model.supernet_dir import local_supernet, read_supernet_config, read_weights
 from pipeline.search.evaluator_pool import default_evaluator_count, start_pool
 from pipeline.search.evolution import Strategy
@@ -166,7 +167,7 @@ def prepare(task: Task, supernet: str, settings: SearchSettings, run_path: str, 
         strategy = Strategy(space, settings.constraints, settings.strategy, predict)
         strategy.start()  # generation 0 now: constraints that no architecture meets fail here
         check_run_name(run_path, search_exists(run_path), resume)
-        split = load_split(task, "search", batch_size=settings.batch_size)
+        split = load_split(task, "search", batch_size=settings.batch_size, deferred=True)
         check_search_split(sconf, split.summary, where)
         weights = read_weights(supernet_dir, sconf, load_file)
     return Prepared(sconf, space, strategy, latency_model, split, weights)

@@ -9,7 +9,8 @@ them. Each function below is called where its process starts:
 - ``INIT_LOGGING``: the log options the driver passes to ``ray.init``;
 - ``quiet_tune()``: the driver of a Tune experiment (a search, a fidelity run);
 - ``quiet_worker()``: a Ray Train worker or a Tune trial that trains;
-- ``without_native_lines(pattern)``: around a call after which Ray's C++ side prints a known-harmless line.
+- ``without_native_lines(pattern)``: around a call after which Ray's C++ side prints a known-harmless line;
+- ``stop_forwarding()``: before the command's last line, so that no late forwarded line follows it.
 
 No Ray import here: the CLI calls ``quiet_driver`` at start-up, and Ray must not load before it.
 """
@@ -56,9 +57,11 @@ class QuietStream:
     # PreemptionWatcher actor, and the traceback of the placement-group cleaner's monitor thread when another
     # Ray instance runs on the same machine (it cannot tell which to watch; the run is not affected). And DDP's
     # note, printed by torch's C++ side (past Python's warning filters) whenever a step uses every parameter,
-    # that find_unused_parameters was set: a supernet step usually leaves most of them out, so it must be.
+    # that find_unused_parameters was set: a supernet step usually leaves most of them out, so it must be. And Ray
+    # Data's note in each training worker that its progress bars are off (the epoch line is the progress).
     HARMLESS = re.compile(
         r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
+        r"|Progress bars disabled\. To enable, set `ray\.data"
     )
     # Notes the Train controller prints over several forwarded lines, each dropped from its first line to the one
     # that ends it (at most MULTILINE_MAX lines of the same process): the cleaner above, when it has already left
@@ -71,21 +74,81 @@ class QuietStream:
         "Failed to stop PlacementGroupCleaner gracefully": "ray.exceptions.GetTimeoutError: ",
     }
     MULTILINE_MAX = 30
+    # A Ray process's traceback is held from its first line to the first line of that process that is not part
+    # of it (chained tracebacks and a Ray task error's remote traceback are one block). A block with an error the
+    # run reports itself in one line (a worker's FatalTrainingError, a UserError) is dropped, with Ray Data's
+    # notes that follow such a failure; so is one of a Ray thread that outlived its process's connection at the
+    # end of a run (Train's preemption watcher polling once more: "Ray has not been started yet"). Any other is
+    # printed whole. At most HELD_MAX lines are held; our own lines first decide on what is held.
+    TRACEBACK_STARTS = (
+        "Traceback (most recent call last):", "Error in training function", "Error in control loop",
+        "PreemptionWatcher poll failed", "An exception was raised from a task of operator",
+    )  # fmt: skip
+    TRACEBACK_PARTS = re.compile(
+        r"^(\s|$|Traceback \(most recent call last\)|During handling of the above exception|The above exception was"
+        r"|[A-Za-z_][\w.]*(\([\w.]+\))?(:|$))"
+    )
+    REPORTED = re.compile(
+        r"\bFatalTrainingError: |\bpipeline\.shared\.errors\.UserError: |RaySystemError: .*Ray has not been started yet"
+    )
+    FOLLOWERS = ("Failed to apply UDF transform", "To change retry attempts", "⚠️  Dataset ")
+    PREFIX = re.compile(r"^\([^)]*pid=\d+[^)]*\) ")
+    HELD_MAX = 300
 
     def __init__(self, stream: TextIO) -> None:
         self._stream, self._plain, self._dropped = stream, not stream.isatty(), False
         self._until: str | None = None
         self._source = ""  # the "(Process pid=N)" prefix of the note being dropped
         self._left = 0
+        self._held: dict[str, list[str]] = {}  # per process prefix: the lines of a traceback being held
+        self._reported: set[str] = set()  # processes whose held block names an error the run reports itself
+        self._after_drop: set[str] = set()  # processes whose last block was dropped: its followers go too
 
     def write(self, text: str) -> int:
-        if text == "\n" and self._dropped:  # the end of a dropped line
+        if text == "\n" and self._dropped:  # the end of a dropped (or held) line
             self._dropped = False
             return len(text)
-        self._dropped = text != "\n" and self._drop(self.CODES.sub("", text))
+        plain = self.CODES.sub("", text)
+        self._dropped = text != "\n" and (self._drop(plain) or self._hold(plain, text))
         if self._dropped:
             return len(text)
-        return self._stream.write(self.CODES.sub("", text) if self._plain else text)
+        return self._stream.write(plain if self._plain else text)
+
+    def _hold(self, line: str, text: str) -> bool:
+        """Whether ``line`` (colour codes removed; ``text`` as it came) is held as part of a Ray process's
+        traceback, or dropped with one. Our own lines first settle whatever is held."""
+        prefix = self.PREFIX.match(line)
+        if prefix is None:
+            for source in list(self._held):
+                self._release(source)
+            return False
+        source, content = prefix.group(0), line[prefix.end() :].rstrip("\n")
+        held = self._held.get(source)
+        if held is not None and self.TRACEBACK_PARTS.match(content) and len(held) < self.HELD_MAX:
+            held.append(text if text.endswith("\n") else text + "\n")
+            if self.REPORTED.search(content):
+                self._reported.add(source)
+            return True
+        if held is not None:
+            self._release(source)
+        if content.startswith(self.TRACEBACK_STARTS):
+            self._held[source] = [text if text.endswith("\n") else text + "\n"]
+            self._after_drop.discard(source)
+            return True
+        if source in self._after_drop and (not content or content.startswith(self.FOLLOWERS)):
+            return True
+        self._after_drop.discard(source)
+        return False
+
+    def _release(self, source: str) -> None:
+        """Settle a held block: dropped when it names an error the run reports itself, else printed."""
+        lines = self._held.pop(source, [])
+        if source in self._reported:
+            self._reported.discard(source)
+            self._after_drop.add(source)
+            return
+        for held in lines:
+            self._stream.write(self.CODES.sub("", held) if self._plain else held)
 
     def _drop(self, line: str) -> bool:
         """Whether ``line`` (colour codes removed) is, or continues, a harmless note. Lines of other processes
@@ -103,6 +166,15 @@ class QuietStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def stop_forwarding() -> None:
+    """Disconnect from Ray, if this process is connected, so that nothing Ray forwards follows. A Ray process's
+    lines reach the driver a moment after they were written: the traceback with which Train's controller ends a
+    run came after the command's own error line, which must be the last one a user reads."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def quiet_tune() -> None:
@@ -126,9 +198,10 @@ def _without_restore_hint(record: logging.LogRecord) -> bool:
 
 def quiet_worker() -> None:
     """Ray Train and Tune log every report and checkpoint at INFO (some loggers are named by file path, not
-    module); our epoch lines are the progress."""
+    module), Ray Data every epoch's start and plan; our epoch lines are the progress."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # a Ray Data epoch's start, plan and end lines
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("ray.train", "ray.tune")) or any(
+        if name.startswith(("ray.train", "ray.tune", "ray.data")) or any(
             f"{os.sep}ray{os.sep}{part}{os.sep}" in name for part in ("train", "tune")
         ):
             logging.getLogger(name).setLevel(logging.WARNING)

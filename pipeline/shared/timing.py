@@ -1,11 +1,12 @@
 """Timing a call on CPU or GPU with ``torch.utils.benchmark``: what the latency profiler and the search's
-evaluators measure with (both layers use it, so it lives here)."""
+evaluators measure with (both layers use it, so it lives here); and the time a loop waits for its data."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 MIN_SECONDS = 0.2  # the least a measurement runs, warm-up excluded
@@ -35,3 +36,17 @@ def median_ms(run: Callable[[], Any], threads: int, min_run_time: float = MIN_SE
     """
     timer = _timer_class()("run()", globals={"run": run}, num_threads=threads)
     return 1000.0 * timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def waiting(items: Iterable[Any], waited: list[float]) -> Iterator[Any]:
+    """``items``, adding the seconds spent waiting for each to ``waited[0]``: how a training loop knows it
+    waits for data (the epoch line's "data wait")."""
+    iterator = iter(items)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield item

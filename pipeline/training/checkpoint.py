@@ -96,15 +96,7 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
     """
     fs, root = filesystem(storage)
     run_dir = join(root, name)
-    if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
-        return None
-    selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
-    names = sorted(
-        info.base_name
-        for info in fs.get_file_info(selector)
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
-    )
-    for dirname in reversed(names):
+    for dirname in reversed(_checkpoint_dirs(fs, run_dir)):
         path = f"{run_dir}/{dirname}"
         files = [f"{path}/{f}" for f in (STATE_FILE, WEIGHTS_FILE, OPTIMIZER_FILE)]
         if any(info.type != pyarrow.fs.FileType.File for info in fs.get_file_info(files)):
@@ -121,3 +113,33 @@ def newest_complete_checkpoint(storage: str, name: str) -> tuple[str, dict[str, 
             continue
         return (join(storage, name, dirname) if is_uri(storage) else path), state
     return None
+
+
+def _checkpoint_dirs(fs: pyarrow.fs.FileSystem, run_dir: str) -> list[str]:
+    """The names of a run's checkpoint directories, oldest first."""
+    if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
+        return []
+    selector = pyarrow.fs.FileSelector(run_dir, recursive=False)
+    return sorted(
+        info.base_name
+        for info in fs.get_file_info(selector)
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+    )
+
+
+def remove_incomplete_checkpoints(storage: str, name: str) -> tuple[list[str], int | None]:
+    """Remove the checkpoint directories newer than the run's newest complete one (cut short while being
+    written: a full disk leaves them behind). Returns their names and the bytes of the newest complete
+    checkpoint (None without one): what one more checkpoint needs."""
+    newest = newest_complete_checkpoint(storage, name)
+    fs, root = filesystem(storage)
+    run_dir = join(root, name)
+    names = _checkpoint_dirs(fs, run_dir)
+    kept = newest[0].rstrip("/").rsplit("/", 1)[-1] if newest else None
+    doomed = names[names.index(kept) + 1 :] if kept in names else names
+    for dirname in doomed:
+        fs.delete_dir(f"{run_dir}/{dirname}")
+    if kept is None:
+        return doomed, None
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{run_dir}/{kept}", recursive=True))
+    return doomed, sum(i.size or 0 for i in infos if i.type == pyarrow.fs.FileType.File)

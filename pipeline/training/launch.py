@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
 from pipeline.core.arch import Architecture
@@ -23,8 +23,8 @@ from pipeline.core.recorded import Rules, check_recorded, flatten
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import SCHEMA, Task
 from pipeline.core.training_settings import RESUMABLE_KEYS, TrainSettings
-from pipeline.data.sources import open_sources
-from pipeline.data.splits import plan_from_settings
+from pipeline.data.sources import open_sources, uses_ray_data
+from pipeline.data.splits import plan_from_settings, splits_summary
 from pipeline.model.supernet_dir import EXPORT_DIR, supernet_config, write_supernet_dir
 from pipeline.shared.arguments import require_type
 from pipeline.shared.cluster import check_resources, connect
@@ -32,6 +32,7 @@ from pipeline.shared.errors import Terminated, UserError
 from pipeline.shared.progress import say
 from pipeline.shared.storage import (
     check_free,
+    filesystem,
     is_uri,
     join,
     resolve_storage,
@@ -40,14 +41,29 @@ from pipeline.shared.storage import (
     write_directory_to,
 )
 from pipeline.shared.tracking import TrackingPlan, plan_tracking
-from pipeline.training.checkpoint import newest_complete_checkpoint, progress, read_state, read_weights
+from pipeline.training.checkpoint import (
+    newest_complete_checkpoint,
+    progress,
+    read_state,
+    read_weights,
+    remove_incomplete_checkpoints,
+)
+from pipeline.training.fatal import FatalTrainingError, StopOnFatal, fatal_line, no_space
+from pipeline.training.probe import check_probe_size, probe_record, probe_summary, write_probe_table
 from pipeline.training.run_spec import MODEL, SUPERNET, RunSpec, SubjectSpec, WorkerConfig
 from pipeline.training.stop import clear_stop, stop_on_sigterm
 from pipeline.training.teacher import check_teacher
 from pipeline.training.worker import train_loop_per_worker
 
 # Data keys a resumed run may change (the train section marks its own: ``training_settings.RESUMABLE_KEYS``).
-RESUMABLE_DATA_KEYS = ("data.loader_workers", "data.root", "data.download")
+RESUMABLE_DATA_KEYS = (
+    "data.loader_workers",
+    "data.root",
+    "data.download",
+    "data.format",
+    "data.ingest",
+    "data.ingest_cpus",
+)
 RECORDED_SECTIONS = ("data", "splits", "model", "train")
 
 
@@ -111,6 +127,12 @@ def check_same_run(prepared: PreparedRun, subject: SubjectSpec) -> None:
             f"run {name!r} already exists for another architecture ({Architecture.from_dict(recorded).key}); "
             f"choose another run name"
         )
+    recorded_data, data = state.get("splits", {}).get("dataset"), prepared.splits.get("dataset")
+    if recorded_data and data and recorded_data != data:
+        raise UserError(
+            f"run {name!r} already exists, trained on another dataset (fingerprint {recorded_data}, now {data}): "
+            f"data.root must hold the same images (a tree or its pack); choose another run name for other data"
+        )
     previous, current = state["task"], prepared.task.to_dict()
     rules = Rules(
         may_change={*RESUMABLE_DATA_KEYS, *(f"train.{k}" for k in RESUMABLE_KEYS)},
@@ -134,7 +156,7 @@ def validate_data(task: Task) -> dict[str, Any]:
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     if len(plan.train) < task.train.batch_size:
         raise UserError(f"train.batch_size {task.train.batch_size} exceeds the {len(plan.train)} training images")
-    return {"space": space, "splits": plan.summary(len(own_test) if own_test is not None else None)}
+    return {"space": space, "splits": splits_summary(pool, own_test, plan)}
 
 
 def describe_splits(splits: dict[str, Any]) -> str:
@@ -146,15 +168,20 @@ def describe_splits(splits: dict[str, Any]) -> str:
     )
 
 
-def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
-    """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count)."""
+def _cpus_per_worker(workers: int, gpu: bool, data: dict[str, Any]) -> float:
+    """A fair CPU share per worker on the nodes that can host one (a CPU-less head node does not count).
+
+    With Ray Data ingest the images are decoded by tasks that need CPUs of their own: a GPU worker then asks
+    for one CPU (its training loop), and a CPU worker leaves at least one decoding task's worth of its node
+    free (a worker holding every CPU would wait forever for the images it is to train on)."""
+    loader_workers, ray_data, ingest = data["loader_workers"], uses_ray_data(data), data["ingest_cpus"]
     nodes = [
         n["Resources"]
         for n in ray.nodes()
         if n.get("Alive") and n["Resources"].get("CPU", 0) > 0 and (not gpu or n["Resources"].get("GPU", 0) >= 1)
     ]
     if not nodes:  # an autoscaling cluster with no worker node yet: ask for what a DataLoader needs
-        return float(loader_workers + 1)
+        return 1.0 if ray_data else float(loader_workers + 1)
     per_node = min(n["CPU"] for n in nodes)
     workers_per_node = (
         math.ceil(workers / len(nodes))
@@ -162,6 +189,8 @@ def _cpus_per_worker(workers: int, gpu: bool, loader_workers: int) -> float:
         else min(math.ceil(workers / len(nodes)), int(min(n["GPU"] for n in nodes)))
     )
     share = max(1, int(per_node // max(workers_per_node, 1)))
+    if ray_data:
+        return 1.0 if gpu else max(share - ingest, share / 2)
     return float(min(share, loader_workers + 1) if gpu else share)
 
 
@@ -190,7 +219,7 @@ def fit_run(prepared: PreparedRun, run: RunSpec, subject: SubjectSpec, phase: st
     """
     task, storage, name, newest = prepared.task, prepared.storage, prepared.name, prepared.newest
     joined = connect(run.gpu, phase)
-    cpus = run.cpus_per_worker or _cpus_per_worker(run.workers, run.gpu, task.data["loader_workers"])
+    cpus = run.cpus_per_worker or _cpus_per_worker(run.workers, run.gpu, task.data)
     resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1} if run.gpu else {})}
     check_resources(resources, run.workers, "workers", phase, joined)
     config = WorkerConfig(
@@ -211,6 +240,7 @@ def fit_run(prepared: PreparedRun, run: RunSpec, subject: SubjectSpec, phase: st
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=task.train.keeping.max_failures),
+            callbacks=[StopOnFatal()],
             checkpoint_config=CheckpointConfig(num_to_keep=task.train.keeping.keep_checkpoints),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own per-epoch lines are the progress
         ),
@@ -227,17 +257,53 @@ def _fit(trainer: TorchTrainer, storage: str, name: str, phase: str, epochs: int
             # Ctrl-C: Ray Train's own handler aborts the run, then returns, exits (SystemExit) or raises.
             with run_lock(join(storage, name), f"{phase} run"):
                 result = trainer.fit()
+        except TrainingFailedError as exc:
+            line = fatal_line(exc)
+            if line is None:
+                raise
+            raise FatalTrainingError(
+                f"{phase} run {name!r} stopped, not restarted: {line}{_space(exc, storage, name)}"
+            ) from None
         except (KeyboardInterrupt, SystemExit):
             say(interrupted_note(storage, name, phase))
             raise (Terminated if terminated.is_set() else KeyboardInterrupt) from None
+    result = _with_final_checkpoint(result, storage, name)
     finished = -1
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            finished = read_state(Path(d))["epoch"]
+            state = read_state(Path(d))
+        # the probe's stop rule ends a run before its last epoch: finished, not interrupted
+        finished = epochs if state.get("stopped_early") == state["epoch"] else state["epoch"]
     if finished < epochs:  # stopped or aborted: what is kept is a checkpoint to resume from, not a result
         say(interrupted_note(storage, name, phase))
         raise Terminated if terminated.is_set() else KeyboardInterrupt
     return result
+
+
+def _with_final_checkpoint(result: ray.train.Result, storage: str, name: str) -> ray.train.Result:
+    """``result`` with the run's newest sound checkpoint when Ray reports none: a worker lost after the last
+    epoch's checkpoint was written restarts from it, has nothing left to train and reports nothing new."""
+    if result.checkpoint is not None:
+        return result
+    newest = newest_complete_checkpoint(storage, name)
+    if newest is None:
+        return result
+    fs, path = filesystem(newest[0])
+    return dataclasses.replace(result, checkpoint=ray.train.Checkpoint(path, filesystem=fs))
+
+
+def _space(exc: BaseException, storage: str, name: str) -> str:
+    """For a run stopped by full storage: the checkpoints it left unfinished are removed (a resume would skip
+    them, and they hold space), and what one more checkpoint needs is said."""
+    if not no_space(exc):
+        return ""
+    try:
+        removed, size = remove_incomplete_checkpoints(storage, name)
+    except OSError:
+        return f" (storage {storage})"
+    need = f"; one checkpoint takes {size / 2**20:.1f} MiB" if size else ""
+    gone = f"; {len(removed)} unfinished checkpoint(s) removed" if removed else ""
+    return f" (storage {storage}{need}{gone})"
 
 
 def interrupted_note(storage: str, name: str, phase: str) -> str:
@@ -259,6 +325,7 @@ def train_supernet(task: Task, run: RunSpec | None = None) -> TrainOutcome:
     require_type(task, Task, "train_supernet: task", "a Task (from pipeline.load_task)")
     run = run or RunSpec()
     subject = SubjectSpec(SUPERNET)
+    check_probe_size(task, task.space())
     prepared = prepare_run(task, run, f"{task.name}-supernet", subject)
     say(
         f"[train] task {task.name}: space {prepared.space.name}, sharing {task.model['sharing']}, "
@@ -268,6 +335,9 @@ def train_supernet(task: Task, run: RunSpec | None = None) -> TrainOutcome:
     with result.checkpoint.as_directory() as d:
         state = read_state(Path(d))
         export_path = export_supernet(Path(d), state, prepared.storage, prepared.name)
+    if "probe" in state:
+        write_probe_table(state, join(prepared.storage, prepared.name, "probe.parquet"))
+        say(probe_summary(state, task.train.epochs))
     final = state["history"][-1] if state["history"] else {}
     return TrainOutcome(join(prepared.storage, prepared.name), export_path, final, state["restarts"], state["resumes"])
 
@@ -296,6 +366,7 @@ def export_supernet(checkpoint_dir: Path, state: dict[str, Any], storage: str, n
         metrics=state["history"][-1] if state["history"] else {},
         history=state["history"],
         training=training_mode(task["train"], state["history"]),
+        **({"probe": probe_record(state)} if "probe" in state else {}),
     )
     weights = read_weights(checkpoint_dir)
     return write_directory_to(join(storage, name, EXPORT_DIR), lambda path: write_supernet_dir(path, weights, config))

@@ -28,6 +28,9 @@ class Session:
     prepare_loader: Callable[[DataLoader], DataLoader]
     report: Callable[[dict[str, Any], str | None], None]  # (metrics, checkpoint directory on rank 0 or None)
     checkpoint: Callable[[], Any]  # the framework's checkpoint to resume from, or None
+    # Ray's notice that a node of the run is about to go (a spot reclaim: the node drains), or None; every rank
+    # must call it together (Ray Train agrees one answer). A Tune trial has none.
+    preemption: Callable[[], Any] | None = None
 
 
 def train_session() -> Session:
@@ -52,6 +55,7 @@ def train_session() -> Session:
         ),
         report=report,
         checkpoint=ray.train.get_checkpoint,
+        preemption=ray.train.get_preemption_info,
     )
 
 

@@ -7,6 +7,11 @@ of the workers looks for it every ``POLL_S`` seconds in a thread, and at each st
 writes a checkpoint that records the step within its epoch and each rank's random state, and returns; the same
 command resumes there. A driver whose workers do not stop within ``GRACE_S`` aborts the run as Ctrl-C does (the
 newest periodic checkpoint is kept).
+
+Where the cluster gives notice itself (a node draining before a spot reclaim, which Ray Train passes on as
+``ray.train.get_preemption_info``), the ranks ask for it together every ``NOTICE_POLL_S`` seconds, write a
+checkpoint at that step and train on: when the node goes, Ray Train restarts the workers elsewhere from that
+checkpoint (a preemption does not count against ``train.max_failures``), nobody has to re-run anything.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,8 @@ from pipeline.shared.storage import exists, join, remove, write_bytes
 STOP_FILE = ".stop-requested"  # in a run's directory: the driver asks the workers to checkpoint and stop
 POLL_S = 1.0
 GRACE_S = 90.0  # a spot node gives about two minutes' notice
+NOTICE_POLL_S = 2.0  # how often the ranks ask Ray for a preemption notice (a barrier across them)
+STOP, CHECKPOINT = "stop", "checkpoint"  # what StopWatch.requested asks of the loop
 
 
 def request_stop(storage: str, name: str) -> None:
@@ -69,11 +77,29 @@ def stop_on_sigterm(storage: str, name: str, phase: str) -> Iterator[threading.E
 
 
 class StopWatch:
-    """Whether the driver asked the run to stop, the same answer on every rank at the same step."""
+    """What the loop must do at this step, the same answer on every rank: stop (the driver asked), write a
+    checkpoint and go on (Ray's preemption notice, once per run attempt), or nothing.
 
-    def __init__(self, run: tuple[str, str] | None, rank: int, world: int) -> None:
+    Args:
+        run: (storage, name) of the run whose stop request rank 0 watches for; None for none.
+        rank, world: this rank and how many there are.
+        notice: Ray Train's ``get_preemption_info`` (None where there is none: a Tune trial).
+        clock: seconds, for when the notice is next asked for (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        run: tuple[str, str] | None,
+        rank: int,
+        world: int,
+        notice: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.world, self.seen = world, threading.Event()
         self.done = threading.Event()
+        self.rank, self.notice, self.clock = rank, notice, clock
+        self.next_notice = clock() + NOTICE_POLL_S
+        self.preemption: Any = None  # the notice acted on
         if run is not None and rank == 0:
             target = join(*run, STOP_FILE)
             threading.Thread(target=self._poll, args=(target,), daemon=True).start()
@@ -87,12 +113,27 @@ class StopWatch:
             except OSError:  # storage briefly unreachable: look again at the next poll
                 continue
 
-    def requested(self, device: torch.device) -> bool:
-        if self.world == 1 or not (dist.is_available() and dist.is_initialized()):
-            return self.seen.is_set()
-        flag = torch.tensor([1.0 if self.seen.is_set() else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def requested(self, device: torch.device) -> str | None:
+        """``STOP``, ``CHECKPOINT`` or None; every rank calls this at every step (one all-reduce of two numbers).
+        Rank 0's clock says when the notice is due, so that all ranks ask Ray for it at the same step."""
+        due = (
+            self.notice is not None and self.preemption is None and self.rank == 0 and self.clock() >= self.next_notice
+        )
+        flags = [1.0 if self.seen.is_set() else 0.0, 1.0 if due else 0.0]
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            reduced = torch.tensor(flags, device=device)
+            dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+            flags = reduced.tolist()
+        if flags[0]:
+            return STOP
+        if not flags[1] or self.notice is None:
+            return None
+        self.next_notice = self.clock() + NOTICE_POLL_S
+        info = self.notice()
+        if info is None:
+            return None
+        self.preemption = info
+        return CHECKPOINT
 
     def close(self) -> None:
         self.done.set()

@@ -30,11 +30,13 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pipeline.core.arch import Architecture
+from pipeline.core.convergence import Evaluation, epoch_note
 from pipeline.core.space import SearchSpace
 from pipeline.core.task import Task
 from pipeline.core.training_settings import TrainSettings
-from pipeline.data.sources import open_sources
-from pipeline.data.splits import SplitDataset, plan_from_settings, require_role
+from pipeline.data.ray_ingest import DecodeSpec, EpochStream, TimedBatches, finish_images, stream
+from pipeline.data.sources import ImageSource, open_sources, uses_ray_data
+from pipeline.data.splits import SplitDataset, plan_from_settings, require_role, splits_summary
 from pipeline.data.transforms import eval_transform, train_transform
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
@@ -42,6 +44,7 @@ from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_worker
 from pipeline.shared.storage import join, read_bytes, write_bytes
+from pipeline.shared.timing import waiting
 from pipeline.shared.tracking import open_trackers
 from pipeline.training.checkpoint import (
     checkpoint_problem,
@@ -52,11 +55,13 @@ from pipeline.training.checkpoint import (
     write_checkpoint,
 )
 from pipeline.training.exact_step import step_only_active, zero_fill_gradients
+from pipeline.training.fatal import FatalTrainingError, fatal_line
+from pipeline.training.probe import Probe, build_probe, evaluate_probe, history, stable
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from pipeline.training.run_spec import MODEL, WorkerConfig
 from pipeline.training.session import Session, train_session
 from pipeline.training.step import forward_backward
-from pipeline.training.stop import StopWatch, random_state, set_random_state
+from pipeline.training.stop import CHECKPOINT, STOP, StopWatch, random_state, set_random_state
 from pipeline.training.subject import Subject, logits, model_subject, supernet_subject
 from pipeline.training.teacher import Teacher, load_teacher
 
@@ -77,9 +82,9 @@ class EpochSampler(DistributedSampler):
 @dataclasses.dataclass
 class Loaders:
     space: SearchSpace  # the task's space with the class count found in the data
-    train: DataLoader
-    sampler: EpochSampler
-    search: DataLoader  # this rank's shard of the search split
+    train: DataLoader | EpochStream
+    sampler: EpochSampler | EpochStream  # what sets the epoch's order and where a resumed epoch starts
+    search: DataLoader | list  # this rank's shard of the search split
     splits: dict[str, Any]  # the split plan's record (sizes, seed, fingerprints)
 
 
@@ -108,29 +113,36 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def build_loaders(task: Task, where: Session) -> Loaders:
-    """The training loader (DDP-sharded, augmented) and this rank's shard of the search split."""
+    """The training loader (DDP-sharded, augmented) and this rank's shard of the search split: a DataLoader in
+    this process, or Ray Data tasks anywhere on the cluster (``data.ingest``)."""
     tr = task.train
     pool, own_test = open_sources(task.data)
     plan = plan_from_settings(pool.labels, task.splits, has_own_test=own_test is not None)
     space = task.space(num_classes=len(pool.classes))
+    splits = splits_summary(pool, own_test, plan)
+    per_rank = tr.batch_size // where.world
+    if uses_ray_data(task.data):
+        cpus = task.data["ingest_cpus"]
+        spec = DecodeSpec.make(task.data, tr.augment)
+        stream = EpochStream(pool, plan.train, spec, tr.seed, where.world, where.rank, per_rank, cpus)
+        search = _ray_shard(pool, plan.search, task, where)
+        return Loaders(space, stream, stream, search, splits)
     train_set = SplitDataset(pool, plan.train, train_transform(task.data, tr.augment), "train")
     search_set = SplitDataset(pool, plan.search, eval_transform(task.data), "search")
     require_role(search_set, "search", "tracking scores during training")
-
     workers = task.data["loader_workers"]
     sampler = EpochSampler(
         train_set, num_replicas=where.world, rank=where.rank, shuffle=True, seed=tr.seed, drop_last=True
     )
     loader = DataLoader(
         train_set,
-        batch_size=tr.batch_size // where.world,
+        batch_size=per_rank,
         sampler=sampler,
         drop_last=True,
         num_workers=workers,
         pin_memory=where.device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    splits = plan.summary(len(own_test) if own_test is not None else None)
     search = _shard(search_set, tr.keeping.eval_batch_size, workers, where)
     return Loaders(space, where.prepare_loader(loader), sampler, search, splits)
 
@@ -141,15 +153,23 @@ def _shard(dataset: SplitDataset, batch_size: int, workers: int, where: Session)
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
 
 
-def test_loader(task: Task, where: Session) -> DataLoader:
+def _ray_shard(source: ImageSource, indices: np.ndarray, task: Task, where: Session) -> list:
+    """This rank's share of an evaluation split, decoded once by Ray Data tasks and kept here as batches."""
+    mine = np.asarray(indices)[where.rank :: where.world]
+    spec = DecodeSpec.make(task.data, None)
+    dataset = stream(source, mine, [-1] * len(mine), spec, task.data["ingest_cpus"])
+    return [(finish_images(x, spec), y) for x, y in TimedBatches(dataset, task.train.keeping.eval_batch_size, False)]
+
+
+def test_loader(task: Task, where: Session) -> Any:
     """This rank's shard of the test split: scored once, after the last epoch of a stand-alone model."""
     pool, own_test = open_sources(task.data)
-    transform = eval_transform(task.data)
-    if own_test is not None:
-        dataset = SplitDataset(own_test, None, transform, "test")
-    else:
-        plan = plan_from_settings(pool.labels, task.splits, has_own_test=False)
-        dataset = SplitDataset(pool, plan.test, transform, "test")
+    source, indices = (own_test, np.arange(len(own_test))) if own_test is not None else (pool, None)
+    if indices is None:
+        indices = plan_from_settings(pool.labels, task.splits, has_own_test=False).test
+    if uses_ray_data(task.data):
+        return _ray_shard(source, indices, task, where)
+    dataset = SplitDataset(source, indices, eval_transform(task.data), "test")
     return _shard(dataset, task.train.keeping.eval_batch_size, task.data["loader_workers"], where)
 
 
@@ -231,6 +251,8 @@ def resume_or_init(config: WorkerConfig, task: Task, training: Training, loaders
     """The run state: read from the checkpoint to continue from (counting a restart or a resume), or a new one."""
     restart, newest = start_point(config, where)
     checkpoint = _resume_checkpoint(where, newest)
+    if checkpoint is None and restart and where.rank == 0:
+        say(f"[{config.phase}] workers restarted after a failure, before the first checkpoint: starting over")
     if checkpoint is None:
         return {
             "epoch": 0,
@@ -330,7 +352,8 @@ def train_one_epoch(
     batches = iter(loaders.train)  # its creation draws from torch's random stream: the stopped run's state after it
     if partial and len(partial["random"]) == where.world:
         set_random_state(partial["random"][where.rank])
-    for step, batch in enumerate(batches, start=first):
+    waited = [0.0]
+    for step, batch in enumerate(waiting(batches, waited), start=first):
         loss, count = train_step(net, training, tr, training.subject.step_architectures(epoch, step), batch, where)
         state["global_step"] += 1
         training.scheduler.step_update(state["global_step"])
@@ -339,12 +362,19 @@ def train_one_epoch(
         every = tr.keeping.log_every_steps
         if every and where.rank == 0 and (step + 1) % every == 0:
             say(f"[{phase}] epoch {epoch + 1} step {step + 1}/{steps} loss {loss.item():.4f}")
-        if watch.requested(where.device):
+        asked = watch.requested(where.device)
+        if asked == STOP:
             state["partial"] = _stopped_at(epoch, step + 1, totals, start, where)
             return None
+        if asked == CHECKPOINT:
+            checkpoint_on_notice(
+                training, state, _stopped_at(epoch, step + 1, totals, start, where), where, phase, watch
+            )
     _all_reduce(totals)
     train_time = _elapsed(start, where)
+    wait = torch.tensor([waited[0]], dtype=torch.float64, device=where.device)
     return {
+        "data_wait": float(_all_reduce(wait, dist.ReduceOp.MAX).item()) / max(train_time, 1e-9),
         "epoch": epoch + 1,
         "train_loss": float(totals[0] / max(totals[1], 1)),
         "lr": float(training.optimizer.param_groups[0]["lr"]),
@@ -381,6 +411,25 @@ def _stopped_at(epoch: int, step: int, totals: torch.Tensor, start: float, where
     return {"epoch": epoch, "step": step, "totals": summed.tolist(), "elapsed": elapsed, "random": states}
 
 
+def checkpoint_on_notice(
+    training: Training, state: dict[str, Any], at: dict[str, Any], where: Session, phase: str, watch: StopWatch
+) -> None:
+    """Ray's preemption notice: a checkpoint at this step (as a stopped run's), then training goes on; when the
+    node goes, Ray Train restarts the workers from here."""
+    if where.rank == 0:
+        info = watch.preemption
+        deadline = getattr(info, "deadline_ms", None)
+        left = f" (it goes in {max(0.0, deadline / 1000 - time.time()):.0f} s)" if deadline else ""
+        nodes = ", ".join(getattr(info, "preempted_node_ids", []) or []) or "?"
+        say(
+            f"[{phase}] preemption notice for node {nodes}{left}: checkpoint at epoch {at['epoch'] + 1}, step "
+            f"{at['step']}; training goes on, and continues from there on other nodes once it is gone"
+        )
+    state["partial"] = at
+    save_checkpoint(training, state, {"epoch": at["epoch"], "step": at["step"], "restarts": state["restarts"]}, where)
+    del state["partial"]
+
+
 def split_scores(training: Training, arch: Any, batches: DataLoader, where: Session) -> dict[str, float]:
     """Top-1, top-5, loss and image count of one architecture (or the model) on a split, summed over ranks."""
     model = training.subject.model
@@ -399,17 +448,30 @@ def evaluate_tracked(training: Training, loaders: Loaders, where: Session) -> di
     }
 
 
-def print_epoch(metrics: dict[str, Any], epochs: int, subject: Subject, phase: str) -> None:
+def print_epoch(metrics: dict[str, Any], epochs: int, subject: Subject, phase: str, note: str = "") -> None:
     head = (
         f"[{phase}] epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  "
-        f"{metrics['images_per_s']:.0f} img/s  search top-1: "
+        f"{metrics['images_per_s']:.0f} img/s  {_waiting(metrics)}search top-1: "
     )
     if subject.kind == MODEL:
         say(head + f"{metrics['search_top1/model']:.3f}")
         return
     sampled = [metrics[f"search_top1/{n}"] for n, _ in subject.tracked[2:]]
     spread = f"  subnets {statistics.mean(sampled):.3f}" if sampled else ""
-    say(head + f"smallest {metrics['search_top1/smallest']:.3f}  largest {metrics['search_top1/largest']:.3f}{spread}")
+    note = f"  {note}" if note else ""
+    say(
+        head
+        + f"smallest {metrics['search_top1/smallest']:.3f}  largest {metrics['search_top1/largest']:.3f}{spread}{note}"
+    )
+
+
+DATA_WAIT_SHOWN = 0.05  # the epoch line says how long the slowest worker waited for data from this share on
+
+
+def _waiting(metrics: dict[str, Any]) -> str:
+    """``data wait 35%  `` when the workers waited for images (more CPU nodes, or loader workers, would help)."""
+    share = metrics.get("data_wait", 0.0)
+    return f"data wait {share:.0%}  " if share >= DATA_WAIT_SHOWN else ""
 
 
 def final_scores(training: Training, task: Task, loaders: Loaders, where: Session) -> dict[str, Any]:
@@ -436,15 +498,18 @@ def run_training(config: WorkerConfig, where: Session) -> dict[str, Any]:
     subject = build_subject(config, task, loaders.space)
     training = build_training(task, subject, where, len(loaders.train))
     state = resume_or_init(config, task, training, loaders, where)
+    probe = start_probe(config, task, loaders, state)
     state["nodes"] = rank_nodes(where)  # where this attempt's ranks run (the last attempt's, after a restart)
     net = where.prepare_model(subject.model, subject.unused_parameters)
     plan = config.tracking if where.rank == 0 else None
     recorded = state.get("tracking", {})
-    watch = StopWatch(config.run, where.rank, where.world)
+    watch = StopWatch(config.run, where.rank, where.world, notice=where.preemption)
     with open_trackers(plan, tracking_params(config, where), recorded, phase) as trackers:
         state["tracking"] = {**recorded, **trackers.ids}  # a resumed run continues the same tracking runs
         for epoch in range(state["epoch"], task.train.epochs):
-            if not run_epoch(config, net, training, loaders, epoch, state, where, trackers, watch):
+            if stable(probe, history(state)):  # the stop rule ended this run before: nothing more to train
+                break
+            if not run_epoch(config, net, training, loaders, epoch, state, where, trackers, watch, probe):
                 break
     watch.close()
     return state
@@ -460,10 +525,12 @@ def run_epoch(
     where: Session,
     trackers: Any,
     watch: StopWatch,
+    probe: Probe | None = None,
 ) -> bool:
-    """One epoch: train, score the tracked subnets (or the model; its test split after the last epoch), print
-    the epoch line, log to the trackers, and checkpoint every ``checkpoint_every`` epochs and at the end. False
-    when the driver asked the run to stop: it is checkpointed where it stopped, mid-epoch."""
+    """One epoch: train, score the tracked subnets (or the model; its test split after the last epoch) and the
+    probe when due, print the epoch line, log to the trackers, and checkpoint every ``checkpoint_every`` epochs
+    and at the end. False when the run ends here: the driver asked it to stop (it is checkpointed where it
+    stopped, mid-epoch), or the probe's stop rule holds (checkpointed as a last epoch)."""
     task, phase, subject = config.task, config.phase, training.subject
     epochs = task.train.epochs
     if epoch == fault_parameter("train_exit_at_epoch") and where.rank == where.world - 1 and claim_fault():
@@ -476,12 +543,20 @@ def run_epoch(
         save_checkpoint(training, state, stopped, where)
         return False
     metrics.update(evaluate_tracked(training, loaders, where))
+    evaluation = probe and evaluate_probe(probe, state, epoch + 1, epochs, probe_scorer(training, loaders, where))
+    stop = bool(evaluation) and stable(probe, history(state))
     state["epoch"] = epoch + 1
     state["history"].append(metrics)
     metrics.update(restarts=state["restarts"], resumes=state["resumes"], **config.extra_metrics)
+    metrics.update(probe_metrics(evaluation))
     if where.rank == 0:
-        print_epoch(metrics, epochs, subject, phase)
-    last = epoch + 1 == epochs
+        print_epoch(metrics, epochs, subject, phase, epoch_note(evaluation) if evaluation else "")
+        if stop:
+            say(f"[{phase}] the probe ranking is stable (stop_when_stable {list(probe.rule)}): training ends after "
+                f"epoch {epoch + 1} of {epochs}")  # fmt: skip
+    last = epoch + 1 == epochs or stop
+    if stop:
+        state["stopped_early"] = epoch + 1  # what the driver tells from an interrupted run
     if last and subject.kind == MODEL:
         state["final"] = final_scores(training, task, loaders, where)
         metrics.update(search_top1=state["final"]["search"]["top1"], test_top1=state["final"]["test"]["top1"])
@@ -491,7 +566,39 @@ def run_epoch(
     # Between checkpoints nothing is reported to Ray: its controller takes reports on a ~2 s tick through a
     # one-slot queue, so a report every (short) epoch would stall training. The console line, the trackers rank 0
     # logs to (--log) and the run's own history (in every checkpoint and in the export) carry the per-epoch metrics.
-    return True
+    return not stop
+
+
+def start_probe(config: WorkerConfig, task: Task, loaders: Loaders, state: dict[str, Any]) -> Probe | None:
+    """A supernet run's probe, its record in the state (kept across restarts and resumes: the same architectures
+    from the task's seed; only how often may change)."""
+    if config.subject.kind == MODEL:
+        return None
+    probe = build_probe(task, loaders.space, loaders.splits["search"]["size"], loaders.splits["train"]["size"])
+    if probe is None:
+        return None
+    kept = state.get("probe")
+    if kept is None or kept["archs"] != [a.key for a in probe.archs]:
+        state["probe"] = probe.record(loaders.space)
+    else:
+        kept["every"] = probe.every
+    return probe
+
+
+def probe_scorer(training: Training, loaders: Loaders, where: Session) -> Callable[[Architecture], tuple[float, int]]:
+    def score(arch: Architecture) -> tuple[float, int]:
+        scores = split_scores(training, arch, loaders.search, where)
+        return scores["top1"], scores["count"]
+
+    return score
+
+
+def probe_metrics(evaluation: Evaluation | None) -> dict[str, float]:
+    """The probe's numbers for the trackers (what is undefined is left out: trackers take numbers)."""
+    if not evaluation:
+        return {}
+    values = {"probe_tau": evaluation.tau, "probe_spread": evaluation.spread()}
+    return {k: v for k, v in values.items() if v == v}
 
 
 def tracking_params(config: WorkerConfig, where: Session) -> dict[str, Any]:
@@ -525,4 +632,10 @@ def train_loop_per_worker(config: dict[str, WorkerConfig]) -> None:
     # A supernet step leaves most parameters unused, so DDP must look for them; the step that samples the
     # largest subnet uses all, and DDP warns about that every time: expected here, not a problem.
     warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
-    run_training(config["worker"], train_session())
+    try:
+        run_training(config["worker"], train_session())
+    except Exception as exc:
+        line = fatal_line(exc)
+        if line is None:
+            raise
+        raise FatalTrainingError(line) from None  # one line: the driver ends the run without a restart
