@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.core.arch import Architecture
 from pipeline.core.latency_model import LatencyModel
+from pipeline.core.shortlist import shortlist
 from pipeline.core.task import Task
 from pipeline.fidelity.experiment import PLAN_FILE, read_plan
 from pipeline.fidelity.report import FidelityRequest, run_fidelity_report
@@ -26,6 +27,7 @@ from pipeline.model.supernet_dir import (
     EXPORT_DIR,
     trained_supernet_config,
 )
+from pipeline.rerank.launch import Reranked, RerankRequest, rerank
 from pipeline.results.fidelity import FIDELITY_FILE, fidelity_rows, read_fidelity, write_fidelity
 from pipeline.results.report import SearchReport, write_report
 from pipeline.results.tables import PARETO_FILE, read_table
@@ -46,6 +48,7 @@ class SearchRun:
     report: SearchReport
     search_s: float  # checks, evaluator start-up and the Tune run
     export_s: float  # export, test scoring and the result files
+    rerank_s: float = 0.0  # fine-tuning and re-scoring the shortlist (search.rerank_top)
 
 
 @dataclasses.dataclass
@@ -91,14 +94,35 @@ def _search_and_report(
         f"[search] done: {evaluated} candidates in {search_s:.1f} s ({evaluated / max(search_s, 1e-9):.1f}/s; "
         f"evaluation compute {compute:.1f} s on {len(outcome.evaluators)} evaluator(s){replaced})"
     )
+    reranked = rerank_shortlist(task, supernet, settings, resources, outcome)
     start = time.perf_counter()
     with exported_latency(settings, outcome) as measure:
         report = write_report(
-            outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, resources.gpu, measure
-        )
+            outcome.run_path, outcome.records, outcome.metadata(supernet), task, supernet, resources.gpu, measure,
+            reranked,
+        )  # fmt: skip
     export_s = time.perf_counter() - start
     say(f"[export] done in {export_s:.1f} s")
-    return SearchRun(outcome, report, search_s, export_s)
+    return SearchRun(outcome, report, search_s, export_s, reranked.wall_s if reranked else 0.0)
+
+
+def rerank_shortlist(
+    task: Task, supernet: str, settings: SearchSettings, resources: EvaluatorResources, outcome: SearchOutcome
+) -> Reranked | None:
+    """With ``search.rerank_top``: the shortlist fine-tuned and scored again (None when it is off or empty)."""
+    if not settings.rerank.on:
+        return None
+    picked = shortlist(outcome.records, settings.strategy.objective, settings.rerank.rerank_top)
+    if not picked:
+        say("[rerank] no candidate satisfied the constraints: nothing to re-rank")
+        return None
+    request = RerankRequest(
+        task, supernet, picked, outcome.space.fixed_parts(), settings.rerank.rerank_top,
+        settings.rerank.rerank_steps, resources.cpus, resources.gpu,
+    )  # fmt: skip
+    done = rerank(request, outcome.run_path)
+    say(f"[rerank] done: {len(done.scores)} candidate(s) in {done.wall_s:.1f} s")
+    return done
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ RANK = {
     "search": 3,
     "latency": 3,
     "fidelity": 3.5,  # a phase built on training (it trains stand-alone models in its trials)
+    "rerank": 3.5,  # a phase built on training (its trials fine-tune a search's shortlist)
     "results": 4,
     "run": 5,
     "api": 5,

@@ -19,7 +19,13 @@ MAX_README_LINES = 250
 
 # The reference moved out of the README: page -> the sections it holds (each was a README section).
 REFERENCE_PAGES = {
-    "search.md": ["Search", "Outputs", "How sure is a score?", "Export and evaluate one architecture"],
+    "search.md": [
+        "Search",
+        "Outputs",
+        "How sure is a score?",
+        "Re-ranking the shortlist",
+        "Export and evaluate one architecture",
+    ],
     "training.md": [
         "Training a supernet",
         "Better subnets: the sandwich rule, in-place distillation, a teacher",

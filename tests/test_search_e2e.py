@@ -180,3 +180,54 @@ def test_an_impossible_timed_latency_limit_writes_nothing(supernet: Path, tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "max_latency_ms 1e-06: even the smallest architecture of search space 'digits' takes" in out.stderr
     assert not (tmp_path / "runs").exists()  # the evaluators timed it before the run was recorded
+
+
+def test_a_finished_search_is_re_ranked_and_picks_on_the_re_ranked_scores(
+    supernet: Path, tmp_path: Path, finished_search
+) -> None:
+    """search.rerank_top on a finished search (a copy of the shared one): the shortlist is fine-tuned a few steps
+    each, its re-ranked scores are recorded beside the inherited ones, the picks and exported models come from
+    them (with the fine-tuned weights), and the same command again resumes the re-ranking instead of redoing it."""
+    import shutil
+
+    import torch
+    from conftest import FINISHED_SEARCH, run_cli
+
+    from pipeline.core.arch import Architecture
+    from pipeline.model.supernet_dir import load_supernet
+
+    storage, out = finished_search
+    _ok(out)
+    shutil.copytree(storage / "whole", tmp_path / "whole")
+    command = ["search", "digits", "--supernet", str(supernet), "--storage", str(tmp_path), "--name", "whole"]
+    command += ["--resume", *FINISHED_SEARCH, "--rerank-top", "3", "--rerank-steps", "4"]
+    out = run_cli(*command)
+    _ok(out)
+    assert "[rerank] fine-tuning 3 shortlisted candidate(s), 4 steps each" in out.stdout
+    assert out.stdout.count("after 4 steps") >= 3 and "re-ranked" in out.stdout
+    run = tmp_path / "whole"
+    df = pq.read_table(run / "candidates.parquet").to_pandas()
+    reranked = df[df.rerank_top1.notna()]
+    assert len(reranked) == 3 and (reranked.rerank_steps == 4).all()
+    best_inherited = df.sort_values(["top1", "params", "key"], ascending=[False, True, True]).key.iloc[0]
+    assert best_inherited in set(reranked.key)
+    assert (
+        (reranked.rerank_top1_low <= reranked.rerank_top1) & (reranked.rerank_top1 <= reranked.rerank_top1_high)
+    ).all()
+    front = pq.read_table(run / "pareto.parquet").to_pandas().sort_values("rank")
+    assert set(front.key) <= set(reranked.key)  # picked among the re-ranked only, ranked on their new scores
+    assert list(front.rerank_top1) == sorted(front.rerank_top1, reverse=True)
+    supernet_model, _ = load_supernet(supernet)
+    exported = front[front.model_dir.notna()]
+    assert len(exported) >= 1
+    for _, row in exported.iterrows():
+        model, config = load_model(row.model_dir)
+        meta = config["metadata"]
+        assert "re-ranked" in meta["source"] and meta["rerank"]["top1"] == row.rerank_top1
+        inherited = supernet_model.extract(Architecture.from_json(row.architecture)).state_dict()
+        assert any(not torch.equal(v, inherited[k]) for k, v in model.state_dict().items())  # fine-tuned weights
+    again = run_cli(*command)
+    _ok(again)
+    assert "[rerank] resuming 3 shortlisted" in again.stdout and "after 4 steps" not in again.stdout
+    df2 = pq.read_table(run / "candidates.parquet").to_pandas()
+    assert df2.rerank_top1.fillna(-1).tolist() == df.rerank_top1.fillna(-1).tolist()

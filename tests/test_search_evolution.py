@@ -30,7 +30,7 @@ from pipeline.search.evolution import (
     mutate,
     ranked,
 )
-from pipeline.search.settings import PARTS, SearchSettings
+from pipeline.search.settings import PARTS, Rerank, SearchSettings
 from pipeline.shared.errors import UserError
 
 SPACES = ["digits", "autoformer-tiny", "autoformer-base"]
@@ -259,7 +259,7 @@ def test_settings_are_checked() -> None:
 def test_search_settings_hold_each_key_of_the_search_section_once() -> None:
     """One typed model: the strategy's part, the constraints' part and the evaluation sizes split the section's
     keys between them, and carry the task's values (shares capped to fit a small population)."""
-    parts = [dataclasses.fields(Settings), dataclasses.fields(Constraints)]
+    parts = [dataclasses.fields(Settings), dataclasses.fields(Constraints), dataclasses.fields(Rerank)]
     own = [f for f in dataclasses.fields(SearchSettings) if f.name not in PARTS]
     names = [f.name for fields in (*parts, own) for f in fields]
     assert sorted(names) == sorted(SCHEMA["search"])  # every key, none twice

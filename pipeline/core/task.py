@@ -94,6 +94,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Spec]]] = {
         # a file from 'autoformer latency build': predicted latency for max_latency_ms and the latency Pareto cost
         "latency_model": (None, optional(text())),
         "seed": (0, integer(0)),
+        # After the search: the rerank_top best candidates (with the best's ties and a pareto front) fine-tuned
+        # rerank_steps steps each from inherited weights with the finetune recipe, then picked on those scores
+        "rerank_top": (0, integer(0)),
+        "rerank_steps": (100, integer(1)),
     },
 }
 # The recipes of 'autoformer retrain' (a found architecture trained from scratch, the paper's Table 4 "retrain")

@@ -8,19 +8,22 @@ scores are bit-identical to evaluating through the DataLoader.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.core.agreement import wilson_interval
 from pipeline.core.task import Task
 from pipeline.data.sources import open_sources
 from pipeline.data.splits import SplitDataset, plan_from_settings, require_role, splits_summary
 from pipeline.data.transforms import eval_transform
 from pipeline.shared.errors import UserError
-from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
+from pipeline.shared.metrics import autocast_factory, evaluate_hits, evaluate_sums, finish
 
 
 @dataclasses.dataclass
@@ -127,3 +130,19 @@ def score(
     batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)
     model = model.to(device).eval()
     return finish(evaluate_sums(lambda x, _: model(x), None, batches, device, autocast_factory(device)()))
+
+
+def paired_scores(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, Any]:
+    """A candidate's search-split scores as its record holds them: top-1 with its 95 % Wilson interval, top-5,
+    loss, the image count, and the per-image top-1 hits (``numpy.packbits`` as hex) that paired comparisons
+    between candidates scored on the same images need."""
+    sums, hits = evaluate_hits(lambda images, _: model(images), None, batches, device, autocast)
+    count = int(sums[3].item())
+    low, high = wilson_interval(sums[0].item(), count)
+    packed = np.packbits(hits.numpy()).tobytes().hex()
+    return {**finish(sums), "top1_low": low, "top1_high": high, "images": count, "hits": packed}

@@ -4,13 +4,16 @@ Genes are columns (embed dim, depth, per-layer heads and MLP ratios as lists) be
 so the tables can be filtered in pandas without parsing, and any row can be fed back to ``autoformer export``.
 Every search score carries its 95 % interval (``top1_low``/``top1_high``) and the per-image hits behind it
 (``hits``: ``numpy.unpackbits`` gives one bit per search image), so any two candidates can be compared paired;
-``tied_with_best`` marks those McNemar's exact test cannot tell from the best.
+``tied_with_best`` marks those McNemar's exact test cannot tell from the best. A re-ranked search
+(``search.rerank_top``) adds each shortlisted candidate's score after a short fine-tune (``rerank_top1`` with
+its interval, and the steps); its fronts, ranks and ties are then taken on those scores among the shortlist.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +49,11 @@ CANDIDATE_SCHEMA = pa.schema(
         ("search_images", pa.int64()),
         ("hits", pa.binary()),
         ("tied_with_best", pa.bool_()),
+        # re-ranked (search.rerank_top): search top-1 after rerank_steps steps of fine-tuning from inherited weights
+        ("rerank_top1", pa.float64()),
+        ("rerank_top1_low", pa.float64()),
+        ("rerank_top1_high", pa.float64()),
+        ("rerank_steps", pa.int32()),
         ("top5", pa.float64()),
         ("loss", pa.float64()),
         ("status", pa.string()),
@@ -96,6 +104,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "search_images": record.get("images", 0),
         "hits": bytes.fromhex(record.get("hits") or ""),
         "tied_with_best": bool(record.get("tied_with_best", False)),
+        **_rerank_fields(record.get("rerank")),
         "top5": record["top5"],
         "loss": record["loss"],
         "status": record["status"],
@@ -106,6 +115,23 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "evaluator": str(record.get("evaluator", "")),
         "node": str(record.get("node", "")),
         "eval_s": record["eval_s"],
+    }
+
+
+def _rerank_fields(rerank: dict[str, Any] | None) -> dict[str, Any]:
+    """A record's re-ranked columns: NaN and null where it was not re-ranked."""
+    if rerank is None:
+        return {
+            "rerank_top1": math.nan,
+            "rerank_top1_low": math.nan,
+            "rerank_top1_high": math.nan,
+            "rerank_steps": None,
+        }
+    return {
+        "rerank_top1": rerank["top1"],
+        "rerank_top1_low": rerank["top1_low"],
+        "rerank_top1_high": rerank["top1_high"],
+        "rerank_steps": rerank["steps"],
     }
 
 

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.agreement import wilson_interval
 from pipeline.core.arch import Architecture
-from pipeline.data.arrays import channel_stats, normalize, normalized_batches
+from pipeline.data.arrays import channel_stats, normalize, normalized_batches, paired_scores
 from pipeline.model.supernet_dir import build_supernet
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
-from pipeline.shared.metrics import autocast_factory, evaluate_hits, finish
+from pipeline.shared.metrics import autocast_factory
 from pipeline.shared.timing import median_ms
 
 LATENCY_REPEAT_S = 0.01  # timed seconds one of search.latency_repeats buys (see Evaluator.latency_ms)
@@ -122,11 +121,7 @@ class Evaluator:
             out.update(status="over_latency", top1=float("nan"), top5=float("nan"), loss=float("nan"))
         else:
             batches = normalized_batches(self.images, self.labels, self.mean, self.std, self.batch_size)
-            sums, hits = evaluate_hits(lambda images, _: static(images), None, batches, self.device, self.autocast())
-            scores = finish(sums)
-            low, high = wilson_interval(sums[0].item(), int(sums[3].item()))
-            packed = np.packbits(hits.numpy()).tobytes().hex()
-            out.update(status="ok", top1_low=low, top1_high=high, images=int(sums[3].item()), hits=packed, **scores)
+            out.update(status="ok", **paired_scores(static, batches, self.device, self.autocast()))
         self._sync()
         out["eval_s"] = time.perf_counter() - start
         return out

@@ -40,7 +40,7 @@ from pipeline.search.preflight import (
     check_search_split,
     check_task_matches,
 )
-from pipeline.search.settings import EvaluatorResources, SearchSettings
+from pipeline.search.settings import EvaluatorResources, Rerank, SearchSettings
 from pipeline.shared.cluster import check_resources, connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
@@ -73,6 +73,7 @@ class SearchOutcome:
         }
 
 
+RERANK_KEYS = {f.name for f in dataclasses.fields(Rerank)}  # after the search: a finished search may be re-ranked
 SETTINGS_FILE = "search-settings.json"  # a search run's settings, fixed when it starts
 # What may differ when a search is resumed: more generations extend it; ``extensions`` records those extensions.
 RESUME_RULES = Rules(ignored=("extensions",), may_grow=("search.generations",))
@@ -83,7 +84,7 @@ def recorded_settings(settings: SearchSettings, supernet: str) -> dict[str, Any]
     """What fixes a search's results (as JSON values): a resumed run must have exactly these."""
     record = {
         "supernet": supernet if is_uri(supernet) else str(Path(supernet).resolve()),
-        **{f"search.{k}": v for k, v in settings.to_section().items()},
+        **{f"search.{k}": v for k, v in settings.to_section().items() if k not in RERANK_KEYS},
     }
     return json.loads(json.dumps(record))
 

@@ -20,7 +20,21 @@ from pipeline.search.constraints import Constraints
 from pipeline.search.evolution import Settings
 from pipeline.shared.errors import UserError
 
-PARTS = ("strategy", "constraints")  # the nested parts of SearchSettings; its other fields are keys themselves
+PARTS = ("strategy", "constraints", "rerank")  # the nested parts of SearchSettings; its other fields are keys
+
+
+@dataclasses.dataclass(frozen=True)
+class Rerank:
+    """Re-ranking the shortlist after the search: the ``rerank_top`` best candidates (and ties, and the front)
+    fine-tuned ``rerank_steps`` steps each from their inherited weights; off at ``rerank_top`` 0. It does not
+    change which candidates the search evaluates, so a finished search can be re-ranked with other values."""
+
+    rerank_top: int
+    rerank_steps: int
+
+    @property
+    def on(self) -> bool:
+        return self.rerank_top > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +43,7 @@ class SearchSettings:
 
     strategy: Settings
     constraints: Constraints
+    rerank: Rerank
     batch_size: int  # images per forward pass when scoring
     latency_batch: int  # images per timed forward pass
     latency_repeats: int  # how long a candidate is timed: 10 ms of blocked_autorange each (the median counts)
@@ -51,13 +66,15 @@ class SearchSettings:
             "crossovers": min(s["crossovers"], population - mutations),
         }
         own = {f.name: s[f.name] for f in dataclasses.fields(cls) if f.name not in PARTS}
-        return cls(Settings(**{**_keys_of(Settings, s), **shares}), Constraints(**_keys_of(Constraints, s)), **own)
+        strategy = Settings(**{**_keys_of(Settings, s), **shares})
+        return cls(strategy, Constraints(**_keys_of(Constraints, s)), Rerank(**_keys_of(Rerank, s)), **own)
 
     def to_section(self) -> dict[str, Any]:
         """Every key of the search section with the value this search runs with (the capped shares included),
         as a run records it."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PARTS}
-        return {**dataclasses.asdict(self.strategy), **self.constraints.to_dict(), **own}
+        rerank = dataclasses.asdict(self.rerank)
+        return {**dataclasses.asdict(self.strategy), **self.constraints.to_dict(), **rerank, **own}
 
 
 def _keys_of(part: type, section: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import CosineLRScheduler, create_scheduler_v2
 from torch import nn
 
 from pipeline.core.training_settings import TrainSettings
@@ -39,6 +39,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSettings, step
         updates_per_epoch=steps_per_epoch,
     )
     return scheduler
+
+
+def build_step_scheduler(optimizer: torch.optim.Optimizer, train: TrainSettings, steps: int) -> CosineLRScheduler:
+    """The recipe's schedule compressed into ``steps`` optimizer steps (a short fine-tune): the warm-up takes the
+    recipe's share of them (warmup_epochs of epochs), then cosine decay to ``min_lr``; ``step_update(step)``."""
+    warmup = round(steps * train.optim.warmup_epochs / max(train.epochs, 1))
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=steps,
+        lr_min=train.optim.min_lr,
+        warmup_t=min(warmup, steps - 1),
+        warmup_lr_init=train.optim.warmup_lr,
+        t_in_epochs=False,
+    )
 
 
 def build_mixup(train: TrainSettings, num_classes: int) -> Mixup | None:

@@ -342,7 +342,7 @@ def train_one_epoch(
     tr = task.train
     partial = state.pop("partial", None)
     partial = partial if partial and partial["epoch"] == epoch else None
-    first = _start_epoch(tr, loaders, epoch, partial, where)
+    first = start_epoch(tr, loaders, epoch, partial, where)
     net.train()
     start = time.perf_counter() - (partial["elapsed"] if partial else 0.0)
     totals = torch.zeros(2, dtype=torch.float64, device=where.device)
@@ -383,7 +383,7 @@ def train_one_epoch(
     }
 
 
-def _start_epoch(tr: TrainSettings, loaders: Loaders, epoch: int, partial: dict | None, where: Session) -> int:
+def start_epoch(tr: TrainSettings, loaders: Loaders, epoch: int, partial: dict | None, where: Session) -> int:
     """Seed the epoch (data order, augmentation, Mixup, DropPath); when resuming a stopped epoch, skip the batches
     it trained. The first step's index."""
     _seed_epoch(tr.seed, epoch, where.rank)
