@@ -204,6 +204,7 @@ def fidelity_report(
     seed: int = 0,
     standalone: str | None = None,
     seeds: int = 1,
+    rerank_steps: Sequence[int] = (),
 ) -> FidelityRun:
     """Inherited against stand-alone top-1 for ``archs`` architectures (default 16) spread over the supernet's size
     range (plus the Pareto front of a search's ``candidates`` run), as a resumable Tune experiment; writes
@@ -211,13 +212,15 @@ def fidelity_report(
     fidelity run of the same task and retrain recipe), its architectures and stand-alone scores are reused and
     only this supernet's inherited scores are computed: minutes instead of hours, and one ground truth for every
     supernet compared against it. ``seeds`` 2 trains each architecture twice (the task's seed and the next): the
-    two trainings' tau against each other is the ceiling any supernet's ranking can reach."""
+    two trainings' tau against each other is the ceiling any supernet's ranking can reach. ``rerank_steps`` also
+    scores each architecture after those fine-tuning steps from its inherited weights (re-ranking's scores), each
+    count with its tau against stand-alone."""
     start = time.perf_counter()
     supernet = absolute(supernet)  # the trials run in directories of their own
     front = tuple(_front_architectures(candidates)) if candidates is not None else ()
     request = FidelityRequest(
         supernet, archs, front, _earlier_report(standalone) if standalone else None, storage, name,
-        tuple(overrides or ()), cpus_per_trial, gpu, seed, seeds,
+        tuple(overrides or ()), cpus_per_trial, gpu, seed, seeds, tuple(rerank_steps),
     )  # fmt: skip
     done = run_fidelity_report(request)
     rows = fidelity_rows(done.results)

@@ -334,26 +334,34 @@ def test_fidelity_with_the_stand_alone_scores_of_an_earlier_run(
 @pytest.mark.slow
 def test_fidelity_with_two_seeds_reports_the_ceiling(tmp_path: Path, digits_supernet: Path, capsys) -> None:
     """``--seeds 2``: each architecture trained twice (the task's seed and the next); the report gives the two
-    trainings' tau against each other, the ceiling, beside inherited against stand-alone; the plan records the
-    seeds (one seed on the same name is refused) and ``--seeds 0`` is one line before anything is written."""
+    trainings' tau against each other, the ceiling, beside inherited against stand-alone; ``--rerank-steps``
+    adds each architecture's score after those fine-tuning steps from inherited weights, with its tau; the plan
+    records both (other values on the same name are refused) and ``--seeds 0`` is one line before anything is
+    written."""
     runs = tmp_path / "runs"
     command = [
         "fidelity", "--supernet", str(digits_supernet), "--archs", "3", "--seeds", "2", "--storage", str(runs),
         "--name", "two", "--cpus-per-trial", "0.5", "--set", "retrain.epochs=1", "--set", "retrain.warmup_epochs=0",
+        "--rerank-steps", "2", "5",
     ]  # fmt: skip
     out = _cli(*command)
     _ok(out)
     assert (out.stdout + out.stderr).count("epoch 1/1") == 6 and "with 2 seeds" in out.stdout
     assert "s-a seed 2" in out.stdout and "ceiling" in out.stdout
+    assert "rr 2" in out.stdout and "rr 5" in out.stdout and "re-ranked after 5 steps" in out.stdout
+    assert (out.stdout + out.stderr).count("re-ranked: search top-1") == 6  # 3 architectures x 2 step counts
     table = pq.read_table(runs / "two" / "fidelity.parquet").to_pylist()
     assert len(table) == 3
     for r in table:
         seeds = r["standalone_search_top1_by_seed"]
         assert len(seeds) == 2 and seeds[0] == r["standalone_search_top1"] and 0 <= seeds[1] <= 1
         assert r["standalone_test_top1_by_seed"][0] == r["standalone_test_top1"]
+        assert r["rerank_steps"] == [2, 5] and all(0 <= v <= 1 for v in r["rerank_search_top1"])
     summary = json.loads((runs / "two" / "fidelity.json").read_text())
     assert summary["seeds"] == 2 and summary["ceiling_architectures"] == 3 and "ceiling_tau" in summary
+    assert [e["steps"] for e in summary["rerank"]] == [2, 5] and summary["rerank"][1]["architectures"] == 3
     _refused(_cli(*command[:6], "1", *command[7:]), "was made with seeds = 2 (now 1)")
+    _refused(_cli(*command[:-1]), "rerank_steps")
 
     from pipeline.cli.main import main
 

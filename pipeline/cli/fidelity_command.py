@@ -50,8 +50,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="stand-alone trainings per architecture (default 1); 2 also reports the ceiling: the two trainings' "
         "Kendall tau against each other",
     )
+    p.add_argument(
+        "--rerank-steps",
+        type=positive_int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also score each architecture after N fine-tuning steps from its inherited weights (the finetune "
+        "recipe; what 'search --rerank-top' does), one column and one tau per N, e.g. --rerank-steps 50 100 200",
+    )
     add_set_option(p, "retrain.epochs=30")
     p.set_defaults(func=cmd_fidelity)
+
+
+def print_rows(rows: list[dict], rerank_steps: list[int]) -> None:
+    """One line per architecture: inherited, re-ranked after each step count, stand-alone (each seed), test."""
+    seeds = max((len(r["standalone_search_top1_by_seed"] or []) for r in rows), default=1)
+    others = "".join(f"  {f's-a seed {i + 1}':>10}" for i in range(1, seeds))
+    reranked = "".join(f"  {f'rr {n}':>8}" for n in rerank_steps)
+    print(
+        f"{'params':>8} {'picked':>8}  {'inherited':>9}{reranked}  {'stand-alone':>11}{others}  {'test inh.':>9}  "
+        f"{'test s-a':>8}  key"
+    )
+    for r in rows:
+        again = "".join(f"  {v:>10.4f}" for v in (r["standalone_search_top1_by_seed"] or [])[1:])
+        scores = list(r["rerank_search_top1"] or [])
+        tuned = "".join(f"  {scores[i]:>8.4f}" if i < len(scores) else f"  {'-':>8}" for i in range(len(rerank_steps)))
+        print(
+            f"{si(r['params']):>8} {r['picked']:>8}  {r['inherited_search_top1']:>9.4f}{tuned}  "
+            f"{r['standalone_search_top1']:>11.4f}{again}  {r['inherited_test_top1']:>9.4f}  "
+            f"{r['standalone_test_top1']:>8.4f}  {r['key']}"
+        )
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
@@ -64,6 +93,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise UserError("--standalone takes its run's architectures: leave out --archs and --candidates")
     if args.standalone is not None and args.seeds != 1:
         raise UserError("--standalone takes its run's stand-alone trainings, with their seeds: leave out --seeds")
+    if args.standalone is not None and args.rerank_steps:
+        raise UserError("--rerank-steps fine-tunes in the experiment's trials: leave out --standalone")
     run = fidelity_report(
         args.supernet,
         archs=args.archs,
@@ -76,20 +107,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         seed=args.seed,
         standalone=args.standalone,
         seeds=args.seeds,
+        rerank_steps=args.rerank_steps,
     )
-    seeds = max((len(r["standalone_search_top1_by_seed"] or []) for r in run.rows), default=1)
-    others = "".join(f"  {f's-a seed {i + 1}':>10}" for i in range(1, seeds))
-    print(
-        f"{'params':>8} {'picked':>8}  {'inherited':>9}  {'stand-alone':>11}{others}  {'test inh.':>9}  "
-        f"{'test s-a':>8}  key"
-    )
-    for r in run.rows:
-        again = "".join(f"  {v:>10.4f}" for v in (r["standalone_search_top1_by_seed"] or [])[1:])
-        print(
-            f"{si(r['params']):>8} {r['picked']:>8}  {r['inherited_search_top1']:>9.4f}  "
-            f"{r['standalone_search_top1']:>11.4f}{again}  {r['inherited_test_top1']:>9.4f}  "
-            f"{r['standalone_test_top1']:>8.4f}  {r['key']}"
-        )
+    print_rows(run.rows, args.rerank_steps)
     print(f"[fidelity] {describe(run.summary)}")
     print(f"[fidelity] done in {run.wall_s:.1f} s; fidelity.parquet, fidelity.json and fidelity.png in {run.run_path}")
     if run.summary["architectures"] < run.summary["planned"]:

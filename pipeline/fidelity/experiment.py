@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from pipeline.shared.ray_console import quiet_tune, quiet_worker
 from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
 from pipeline.training.run_spec import MODEL, SubjectSpec, WorkerConfig
 from pipeline.training.session import tune_session
+from pipeline.training.short_finetune import finetune_steps
 from pipeline.training.worker import run_training
 
 PLAN_FILE = "fidelity-plan.json"  # what the experiment was started with: re-runs must match it
@@ -43,8 +45,33 @@ def inherited_scores(supernet_path: str, arch: Architecture, task: Task, gpu: bo
     return inherited_top1(supernet, arch, task, scoring_splits(task), device)
 
 
-def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, Any], gpu: bool, threads: int) -> None:
-    """One architecture: inherited scores, then stand-alone training to the end (resuming a checkpoint)."""
+def reranked_scores(
+    supernet_path: str, arch: Architecture, fixed: dict[str, Any], task: Task, steps: Sequence[int], gpu: bool
+) -> list[float]:
+    """Search top-1 of ``arch`` after each of ``steps`` fine-tuning steps from its inherited weights (the finetune
+    recipe in ``task``, each count a run of its own from the inherited weights): what re-ranking would score."""
+    supernet, _ = load_supernet(supernet_path)
+    init = {k: v.numpy() for k, v in supernet.extract(arch).state_dict().items()}
+    del supernet
+    scores = []
+    for n in steps:
+        done = finetune_steps(task, arch, fixed, init, n, tune_session(gpu))
+        say(f"[fidelity {arch.key}] re-ranked: search top-1 {done.scores['top1']:.4f} after {n} steps")
+        scores.append(done.scores["top1"])
+    return scores
+
+
+def fidelity_trial(
+    config: dict[str, Any],
+    supernet_path: str,
+    task: dict[str, Any],
+    gpu: bool,
+    threads: int,
+    rerank_task: dict[str, Any] | None = None,
+    rerank_steps: Sequence[int] = (),
+) -> None:
+    """One architecture: inherited scores (and re-ranked ones after each of ``rerank_steps`` fine-tuning steps),
+    then stand-alone training to the end (resuming a checkpoint)."""
     quiet_worker()
     candidate = config["candidate"]
     run_task = Task.from_dict(task)
@@ -54,6 +81,10 @@ def fidelity_trial(config: dict[str, Any], supernet_path: str, task: dict[str, A
     seed_index = candidate.get("seed_index", 0)
     if seed_index == 0:  # the other seeds' trainings are the ceiling's; the inherited scores are taken once
         extra.update(inherited_scores(supernet_path, arch, run_task, gpu))
+        if rerank_steps and rerank_task is not None:  # seeded: a resumed trial scores them again alike
+            finetune_task = Task.from_dict(rerank_task)
+            scores = reranked_scores(supernet_path, arch, candidate["fixed"], finetune_task, rerank_steps, gpu)
+            extra.update(rerank_steps=list(rerank_steps), rerank_search_top1_by_steps=scores)
     else:  # the same recipe, another seed: how far two stand-alone trainings of one architecture agree
         run_task = dataclasses.replace(
             run_task, train=dataclasses.replace(run_task.train, seed=run_task.train.seed + seed_index)
@@ -89,27 +120,39 @@ def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     recorded = read_plan(run_path)
     if recorded is None:
         return False
-    flat = lambda p: {  # noqa: E731 - a plan from before --seeds trained one seed
+    flat = lambda p: {  # noqa: E731 - a plan from before --seeds trained one seed, re-ranked none
         **flatten({"splits": p.get("splits") or {}}),
         **{k: p.get(k) for k in PLAN_KEYS},
         "seeds": p.get("seeds") or 1,
+        "rerank_steps": p.get("rerank_steps") or [],
     }
     check_recorded(f"run {run_path!r}", flat(recorded), flat(plan), Rules())
     check_recipe(f"run {run_path!r}", recorded.get("recipe") or {}, TrainSettings.from_flat(plan["recipe"]), "retrain")
+    if plan.get("rerank_steps"):
+        recipe = TrainSettings.from_flat(plan["rerank_recipe"])
+        check_recipe(f"run {run_path!r}", recorded.get("rerank_recipe") or {}, recipe, "finetune")
     return True
 
 
 def fidelity_plan(
-    supernet_path: str, task: Task, archs: list[tuple[Architecture, str]], seeds: int = 1
+    supernet_path: str,
+    task: Task,
+    archs: list[tuple[Architecture, str]],
+    seeds: int = 1,
+    rerank_steps: Sequence[int] = (),
 ) -> dict[str, Any]:
     """What fixes an experiment's results: a re-run must match it to resume."""
-    return {
+    plan = {
         "supernet": supernet_path,
         "architectures": [a.key for a, _ in archs],
         "recipe": task.recipe("retrain").to_flat(),
         "splits": task.splits,
         "seeds": seeds,
+        "rerank_steps": list(rerank_steps),
     }
+    if rerank_steps:
+        plan["rerank_recipe"] = task.recipe("finetune").to_flat()
+    return plan
 
 
 def trial_configs(archs: list[tuple[Architecture, str]], fixed: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
@@ -138,13 +181,15 @@ def run_fidelity(
     cpus_per_trial: float,
     gpu: bool,
     seeds: int = 1,
+    rerank_steps: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """Run (or resume) the experiment ``storage/name`` over ``archs`` (each with where it was picked from), each
-    trained with ``seeds`` seeds (the task's, then the next ones). The caller has checked the plan against the
-    run (``check_plan``) before starting Ray."""
+    trained with ``seeds`` seeds (the task's, then the next ones) and, with ``rerank_steps``, also scored after
+    each of those fine-tuning steps from its inherited weights. The caller has checked the plan against the run
+    (``check_plan``) before starting Ray."""
     run_path = join(storage, name)
     run_task = task.for_phase("retrain")
-    plan = fidelity_plan(supernet_path, task, archs, seeds)
+    plan = fidelity_plan(supernet_path, task, archs, seeds, rerank_steps)
     resume = check_plan(run_path, plan) and tune.Tuner.can_restore(run_path)
     quiet_tune()  # with verbose=0 and no tables: the searcher prints per generation, the trials per epoch
     resources = {"CPU": cpus_per_trial, **({"GPU": 1} if gpu else {})}
@@ -155,6 +200,8 @@ def run_fidelity(
             task=run_task.to_dict(),
             gpu=gpu,
             threads=max(1, int(cpus_per_trial)),
+            rerank_task=task.for_phase("finetune").to_dict() if rerank_steps else None,
+            rerank_steps=tuple(rerank_steps),
         ),
         resources,
     )

@@ -43,6 +43,8 @@ class FidelityRequest:
         cpus_per_trial, gpu: what each Tune trial asks for.
         seed: of the architecture picks and the bootstrap intervals.
         seeds: stand-alone trainings per architecture (2: the ceiling, two trainings against each other).
+        rerank_steps: also score each architecture after each of these fine-tuning step counts from its
+            inherited weights (the finetune recipe): how re-ranking a search's shortlist would rank them.
     """
 
     supernet: str
@@ -56,6 +58,7 @@ class FidelityRequest:
     gpu: bool = False
     seed: int = 0
     seeds: int = 1
+    rerank_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -79,6 +82,11 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
         raise UserError(f"seeds {request.seeds!r}: stand-alone trainings per architecture, an integer >= 1")
     if request.standalone is not None and request.seeds != 1:
         raise UserError("standalone takes its run's stand-alone trainings, with their seeds: leave out seeds")
+    bad = [n for n in request.rerank_steps if not isinstance(n, int) or isinstance(n, bool) or n < 1]
+    if bad:
+        raise UserError(f"rerank_steps {bad[0]!r}: fine-tuning steps, integers >= 1")
+    if request.standalone is not None and request.rerank_steps:
+        raise UserError("rerank_steps fine-tunes in the experiment's trials: leave out standalone")
     task, space, config = _recorded_task(request.supernet, list(request.overrides))
     source_rows = _standalone_rows(request.standalone, task) if request.standalone is not None else None
     archs = 16 if request.archs is None else request.archs
@@ -89,7 +97,7 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
     storage = resolve_storage(request.storage)
     name = safe_run_name(request.name or f"{task.name}-fidelity")
     run_path = join(storage, name)
-    plan = fidelity_plan(request.supernet, task, picked, request.seeds)
+    plan = fidelity_plan(request.supernet, task, picked, request.seeds, request.rerank_steps)
     epochs = task.recipe("retrain").epochs
     if request.standalone is not None:
         plan["standalone"] = request.standalone[0]
@@ -106,7 +114,7 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
             fixed = checked["space"].fixed_parts()
             results = run_fidelity(
                 request.supernet, task, picked, fixed, storage, name, request.cpus_per_trial, request.gpu,
-                request.seeds,
+                request.seeds, request.rerank_steps,
             )  # fmt: skip
     return FidelityResults(run_path, name, results, len(picked), epochs)
 
@@ -120,6 +128,10 @@ def _announce(request: FidelityRequest, count: int, archs: int, space: SearchSpa
     front = f", the rest from a search's front ({len(request.front)})" if request.front else ""
     per_trial = f"{request.cpus_per_trial:g} CPU{' + 1 GPU' if request.gpu else ''}"
     times = f" with {request.seeds} seeds" if request.seeds > 1 else ""
+    if request.rerank_steps:
+        times += (
+            f", and scored after {'/'.join(map(str, request.rerank_steps))} fine-tuning steps from inherited weights"
+        )
     return (
         f"[fidelity] {count} architectures ({archs} spread over {space.name}'s size range{front}), each retrained "
         f"{epochs} epochs from scratch{times}; {per_trial} per trial; run {run_path}"

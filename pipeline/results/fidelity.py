@@ -4,7 +4,8 @@ those files.
 One row per architecture: genes, parameters, MACs, where it was picked from (a size stratum or a search's
 front), inherited top-1 and stand-alone top-1 on the search and test splits, each with its 95 % Wilson
 interval, the epochs of the stand-alone training, and with ``--seeds N`` the stand-alone top-1 of each seed's
-training (the first is the one the other columns hold; NaN for one not finished). The JSON holds the summary (rank correlations with
+training (the first is the one the other columns hold; NaN for one not finished), and with ``--rerank-steps``
+the search top-1 after each of those fine-tuning step counts from inherited weights. The JSON holds the summary (rank correlations with
 bootstrap intervals, top-k overlap, mean gap); the picture plots inherited against stand-alone top-1.
 """
 
@@ -40,6 +41,9 @@ SCHEMA = pa.schema(
         ("status", pa.string()),
         ("standalone_search_top1_by_seed", pa.list_(pa.float64())),
         ("standalone_test_top1_by_seed", pa.list_(pa.float64())),
+        # --rerank-steps: search top-1 after each step count of fine-tuning from inherited weights
+        ("rerank_steps", pa.list_(pa.int32())),
+        ("rerank_search_top1", pa.list_(pa.float64())),
     ]
 )
 BY_SEED = {"search_top1": "standalone_search_top1_by_seed", "test_top1": "standalone_test_top1_by_seed"}
@@ -84,6 +88,8 @@ def fidelity_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "epochs": int(m.get("epoch", 0)),
             "status": "done" if result["done"] else "unfinished",
             **by_seed[arch.key],
+            "rerank_steps": [int(n) for n in m.get("rerank_steps") or []],
+            "rerank_search_top1": [float(v) for v in m.get("rerank_search_top1_by_steps") or []],
         }
         for score in SCORES:
             images = row["search_images"] if "search" in score else row["test_images"]
