@@ -228,6 +228,6 @@ def test_a_finished_search_is_re_ranked_and_picks_on_the_re_ranked_scores(
         assert any(not torch.equal(v, inherited[k]) for k, v in model.state_dict().items())  # fine-tuned weights
     again = run_cli(*command)
     _ok(again)
-    assert "[rerank] resuming 3 shortlisted" in again.stdout and "after 4 steps" not in again.stdout
+    assert "[rerank] resuming 3 shortlisted" in again.stdout and "inherited ->" not in again.stdout, again.stdout
     df2 = pq.read_table(run / "candidates.parquet").to_pandas()
     assert df2.rerank_top1.fillna(-1).tolist() == df.rerank_top1.fillna(-1).tolist()

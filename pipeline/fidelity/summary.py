@@ -83,7 +83,7 @@ def describe(summary: dict[str, Any]) -> str:
     if math.isnan(summary["kendall_tau"]):
         return (
             f"Kendall tau undefined over {summary['architectures']} architectures: the inherited or the stand-alone "
-            f"scores are all equal, so there is no ranking to compare{describe_ceiling(summary)}"
+            f"scores are all equal, so there is no ranking to compare{describe_rerank(summary)}{describe_ceiling(summary)}"
         )
     lo, hi = summary["kendall_tau_95"]
     rlo, rhi = summary["spearman_rho_95"]
