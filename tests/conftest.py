@@ -61,12 +61,13 @@ def digits_supernet(tmp_path_factory):
 TRACKER_ENV = ("MLFLOW_TRACKING_URI", "WANDB_PROJECT", "WANDB_MODE", "MLFLOW_ALLOW_FILE_STORE")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``autoformer ARGS`` in its own process, as a user runs it."""
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``autoformer ARGS`` in its own process (in ``cwd``), as a user runs it."""
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    command = [sys.executable, "-m", "pipeline.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

@@ -199,9 +199,9 @@ def test_a_finished_search_is_re_ranked_and_picks_on_the_re_ranked_scores(
     storage, out = finished_search
     _ok(out)
     shutil.copytree(storage / "whole", tmp_path / "whole")
-    command = ["search", "digits", "--supernet", str(supernet), "--storage", str(tmp_path), "--name", "whole"]
+    command = ["search", "digits", "--supernet", supernet.name, "--storage", str(tmp_path), "--name", "whole"]
     command += ["--resume", *FINISHED_SEARCH, "--rerank-top", "3", "--rerank-steps", "4"]
-    out = run_cli(*command)
+    out = run_cli(*command, cwd=supernet.parent)  # the supernet as a relative path, as users give it
     _ok(out)
     assert "[rerank] fine-tuning 3 shortlisted candidate(s), 4 steps each" in out.stdout
     assert out.stdout.count("after 4 steps") >= 3 and "re-ranked" in out.stdout
@@ -226,7 +226,7 @@ def test_a_finished_search_is_re_ranked_and_picks_on_the_re_ranked_scores(
         assert "re-ranked" in meta["source"] and meta["rerank"]["top1"] == row.rerank_top1
         inherited = supernet_model.extract(Architecture.from_json(row.architecture)).state_dict()
         assert any(not torch.equal(v, inherited[k]) for k, v in model.state_dict().items())  # fine-tuned weights
-    again = run_cli(*command)
+    again = run_cli(*command, cwd=supernet.parent)
     _ok(again)
     assert "[rerank] resuming 3 shortlisted" in again.stdout and "inherited ->" not in again.stdout, again.stdout
     df2 = pq.read_table(run / "candidates.parquet").to_pandas()

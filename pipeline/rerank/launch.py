@@ -24,7 +24,7 @@ from pipeline.rerank.experiment import (
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_tune
-from pipeline.shared.storage import first_line, join
+from pipeline.shared.storage import absolute, first_line, join
 
 
 @dataclasses.dataclass
@@ -55,6 +55,7 @@ def rerank(request: RerankRequest, search_path: str) -> Reranked:
     """Fine-tune and re-score the shortlist in the experiment ``search_path/rerank-topK-stepsN`` (resumed when
     it exists with the same plan)."""
     start = time.perf_counter()
+    request = dataclasses.replace(request, supernet=absolute(request.supernet))  # trials run elsewhere
     name = experiment_name(request.top, request.steps)
     run_path = join(search_path, name)
     unpaired = [r["key"] for r in request.shortlisted if not r.get("hits")]
@@ -116,7 +117,7 @@ def _collect(grid: tune.ResultGrid, run_path: str) -> tuple[dict[str, dict], dic
             continue
         metrics = dict(result.metrics or {})
         if result.error is not None or "top1" not in metrics or result.checkpoint is None:
-            why = first_line(result.error) if result.error is not None else "it did not finish"
+            why = _cause(result.error) if result.error is not None else "it did not finish"
             raise UserError(
                 f"re-ranking {candidate['key']} in {run_path!r} failed ({why}); the same command retries it"
             )
@@ -127,3 +128,10 @@ def _collect(grid: tune.ResultGrid, run_path: str) -> tuple[dict[str, dict], dic
         with result.checkpoint.as_directory() as directory:
             weights[candidate["key"]] = load_file(str(Path(directory) / WEIGHTS_FILE))
     return scores, weights
+
+
+def _cause(error: BaseException) -> str:
+    """What went wrong in a trial, in one line: the trial's own error (a ``UserError`` says it all) rather than
+    the Ray wrapper's first line, which names only the actor."""
+    cause = getattr(error, "cause", None) or error
+    return first_line(cause)
