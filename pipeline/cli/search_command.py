@@ -61,7 +61,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         g,
         "rerank_top",
         metavar="K",
-        help="after the search, fine-tune the K best candidates (of the best, its ties and a pareto front) from "
+        help="after the search, fine-tune K candidates (the best, a pareto front, then the best's ties) from "
         "their inherited weights and pick on those scores (default 0: off)",
     )
     _add_key_flag(g, "rerank_steps", metavar="N", help="fine-tuning steps per re-ranked candidate (default 100)")

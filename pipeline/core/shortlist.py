@@ -2,8 +2,8 @@
 
 Inherited weights decide which candidates are worth a closer look; a short fine-tune of each (``search.rerank_top``
 candidates, ``search.rerank_steps`` steps) then decides among them. The shortlist is what the search would hand
-over: the candidates statistically tied with the best (McNemar's exact test on the same images) and, for a
-``pareto`` search, its front on parameters; the ``rerank_top`` highest-scoring of those. After re-ranking, the
+over: for a ``pareto`` search its front on parameters, and the candidates statistically tied with the best
+(McNemar's exact test on the same images); the first ``rerank_top`` of those, the front before the ties. After re-ranking, the
 picks (the best, its ties, the fronts) are taken among the shortlist on the re-ranked scores: a fine-tuned score
 and an inherited one are not comparable, so a candidate that was not re-ranked is never preferred over one that
 was on the strength of its lower-fidelity score.
@@ -21,15 +21,17 @@ RERANK = "rerank"  # the record key that holds a candidate's re-ranked scores (S
 
 
 def shortlist(records: list[dict[str, Any]], objective: str, top: int) -> list[dict[str, Any]]:
-    """The ``top`` highest-scoring (inherited top-1) of: the best candidate, those tied with it, and, for the
-    ``pareto`` objective, the parameter front. Highest first."""
+    """The first ``top`` of: the best candidate; for the ``pareto`` objective, the parameter front (what the search
+    would export: every size keeps its candidate); then the candidates tied with the best. Each part highest
+    inherited top-1 first."""
     best = best_record(records)
     if best is None or top < 1:
         return []
-    pool = {r["key"]: r for r in [best, *tied_with(best, records)]}
-    if objective == "pareto":
-        pool.update({r["key"]: r for r in pareto_front(records, "params")})
-    return sorted(pool.values(), key=by_top1)[:top]
+    front = sorted(pareto_front(records, "params"), key=by_top1) if objective == "pareto" else []
+    pool: dict[str, dict[str, Any]] = {}
+    for r in [best, *front, *sorted(tied_with(best, records), key=by_top1)]:
+        pool.setdefault(r["key"], r)
+    return list(pool.values())[:top]
 
 
 def with_reranked(records: list[dict[str, Any]], scores: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

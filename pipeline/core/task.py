@@ -94,7 +94,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Spec]]] = {
         # a file from 'autoformer latency build': predicted latency for max_latency_ms and the latency Pareto cost
         "latency_model": (None, optional(text())),
         "seed": (0, integer(0)),
-        # After the search: the rerank_top best candidates (with the best's ties and a pareto front) fine-tuned
+        # After the search: rerank_top candidates (the best, a pareto front, then the best's ties) fine-tuned
         # rerank_steps steps each from inherited weights with the finetune recipe, then picked on those scores
         "rerank_top": (0, integer(0)),
         "rerank_steps": (100, integer(1)),

@@ -25,8 +25,8 @@ PARTS = ("strategy", "constraints", "rerank")  # the nested parts of SearchSetti
 
 @dataclasses.dataclass(frozen=True)
 class Rerank:
-    """Re-ranking the shortlist after the search: the ``rerank_top`` best candidates (and ties, and the front)
-    fine-tuned ``rerank_steps`` steps each from their inherited weights; off at ``rerank_top`` 0. It does not
+    """Re-ranking the shortlist after the search: ``rerank_top`` candidates (the best, a pareto front, the best's
+    ties; ``pipeline.core.shortlist``) fine-tuned ``rerank_steps`` steps each from their inherited weights; off at ``rerank_top`` 0. It does not
     change which candidates the search evaluates, so a finished search can be re-ranked with other values."""
 
     rerank_top: int
