@@ -62,6 +62,7 @@ class QuietStream:
     HARMLESS = re.compile(
         r"'PreemptionWatcher' and ID|\(PlacementGroupCleaner pid=|find_unused_parameters=True was specified in DDP"
         r"|Progress bars disabled\. To enable, set `ray\.data"
+        r"|Exception ignored in: <function WeakSet\.__init__\.<locals>\._remove"  # a trial process's shutdown
     )
     # Notes the Train controller prints over several forwarded lines, each dropped from its first line to the one
     # that ends it (at most MULTILINE_MAX lines of the same process): the cleaner above, when it has already left
