@@ -111,13 +111,16 @@ def finished_search(tmp_path_factory, digits_supernet) -> tuple[Path, subprocess
     return storage, out
 
 
-# Session fixtures that run a command: the modules using one run in the same xdist process, so it runs once.
+# Session fixtures that run a command: the tests using one run in the same xdist process, so it runs once.
 SHARED_RUNS = ("one_worker_training", "finished_search")
+# Module fixtures that cost seconds (a cluster, an S3 server, a Ray instance, a command's run): a module using one
+# runs in one xdist process, so they start once.
+MODULE_SETUPS = ("ray_cluster", "s3_server", "local_ray", "fidelity_run", "digits")
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """One xdist group per test module (its module fixtures, a cluster or an S3 server, start once), modules
-    sharing a session run merged into one group."""
+def _groups(items: list) -> dict[str, str | None]:
+    """Each test's xdist group (None: any process may take it): the session runs it uses, and its module when
+    it uses a costly module fixture, merged wherever one test joins two of them."""
     parent: dict[str, str] = {}
 
     def find(key: str) -> str:
@@ -125,10 +128,32 @@ def pytest_collection_modifyitems(config, items) -> None:
             key = parent[key]
         return key
 
+    keys = {}
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        for run in SHARED_RUNS:
-            if run in getattr(item, "fixturenames", ()):
-                parent[find(module)] = find(run)
+        used = getattr(item, "fixturenames", ())
+        mine = [run for run in SHARED_RUNS if run in used]
+        if any(name in used for name in MODULE_SETUPS):
+            mine.append(item.nodeid.split("::", 1)[0])
+        for key in mine[1:]:
+            parent[find(key)] = find(mine[0])
+        keys[item.nodeid] = mine[0] if mine else None
+    return {nodeid: key and find(key) for nodeid, key in keys.items()}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (it runs first otherwise)
+def pytest_collection_modifyitems(config, items) -> None:
+    """xdist groups (``_groups``), and the order the processes take work in: the groups and tests with the most
+    slow (end-to-end) tests first, so that neither process is left with a long test at the end while the other
+    has finished. Within a group, and among the fast tests, the collection's order stays."""
+    groups = _groups(items)
+    slow = {}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(find(item.nodeid.split("::", 1)[0])))
+        scope = groups[item.nodeid] or item.nodeid
+        slow[scope] = slow.get(scope, 0) + (item.get_closest_marker("slow") is not None)
+    first = {}
+    for item in items:
+        first.setdefault(groups[item.nodeid] or item.nodeid, len(first))
+    items.sort(key=lambda i: (-slow[groups[i.nodeid] or i.nodeid], first[groups[i.nodeid] or i.nodeid]))
+    for item in items:
+        if groups[item.nodeid]:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))

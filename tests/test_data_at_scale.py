@@ -237,7 +237,7 @@ def test_pack_train_and_search_from_object_storage(tree: Path, tmp_path: Path, s
     src = upload(s3_server, tree, "trees/e2e")
     packed = run_cli("data", "pack", src, "s3://autoformer-test/packs/e2e", "--shard-size", "4KB", env=env)
     assert packed.returncode == 0, packed.stderr[-3000:]
-    assert "train: 160 images" in packed.stdout
+    assert "train: 160 images" in packed.stdout and "[pack] 6/6 shards written, 192 images" in packed.stdout
     sets = [
         *DIGITS_TREE_SETTINGS,
         "data.root=s3://autoformer-test/packs/e2e",
@@ -257,3 +257,5 @@ def test_pack_train_and_search_from_object_storage(tree: Path, tmp_path: Path, s
     )  # fmt: skip
     assert searched.returncode == 0, searched.stdout[-3000:] + searched.stderr[-3000:]
     assert "20 search images" in searched.stdout
+    for out in (packed, trained, searched):  # the console: our lines, not Ray Data's own per dataset
+        assert "streaming_executor" not in out.stdout + out.stderr and "Warning" not in out.stdout + out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -93,6 +94,14 @@ def check_same_splits(supernet_splits: dict[str, Any], summary: dict[str, Any], 
             )
 
 
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor viewing ``array`` without a copy: arrays from Ray's object store are read-only, and nothing that
+    takes one of these writes to it (torch would warn on every call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, exactly as ToTensor + Normalize; ``mean``/``std`` shaped (1, C, 1, 1)."""
     return batch.float().div_(255).sub_(mean).div_(std)
@@ -127,7 +136,7 @@ def score(
 ) -> dict[str, float]:
     """top-1/top-5/loss of a standalone model on a split held as uint8 arrays."""
     mean, std = channel_stats(normalization, device)
-    batches = normalized_batches(torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, batch_size)
+    batches = normalized_batches(read_only_tensor(split.images), read_only_tensor(split.labels), mean, std, batch_size)
     model = model.to(device).eval()
     return finish(evaluate_sums(lambda x, _: model(x), None, batches, device, autocast_factory(device)()))
 

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -185,8 +186,7 @@ def pack(src: str, dst: str, shard_bytes: int, seed: int = 0, cpus: float = 1.0)
     say(f"[pack] {src} -> {dst}: {len(shards)} shards ({len(shards) - len(todo)} already written)")
     rows = [{"dst": dst, "plan": json.dumps({**dataclasses.asdict(s), "file": s.file})} for s in todo]
     if rows:
-        written = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_write_shard, num_cpus=cpus).take_all()
-        errors = [r for r in written if r["error"]]
+        errors = [r for r in _written(rows, cpus) if r["error"]]
         if errors:
             raise UserError(
                 f"pack {dst!r}: {errors[0]['error']} (shard {errors[0]['file']}; nothing else is lost: the same command resumes)"
@@ -194,6 +194,27 @@ def pack(src: str, dst: str, shard_bytes: int, seed: int = 0, cpus: float = 1.0)
     manifest = _manifest(src, splits, shards, fingerprint, shard_bytes, seed)
     write_bytes(join(dst, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
+
+
+PROGRESS_EVERY_S = 30.0  # how often a pack says how far it is
+
+
+def _written(rows: list[dict[str, Any]], cpus: float) -> list[dict[str, Any]]:
+    """The shards' rows as the Ray Data job writes them (in any order), with a progress line every
+    ``PROGRESS_EVERY_S`` seconds and at the end: shards and images written, images a second."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our lines, in a terminal and in a log alike
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_write_shard, num_cpus=cpus)
+    start = last = time.monotonic()
+    out: list[dict[str, Any]] = []
+    for row in dataset.iter_rows():
+        out.append(row)
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or len(out) == len(rows):
+            last, images = now, sum(r["rows"] for r in out)
+            say(
+                f"[pack] {len(out)}/{len(rows)} shards written, {images:,} images, {images / max(now - start, 1e-9):,.0f}/s"
+            )
+    return out
 
 
 def _test_dir(test: FolderSource) -> str:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core.arch import Architecture
-from pipeline.data.arrays import channel_stats, normalize, normalized_batches, paired_scores
+from pipeline.data.arrays import channel_stats, normalize, normalized_batches, paired_scores, read_only_tensor
 from pipeline.model.supernet_dir import build_supernet
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
@@ -27,12 +26,6 @@ from pipeline.shared.metrics import autocast_factory
 from pipeline.shared.timing import median_ms
 
 LATENCY_REPEAT_S = 0.01  # timed seconds one of search.latency_repeats buys (see Evaluator.latency_ms)
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
 
 
 class Evaluator:
@@ -55,11 +48,11 @@ class Evaluator:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         model = build_supernet(supernet_config)
-        state = {k: _tensor(v).to(self.device) for k, v in weights.items()}
+        state = {k: read_only_tensor(v).to(self.device) for k, v in weights.items()}
         model.load_state_dict(state, strict=True, assign=True)
         self.model = model.to(self.device).eval()
-        self.images = _tensor(images).to(self.device)
-        self.labels = _tensor(labels).to(self.device)
+        self.images = read_only_tensor(images).to(self.device)
+        self.labels = read_only_tensor(labels).to(self.device)
         self.mean, self.std = channel_stats(normalization, self.device)
         self.batch_size, self.latency_repeats = batch_size, latency_repeats
         self.time_latency = time_latency  # off when the search predicts latency with a latency model

@@ -44,6 +44,7 @@ def quiet_driver(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's own loggers: each dataset's start and plan
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     sys.stdout, sys.stderr = QuietStream(sys.stdout), QuietStream(sys.stderr)
 
