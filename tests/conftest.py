@@ -70,13 +70,8 @@ def run_cli(
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
-@pytest.fixture(scope="session")
-def one_worker_training(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One 2-epoch training of digits on one worker (checkpoint every epoch, one random subnet scored), logging
-    to TensorBoard, MLflow and W&B (offline, under this run's directory): its storage root and the command's
-    output. The training test (tests/test_train_e2e.py) and the tracking test (tests/test_tracking.py) both read
-    it; neither changes it."""
-    root = tmp_path_factory.mktemp("one-worker-training")
+def offline_trackers(root: Path) -> dict[str, str]:
+    """This environment without a developer's tracker settings, W&B offline with its files under ``root``."""
     env = {k: v for k, v in os.environ.items() if k not in TRACKER_ENV}
     env.update(
         WANDB_MODE="offline",
@@ -84,11 +79,21 @@ def one_worker_training(tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
         WANDB_CACHE_DIR=str(root / "wandb-cache"),
         WANDB_DATA_DIR=str(root / "wandb-data"),
     )
+    return env
+
+
+@pytest.fixture(scope="session")
+def one_worker_training(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One 2-epoch training of digits on one worker (checkpoint every epoch, one random subnet scored), logging
+    to TensorBoard, MLflow and W&B (offline, under this run's directory): its storage root and the command's
+    output. The training test (tests/test_train_e2e.py) and the tracking test (tests/test_tracking.py) both read
+    it; neither changes it."""
+    root = tmp_path_factory.mktemp("one-worker-training")
     storage = root / "runs"
     out = run_cli(
         "train", "digits", "--storage", str(storage), "--set", "train.warmup_epochs=1", "--set",
         "train.checkpoint_every=1", "--set", "train.eval_subnets=1", "--set", "train.epochs=2", "--cpus-per-worker",
-        "1", "--log", "tensorboard", "--log", "mlflow", "--log", "wandb", env=env,
+        "1", "--log", "tensorboard", "--log", "mlflow", "--log", "wandb", env=offline_trackers(root),
     )  # fmt: skip
     return storage, out
 
@@ -100,13 +105,16 @@ FINISHED_SEARCH = ["--population", "6", "--generations", "5", "--set", "search.p
 
 @pytest.fixture(scope="session")
 def finished_search(tmp_path_factory, digits_supernet) -> tuple[Path, subprocess.CompletedProcess]:
-    """One finished search of the session's supernet (``FINISHED_SEARCH``, run 'whole'): its storage root and the
-    command's output. The interrupted search's test (tests/test_search_e2e.py) compares with its candidates, the
-    refused resume's (tests/test_reliability.py) resumes it with other settings; neither changes it."""
-    storage = tmp_path_factory.mktemp("finished-search")
+    """One finished search of the session's supernet (``FINISHED_SEARCH``, run 'whole', logging each candidate to
+    TensorBoard and MLflow under the run): its storage root and the command's output. The interrupted search's
+    test (tests/test_search_e2e.py) compares with its candidates, the refused resume's (tests/test_reliability.py)
+    resumes it with other settings, the tracking test (tests/test_tracking.py) reads what it logged; none changes
+    it (the re-ranking test works on a copy)."""
+    root = tmp_path_factory.mktemp("finished-search")
+    storage = root / "runs"
     out = run_cli(
         "search", "digits", "--supernet", str(digits_supernet), "--storage", str(storage), "--name", "whole",
-        *FINISHED_SEARCH,
+        *FINISHED_SEARCH, "--log", "tensorboard", "--log", "mlflow", env=offline_trackers(root),
     )  # fmt: skip
     return storage, out
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -218,21 +217,15 @@ def test_training_logs_every_epoch_to_each_backend(
 
 
 @pytest.mark.slow
-def test_search_logs_one_result_per_candidate(
-    digits_supernet: Path, offline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cmd = [sys.executable, "-m", "pipeline.cli.main", "search", "digits", "--supernet", str(digits_supernet)]
-    cmd += ["--storage", str(tmp_path), "--population", "4", "--generations", "2", "--set", "search.parents=2"]
-    cmd += ["--set", "search.latency_repeats=1", "--evaluators", "1", "--cpus-per-evaluator", "0.5"]
-    out = subprocess.run(
-        [*cmd, "--log", "tensorboard", "--log", "mlflow"], capture_output=True, text=True, timeout=900, env=offline
-    )
+def test_search_logs_one_result_per_candidate(finished_search, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the shared finished search (tests/conftest.py) logs to TensorBoard and MLflow: 6 x 5 candidates
+    storage, out = finished_search
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
-    run = tmp_path / "digits-search"
+    run = storage / "whole"
     candidates = {r["key"]: r for r in pq.read_table(run / "candidates.parquet").to_pylist()}
-    client, runs = mlflow_runs(run / MLFLOW_DIR, "digits-search", monkeypatch)
-    assert len(runs) == len(candidates) == 8
+    client, runs = mlflow_runs(run / MLFLOW_DIR, "whole", monkeypatch)
+    assert len(runs) == len(candidates) == 30
     for found in runs:
         row = candidates[found.data.params["key"]]
         metrics, params = found.data.metrics, found.data.params
