@@ -34,7 +34,7 @@ def test_auto_interval_keeps_the_probe_at_a_tenth_of_an_epoch() -> None:
 
 
 def test_the_probe_is_due_every_interval_and_after_the_last_epoch() -> None:
-    assert [e for e in range(1, 21) if probe_due(e, 9, 20)] == [9, 18, 20]
+    assert [e for e in range(1, 21) if probe_due(e, 9, 20)] == [2, 11, 20]  # equal gaps, ending at the last
     assert [e for e in range(1, 4) if probe_due(e, 1, 3)] == [1, 2, 3]
 
 
