@@ -174,13 +174,14 @@ def test_a_fidelity_run_started_before_a_setting_existed_resumes(tmp_path) -> No
     """A run's recorded plan lacks the keys the tool gained since: at their defaults they change nothing, so the
     run resumes; a changed setting that stand-alone training learns from is refused, naming it."""
     from pipeline.core.training_settings import recipe_differences
-    from pipeline.fidelity.experiment import check_plan, fidelity_plan, write_plan
+    from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan
+    from pipeline.shared.storage import write_json
 
     task = load_task("digits")
     plan = fidelity_plan("/s", task, [])
     older = {**plan, "recipe": {k: v for k, v in plan["recipe"].items() if k not in ("gradient_projection", "lr")}}
     older["recipe"]["lr"] = task.train.optim.lr
-    write_plan(str(tmp_path), older)
+    write_json(str(tmp_path / PLAN_FILE), older)
     assert check_plan(str(tmp_path), plan)
     assert (
         recipe_differences(older["recipe"], {**plan["recipe"], "gradient_projection": "largest"}) == []

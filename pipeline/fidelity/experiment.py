@@ -10,8 +10,6 @@ same command again restores it and continues the unfinished trials where they st
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,10 +23,10 @@ from pipeline.core.recorded import Rules, check_recorded, flatten
 from pipeline.core.task import Task
 from pipeline.core.training_settings import TrainSettings, check_recipe
 from pipeline.fidelity.inherited import inherited_top1, scoring_splits
-from pipeline.model.supernet_dir import load_supernet
+from pipeline.model.supernet_dir import inherited_state, load_supernet
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_tune, quiet_worker
-from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
+from pipeline.shared.storage import join, read_json, write_json
 from pipeline.training.run_spec import MODEL, SubjectSpec, WorkerConfig
 from pipeline.training.session import tune_session
 from pipeline.training.short_finetune import finetune_steps
@@ -50,9 +48,7 @@ def reranked_scores(
 ) -> list[float]:
     """Search top-1 of ``arch`` after each of ``steps`` fine-tuning steps from its inherited weights (the finetune
     recipe in ``task``, each count a run of its own from the inherited weights): what re-ranking would score."""
-    supernet, _ = load_supernet(supernet_path)
-    init = {k: v.numpy() for k, v in supernet.extract(arch).state_dict().items()}
-    del supernet
+    init = inherited_state(supernet_path, arch)
     scores = []
     for n in steps:
         done = finetune_steps(task, arch, fixed, init, n, tune_session(gpu))
@@ -102,16 +98,7 @@ def fidelity_trial(
 
 def read_plan(run_path: str) -> dict[str, Any] | None:
     """The plan an experiment at ``run_path`` was started with, or None when there is none."""
-    try:
-        return json.loads(read_bytes(join(run_path, PLAN_FILE)).decode("utf-8"))
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def write_plan(run_path: str, plan: dict[str, Any]) -> None:
-    if not is_uri(run_path):
-        os.makedirs(run_path, exist_ok=True)
-    write_bytes(join(run_path, PLAN_FILE), (json.dumps(plan, indent=2) + "\n").encode("utf-8"))
+    return read_json(join(run_path, PLAN_FILE))
 
 
 def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
@@ -216,7 +203,7 @@ def run_fidelity(
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda t: f"arch_{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
         )
-        write_plan(run_path, plan)
+        write_json(join(run_path, PLAN_FILE), plan)
     grid = tuner.fit()
     rows = []
     for result in grid:

@@ -19,13 +19,13 @@ from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
 from pipeline.core.training_settings import check_recipe
 from pipeline.data.arrays import check_same_splits
-from pipeline.fidelity.experiment import check_plan, fidelity_plan, run_fidelity, write_plan
+from pipeline.fidelity.experiment import PLAN_FILE, check_plan, fidelity_plan, run_fidelity
 from pipeline.fidelity.inherited import rescored_results
 from pipeline.model.supernet_dir import load_supernet, local_supernet, read_supernet_config
 from pipeline.shared.cluster import connect
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.storage import absolute, join, resolve_storage, run_lock, safe_run_name
+from pipeline.shared.storage import absolute, join, resolve_storage, run_lock, safe_run_name, write_json
 from pipeline.training.launch import local_data_root, validate_data
 
 
@@ -108,7 +108,7 @@ def run_fidelity_report(request: FidelityRequest) -> FidelityResults:
             device = torch.device("cuda" if request.gpu and torch.cuda.is_available() else "cpu")
             model, _ = load_supernet(request.supernet, map_location=device)
             results = rescored_results(model, task.for_phase("retrain"), source_rows, device, say)
-            write_plan(run_path, plan)
+            write_json(join(run_path, PLAN_FILE), plan)
         else:
             connect(request.gpu, "fidelity")
             fixed = checked["space"].fixed_parts()

@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.arch import Architecture
 from pipeline.core.space import CHOICE_KEYS, FIXED_KEYS, SearchSpace
 from pipeline.model.directory import (
     CHECKSUMS_KEY,
@@ -135,6 +137,13 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
             )
         model.load_state_dict(state, strict=True)
     return model.to(map_location).eval(), config
+
+
+def inherited_state(path: str | Path, arch: Architecture) -> dict[str, np.ndarray]:
+    """The weights ``arch`` inherits from the supernet at ``path``, as arrays: what a fine-tuning run starts
+    from (a plain mapping that a Tune trial's config carries)."""
+    supernet, _ = load_supernet(path)
+    return {k: v.numpy() for k, v in supernet.extract(arch).state_dict().items()}
 
 
 @contextmanager

@@ -11,7 +11,6 @@ split is not touched here: the exported models are scored on it once, at export.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Any
@@ -22,10 +21,10 @@ from safetensors.torch import save_file
 from pipeline.core.arch import Architecture
 from pipeline.core.recorded import Rules, check_recorded, flatten
 from pipeline.core.task import Task
-from pipeline.model.supernet_dir import load_supernet
+from pipeline.model.supernet_dir import inherited_state
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_worker
-from pipeline.shared.storage import is_uri, join, read_bytes, write_bytes
+from pipeline.shared.storage import join, read_json
 from pipeline.training.session import tune_session
 from pipeline.training.short_finetune import finetune_steps
 
@@ -47,9 +46,7 @@ def rerank_trial(
     where = tune_session(gpu)
     candidate = config["candidate"]
     arch = Architecture.from_dict(candidate["arch"])
-    supernet, _ = load_supernet(supernet_path)
-    init = {k: v.numpy() for k, v in supernet.extract(arch).state_dict().items()}
-    del supernet
+    init = inherited_state(supernet_path, arch)
     done = finetune_steps(Task.from_dict(task), arch, candidate["fixed"], init, steps, where)
     say(
         f"[rerank] {arch.key}: search top-1 {candidate['top1']:.4f} inherited -> {done.scores['top1']:.4f} after "
@@ -75,16 +72,9 @@ def rerank_plan(supernet: str, task: Task, shortlisted: list[dict[str, Any]], st
 def check_plan(run_path: str, plan: dict[str, Any]) -> bool:
     """True when ``run_path`` holds a re-ranking with this plan (resume it), False when there is none; another
     plan under the same name is refused, naming what differs."""
-    try:
-        recorded = json.loads(read_bytes(join(run_path, PLAN_FILE)).decode("utf-8"))
-    except (FileNotFoundError, OSError):
+    recorded = read_json(join(run_path, PLAN_FILE))
+    if recorded is None:
         return False
     hint = "re-ranking applies to the search it was run on: re-run with the same task and supernet"
     check_recorded(f"re-ranking {run_path!r}", flatten(recorded), flatten(plan), Rules(), hint)
     return True
-
-
-def write_plan(run_path: str, plan: dict[str, Any]) -> None:
-    if not is_uri(run_path):
-        os.makedirs(run_path, exist_ok=True)
-    write_bytes(join(run_path, PLAN_FILE), (json.dumps(plan, indent=2) + "\n").encode("utf-8"))

@@ -14,17 +14,17 @@ from safetensors.torch import load_file
 
 from pipeline.core.task import Task
 from pipeline.rerank.experiment import (
+    PLAN_FILE,
     WEIGHTS_FILE,
     check_plan,
     experiment_name,
     rerank_plan,
     rerank_trial,
-    write_plan,
 )
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_tune
-from pipeline.shared.storage import absolute, first_line, join
+from pipeline.shared.storage import absolute, first_line, join, write_json
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ def rerank(request: RerankRequest, search_path: str) -> Reranked:
     )
     tuner = _tuner(request, search_path, name, run_path, resume)
     if not resume:
-        write_plan(run_path, plan)
+        write_json(join(run_path, PLAN_FILE), plan)
     grid = tuner.fit()
     scores, weights = _collect(grid, run_path)
     return Reranked(run_path, request.steps, scores, weights, time.perf_counter() - start)

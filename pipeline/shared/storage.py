@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs
 
@@ -63,6 +64,19 @@ def read_bytes(source: str) -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
     return Path(source).read_bytes()
+
+
+def write_json(target: str, value: Any) -> None:
+    """``value`` as indented JSON at ``target`` (local: written whole or not at all)."""
+    write_bytes(target, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
+
+
+def read_json(source: str) -> Any | None:
+    """The JSON at ``source``, or None when there is no file."""
+    try:
+        return json.loads(read_bytes(source).decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def exists(path: str) -> bool:
