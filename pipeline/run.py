@@ -228,8 +228,16 @@ def fidelity_report(
     summary.update(supernet=supernet, retrain_epochs=done.retrain_epochs, seed=seed, seeds=seeds)
     if standalone is not None:
         summary["standalone"] = standalone
+    failed = [_failure(r) for r in done.results if r.get("error")]
+    if failed:
+        summary["failed"] = failed  # why each unfinished training stopped (its error.txt has the traceback)
     write_fidelity(done.run_path, rows, summary, f"{done.name}: {describe(summary)}")
     return FidelityRun(done.run_path, rows, summary, time.perf_counter() - start)
+
+
+def _failure(result: dict) -> str:
+    seed = f" seed +{result['seed_index']}" if result.get("seed_index") else ""
+    return f"{result['arch'].key}{seed}: {result['error']}"
 
 
 def _earlier_report(source: str) -> tuple[str, dict, list[dict]]:

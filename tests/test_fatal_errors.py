@@ -120,3 +120,24 @@ def test_a_full_disk_stops_training_in_one_line_and_leaves_no_unfinished_checkpo
             assert {p.name for p in directory.iterdir()} >= {"state.json", "supernet.safetensors", "optimizer.pt"}
     finally:
         subprocess.run(["umount", str(storage)])
+
+
+def test_a_failed_trial_is_one_line_of_its_own_error_and_tune_keeps_its_traceback_to_itself(monkeypatch) -> None:
+    """Re-ranking and fidelity name each failed trial's own error; Tune's traceback of it stays in error.txt."""
+    import os
+
+    from ray.exceptions import RayTaskError
+
+    from pipeline.shared.ray_console import own_trial_errors, trial_cause
+
+    wrapped = RayTaskError("ImplicitFunc.train", "Traceback ...", UserError("task 'digits': no such split"))
+    assert trial_cause(wrapped.as_instanceof_cause()) == "task 'digits': no such split"
+    assert trial_cause(ValueError()) == "ValueError"
+    monkeypatch.setenv("TUNE_PRINT_ALL_TRIAL_ERRORS", "1")
+    with own_trial_errors():
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"
+    assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "1"  # as it was: a later search prints its trials' errors
+    monkeypatch.delenv("TUNE_PRINT_ALL_TRIAL_ERRORS")
+    with own_trial_errors():
+        pass
+    assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ

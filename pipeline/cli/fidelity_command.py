@@ -117,5 +117,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
             f"[fidelity] {run.summary['architectures']} of {run.summary['planned']} architectures finished; the same "
             f"command continues the others from their checkpoints"
         )
+        for failure in run.summary.get("failed", []):
+            print(f"[fidelity]   {failure}")
         return 1
     return 0

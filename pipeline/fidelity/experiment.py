@@ -25,7 +25,7 @@ from pipeline.core.training_settings import TrainSettings, check_recipe
 from pipeline.fidelity.inherited import inherited_top1, scoring_splits
 from pipeline.model.supernet_dir import inherited_state, load_supernet
 from pipeline.shared.progress import say
-from pipeline.shared.ray_console import quiet_tune, quiet_worker
+from pipeline.shared.ray_console import own_trial_errors, quiet_tune, quiet_worker, trial_cause
 from pipeline.shared.storage import join, read_json, write_json
 from pipeline.training.run_spec import MODEL, SubjectSpec, WorkerConfig
 from pipeline.training.session import tune_session
@@ -204,7 +204,8 @@ def run_fidelity(
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
         )
         write_json(join(run_path, PLAN_FILE), plan)
-    grid = tuner.fit()
+    with own_trial_errors():
+        grid = tuner.fit()
     rows = []
     for result in grid:
         config = (result.config or {}).get("candidate")
@@ -214,7 +215,11 @@ def run_fidelity(
         arch = Architecture.from_dict(config["arch"])
         done = result.error is None and "test_top1" in metrics
         seed_index = config.get("seed_index", 0)
+        why = None if done else trial_cause(result.error) if result.error is not None else "it did not finish"
         rows.append(
-            {"arch": arch, "picked": config["picked"], "metrics": metrics, "done": done, "seed_index": seed_index}
-        )
+            {
+                "arch": arch, "picked": config["picked"], "metrics": metrics, "done": done, "seed_index": seed_index,
+                "error": why,
+            }
+        )  # fmt: skip
     return rows

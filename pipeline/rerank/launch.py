@@ -23,8 +23,8 @@ from pipeline.rerank.experiment import (
 )
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.ray_console import quiet_tune
-from pipeline.shared.storage import absolute, first_line, join, write_json
+from pipeline.shared.ray_console import own_trial_errors, quiet_tune, trial_cause
+from pipeline.shared.storage import absolute, join, write_json
 
 
 @dataclasses.dataclass
@@ -75,7 +75,8 @@ def rerank(request: RerankRequest, search_path: str) -> Reranked:
     tuner = _tuner(request, search_path, name, run_path, resume)
     if not resume:
         write_json(join(run_path, PLAN_FILE), plan)
-    grid = tuner.fit()
+    with own_trial_errors():
+        grid = tuner.fit()
     scores, weights = _collect(grid, run_path)
     return Reranked(run_path, request.steps, scores, weights, time.perf_counter() - start)
 
@@ -117,7 +118,7 @@ def _collect(grid: tune.ResultGrid, run_path: str) -> tuple[dict[str, dict], dic
             continue
         metrics = dict(result.metrics or {})
         if result.error is not None or "top1" not in metrics or result.checkpoint is None:
-            why = _cause(result.error) if result.error is not None else "it did not finish"
+            why = trial_cause(result.error) if result.error is not None else "it did not finish"
             raise UserError(
                 f"re-ranking {candidate['key']} in {run_path!r} failed ({why}); the same command retries it"
             )
@@ -128,10 +129,3 @@ def _collect(grid: tune.ResultGrid, run_path: str) -> tuple[dict[str, dict], dic
         with result.checkpoint.as_directory() as directory:
             weights[candidate["key"]] = load_file(str(Path(directory) / WEIGHTS_FILE))
     return scores, weights
-
-
-def _cause(error: BaseException) -> str:
-    """What went wrong in a trial, in one line: the trial's own error (a ``UserError`` says it all) rather than
-    the Ray wrapper's first line, which names only the actor."""
-    cause = getattr(error, "cause", None) or error
-    return first_line(cause)

@@ -8,6 +8,7 @@ them. Each function below is called where its process starts:
   read when Ray is first imported), and its stdout/stderr filtered of known-harmless forwarded lines;
 - ``INIT_LOGGING``: the log options the driver passes to ``ray.init``;
 - ``quiet_tune()``: the driver of a Tune experiment (a search, a fidelity run);
+- ``own_trial_errors()``: around ``Tuner.fit`` when the caller reports each failed trial's ``trial_cause``;
 - ``quiet_worker()``: a Ray Train worker or a Tune trial that trains;
 - ``without_native_lines(pattern)``: around a call after which Ray's C++ side prints a known-harmless line;
 - ``stop_forwarding()``: before the command's last line, so that no late forwarded line follows it.
@@ -192,6 +193,30 @@ def quiet_tune() -> None:
     # On a resumed experiment, a list of every trial that had not started yet ("Failed to fetch metrics ...: both
     # result.json and progress.csv were not found"): those trials run now, and each command counts what finished.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+@contextmanager
+def own_trial_errors() -> Iterator[None]:
+    """Around ``Tuner.fit`` of an experiment whose caller says in one line why each failed trial failed
+    (``trial_cause``): Tune's own traceback of it (``TUNE_PRINT_ALL_TRIAL_ERRORS``, read when the fit starts)
+    would come first and bury that line; the trial's ``error.txt`` keeps the traceback."""
+    before = os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS")
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_PRINT_ALL_TRIAL_ERRORS", None)
+        else:
+            os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = before
+
+
+def trial_cause(error: BaseException) -> str:
+    """What went wrong in a trial, in one line: the trial's own error (a ``UserError`` says it all) rather than
+    the Ray wrapper's first line, which names only the actor."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
 
 
 def _without_restore_hint(record: logging.LogRecord) -> bool:
