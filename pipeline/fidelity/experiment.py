@@ -206,20 +206,18 @@ def run_fidelity(
         write_json(join(run_path, PLAN_FILE), plan)
     with own_trial_errors():
         grid = tuner.fit()
-    rows = []
-    for result in grid:
-        config = (result.config or {}).get("candidate")
-        metrics = dict(result.metrics or {})
-        if config is None:
-            continue
-        arch = Architecture.from_dict(config["arch"])
-        done = result.error is None and "test_top1" in metrics
-        seed_index = config.get("seed_index", 0)
-        why = None if done else trial_cause(result.error) if result.error is not None else "it did not finish"
-        rows.append(
-            {
-                "arch": arch, "picked": config["picked"], "metrics": metrics, "done": done, "seed_index": seed_index,
-                "error": why,
-            }
-        )  # fmt: skip
-    return rows
+    return [row for row in map(_row, grid) if row is not None]
+
+
+def _row(result: Any) -> dict[str, Any] | None:
+    """One trial's row: its architecture, where it was picked from, its metrics, and why it failed if it did."""
+    config = (result.config or {}).get("candidate")
+    if config is None:
+        return None
+    metrics = dict(result.metrics or {})
+    done = result.error is None and "test_top1" in metrics
+    why = None if done else trial_cause(result.error) if result.error is not None else "it did not finish"
+    return {
+        "arch": Architecture.from_dict(config["arch"]), "picked": config["picked"], "metrics": metrics,
+        "done": done, "seed_index": config.get("seed_index", 0), "error": why,
+    }  # fmt: skip
