@@ -31,4 +31,9 @@ step fidelity-rerank "$RUNS/cifar-fidelity-rerank/fidelity.json" \
   $AF fidelity --supernet "$RUNS/cifar-entangled/supernet" --archs 8 --seeds 2 --rerank-steps 50 100 200 \
   --set data.root="$DATA" --set retrain.epochs=15 --set retrain.warmup_epochs=1 --storage "$RUNS" \
   --name cifar-fidelity-rerank --cpus-per-trial 1
+# 5. What the probe costs: 3 epochs scored after each; "[train] probe of 16 architectures (N evaluations, S s: P %
+#    of the training time)" and probe.parquet's seconds against the epochs' epoch_time_s (supernet/config.json).
+step probe-cost "$RUNS/cifar-probe-cost/supernet/config.json" \
+  $AF train $TASK --set data.root="$DATA" --set train.epochs=3 --set train.probe_every=1 --storage "$RUNS" \
+  --name cifar-probe-cost
 echo "== all steps done"

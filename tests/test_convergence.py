@@ -12,6 +12,7 @@ from pipeline.core.convergence import (
     Evaluation,
     held,
     next_evaluation,
+    probe_cost,
     probe_due,
     probe_interval,
     stable_since,
@@ -19,18 +20,18 @@ from pipeline.core.convergence import (
 )
 from pipeline.core.task import load_task
 from pipeline.shared.errors import UserError
-from pipeline.training.probe import build_probe, check_probe_size, probe_table
+from pipeline.training.probe import build_probe, check_probe_size, probe_summary, probe_table
 
 
 def test_auto_interval_keeps_the_probe_at_a_tenth_of_an_epoch() -> None:
-    # digits: 16 architectures x 200 search images, a third of a step each, against 1,297 training images
-    assert probe_interval("auto", 16, 200, 1297) == 9
-    assert probe_interval("auto", 16, 200, 1297, subnets_per_step=4) == 3  # a sandwich epoch costs 4 subnets
+    # digits: 16 architectures x 200 search images, 0.6 of a step each, against 1,297 training images
+    assert probe_interval("auto", 16, 200, 1297) == 15
+    assert probe_interval("auto", 16, 200, 1297, subnets_per_step=4) == 4  # a sandwich epoch costs 4 subnets
     assert probe_interval("auto", 16, 10_000, 1_281_167) == 1  # ImageNet with a 10,000-image search split
     assert probe_interval(5, 16, 200, 1297) == 5
     # the fewest epochs that keep the probe's forward passes at most a tenth of the training images in between
-    share = lambda every: 16 * 200 / 3 / (1297 * every)  # noqa: E731
-    assert share(9) <= 0.1 < share(8)
+    share = lambda every: 16 * 200 * 0.6 / (1297 * every)  # noqa: E731
+    assert share(15) <= 0.1 < share(14)
 
 
 def test_the_probe_is_due_every_interval_and_after_the_last_epoch() -> None:
@@ -102,8 +103,27 @@ def test_the_probe_table_has_a_row_per_evaluation_and_architecture() -> None:
         "probe": {"archs": ["a", "b"], "params": [10, 20], "every": 1, "history": []},
         "task": {"train": {}},
     }
-    for e in (Evaluation(1, (0.1, 0.2), 100, math.nan), Evaluation(2, (0.15, 0.3), 100, 1.0)):
+    for e in (Evaluation(1, (0.1, 0.2), 100, math.nan, 2.0), Evaluation(2, (0.15, 0.3), 100, 1.0, 3.0)):
         state["probe"]["history"].append(e.to_dict())
     table = probe_table(state).to_pylist()
     assert [(r["epoch"], r["architecture"]) for r in table] == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
     assert table[3]["top1"] == 0.3 and table[3]["tau"] == 1.0 and table[3]["top1_low"] < 0.3 < table[3]["top1_high"]
+    assert [r["seconds"] for r in table] == [2.0, 2.0, 3.0, 3.0]
+
+
+def test_the_probe_reports_what_it_cost() -> None:
+    """Each evaluation's scoring time against the epochs' training time; a history from before evaluations were
+    timed (no ``seconds``) counts nothing rather than failing."""
+    timed = [Evaluation(1, (0.1, 0.2), 100, math.nan, 2.0), Evaluation(2, (0.15, 0.3), 100, 1.0, 3.0)]
+    assert probe_cost(timed, 100.0) == (5.0, 0.05)
+    old = Evaluation.from_dict({"epoch": 1, "top1": [0.1], "count": 10, "tau": math.nan})
+    assert math.isnan(old.seconds) and probe_cost([old], 100.0) == (0.0, 0.0)
+    state = {
+        "probe": {"archs": ["a", "b"], "params": [10, 20], "every": 1, "history": [e.to_dict() for e in timed]},
+        "task": {"train": {}},
+        "history": [{"epoch_time_s": 50.0}, {"epoch_time_s": 50.0}],
+        "epoch": 2,
+    }
+    assert "probe of 2 architectures (2 evaluations, 5 s: 5.0 % of the training time): tau 1.00" in probe_summary(
+        state, 2
+    )

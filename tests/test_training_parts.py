@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from pipeline.core.arch import Architecture
-from pipeline.core.sampling import largest_architecture
+from pipeline.core.sampling import largest_architecture, smallest_architecture
 from pipeline.core.space import load_space
 from pipeline.core.task import load_task
 from pipeline.model.supernet import Supernet
 from pipeline.model.supernet_dir import load_supernet, save_supernet
 from pipeline.shared.errors import UserError
-from pipeline.shared.metrics import evaluate_sums, finish
+from pipeline.shared.metrics import evaluate_each_sums, evaluate_sums, finish
 from pipeline.training.exact_step import step_only_active
 from pipeline.training.recipe import build_loss, build_mixup, build_optimizer, build_scheduler, scaled_lr
 from pipeline.training.subject import step_architectures, tracked_subnets
@@ -108,6 +108,18 @@ def test_evaluate_sums_add_up_across_shards() -> None:
     assert torch.allclose(whole, parts)
     scores = finish(whole)
     assert 0 <= scores["top1"] <= scores["top5"] <= 1 and scores["loss"] > 0
+
+
+def test_one_pass_scores_each_architecture_as_its_own_pass_would() -> None:
+    net = Supernet(load_space("digits")).eval()
+    archs = [smallest_architecture(net.space), largest_architecture(net.space)]
+    batches = [(torch.randn(9, 1, 8, 8), torch.randint(0, 10, (9,))) for _ in range(3)]
+    passes = []
+    each = evaluate_each_sums(net, archs, (passes.append(b) or b for b in batches), torch.device("cpu"))
+    assert len(passes) == 3  # the batches are read once, not once per architecture
+    for row, arch in zip(each, archs):
+        assert torch.allclose(row, evaluate_sums(net, arch, batches, torch.device("cpu")))
+    assert not torch.equal(each[0], each[1])
 
 
 def test_supernet_directory_round_trip(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,15 @@ import pyarrow.parquet as pq
 
 from pipeline.core.arch import Architecture
 from pipeline.core.complexity import count_params
-from pipeline.core.convergence import Evaluation, held, next_evaluation, probe_due, probe_interval, summary
+from pipeline.core.convergence import (
+    Evaluation,
+    held,
+    next_evaluation,
+    probe_cost,
+    probe_due,
+    probe_interval,
+    summary,
+)
 from pipeline.core.space import SearchSpace
 from pipeline.core.strata import spread_by_params
 from pipeline.core.task import Task
@@ -77,13 +86,15 @@ def evaluate_probe(
     state: dict[str, Any],
     epoch: int,
     epochs: int,
-    score: Callable[[Architecture], tuple[float, int]],
+    score: Callable[[Sequence[Architecture]], list[tuple[float, int]]],
 ) -> Evaluation | None:
     """Score the probe after (1-based) ``epoch`` when it is due, and append the evaluation to the state."""
     if not probe_due(epoch, probe.every, epochs):
         return None
-    scores = [score(a) for a in probe.archs]
-    evaluation = next_evaluation(history(state), epoch, [t for t, _ in scores], scores[0][1])
+    start = time.perf_counter()
+    scores = score(probe.archs)
+    seconds = time.perf_counter() - start
+    evaluation = next_evaluation(history(state), epoch, [t for t, _ in scores], scores[0][1], seconds)
     state["probe"]["history"].append(evaluation.to_dict())
     return evaluation
 
@@ -108,7 +119,10 @@ def probe_summary(state: dict[str, Any], epochs: int) -> str:
         return "[train] probe: not scored yet"
     tau = "-" if record["last_tau"] is None else f"{record['last_tau']:.2f}"
     spread = "-" if record["last_spread"] is None else f"{record['last_spread']:.1f}"
-    head = f"[train] probe of {len(record['archs'])} architectures: tau {tau}, spread {spread} at epoch {record['last_epoch']}"
+    head = (
+        f"[train] probe of {len(record['archs'])} architectures{_cost(state)}: tau {tau}, spread {spread} at "
+        f"epoch {record['last_epoch']}"
+    )
     since, rule = record["stable_since"], record["stop_when_stable"]
     if since is not None:
         ended = (
@@ -122,9 +136,19 @@ def probe_summary(state: dict[str, Any], epochs: int) -> str:
     )
 
 
+def _cost(state: dict[str, Any]) -> str:
+    """`` (N evaluations, S s: P % of the training time)``: what scoring the probe cost this run."""
+    evaluations = history(state)
+    training_s = sum(float(m.get("epoch_time_s", 0.0)) for m in state.get("history", []))
+    seconds, share = probe_cost(evaluations, training_s)
+    if not seconds:
+        return ""
+    return f" ({len(evaluations)} evaluations, {seconds:.0f} s: {100 * share:.1f} % of the training time)"
+
+
 def probe_table(state: dict[str, Any]) -> pa.Table:
     """One row per evaluation and architecture: epoch, architecture, its parameters, top-1 and 95 % interval,
-    the images scored, and the evaluation's tau against the one before and spread."""
+    the images scored, and the evaluation's tau against the one before, spread and scoring time."""
     kept = state["probe"]
     rows = []
     for e in history(state):
@@ -141,6 +165,7 @@ def probe_table(state: dict[str, Any]) -> pa.Table:
                     "images": e.count,
                     "tau": e.tau,
                     "spread": spread,
+                    "seconds": e.seconds,
                 }  # fmt: skip
             )
     return pa.Table.from_pylist(rows, schema=PROBE_SCHEMA)
@@ -157,6 +182,7 @@ PROBE_SCHEMA = pa.schema(
         ("images", pa.int64()),
         ("tau", pa.float64()),
         ("spread", pa.float64()),
+        ("seconds", pa.float64()),
     ]  # fmt: skip
 )
 

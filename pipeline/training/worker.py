@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from pipeline.data.splits import SplitDataset, plan_from_settings, require_role,
 from pipeline.data.transforms import eval_transform, train_transform
 from pipeline.shared.cluster import node_id
 from pipeline.shared.faults import claim_fault, exit_now, fault_parameter
-from pipeline.shared.metrics import autocast_factory, evaluate_sums, finish
+from pipeline.shared.metrics import autocast_factory, evaluate_each_sums, finish
 from pipeline.shared.progress import say
 from pipeline.shared.ray_console import quiet_worker
 from pipeline.shared.storage import join, read_bytes, write_bytes
@@ -432,20 +432,26 @@ def checkpoint_on_notice(
 
 def split_scores(training: Training, arch: Any, batches: DataLoader, where: Session) -> dict[str, float]:
     """Top-1, top-5, loss and image count of one architecture (or the model) on a split, summed over ranks."""
+    return each_split_scores(training, [arch], batches, where)[0]
+
+
+def each_split_scores(
+    training: Training, archs: Sequence[Any], batches: DataLoader, where: Session
+) -> list[dict[str, float]]:
+    """``split_scores`` of each of ``archs``, in one pass over the split (its images decoded once)."""
     model = training.subject.model
     model.eval()
     sums = _all_reduce(
-        evaluate_sums(lambda x, a: logits(model, x, a), arch, batches, where.device, training.autocast())
+        evaluate_each_sums(lambda x, a: logits(model, x, a), archs, batches, where.device, training.autocast())
     )
-    return {**finish(sums), "count": int(sums[3].item())}
+    return [{**finish(row), "count": int(row[3].item())} for row in sums]
 
 
 def evaluate_tracked(training: Training, loaders: Loaders, where: Session) -> dict[str, float]:
     """Search-split top-1 of each tracked subnet, or of the model (each rank scores its shard)."""
-    return {
-        f"search_top1/{name}": split_scores(training, arch, loaders.search, where)["top1"]
-        for name, arch in training.subject.tracked
-    }
+    names, archs = zip(*training.subject.tracked)
+    scores = each_split_scores(training, archs, loaders.search, where)
+    return {f"search_top1/{name}": s["top1"] for name, s in zip(names, scores)}
 
 
 def print_epoch(metrics: dict[str, Any], epochs: int, subject: Subject, phase: str, note: str = "") -> None:
@@ -585,10 +591,11 @@ def start_probe(config: WorkerConfig, task: Task, loaders: Loaders, state: dict[
     return probe
 
 
-def probe_scorer(training: Training, loaders: Loaders, where: Session) -> Callable[[Architecture], tuple[float, int]]:
-    def score(arch: Architecture) -> tuple[float, int]:
-        scores = split_scores(training, arch, loaders.search, where)
-        return scores["top1"], scores["count"]
+def probe_scorer(
+    training: Training, loaders: Loaders, where: Session
+) -> Callable[[Sequence[Architecture]], list[tuple[float, int]]]:
+    def score(archs: Sequence[Architecture]) -> list[tuple[float, int]]:
+        return [(s["top1"], s["count"]) for s in each_split_scores(training, archs, loaders.search, where)]
 
     return score
 
