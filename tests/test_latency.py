@@ -93,6 +93,7 @@ def test_build_locally_validates_on_held_out_architectures(digits_supernet: Path
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["count"] == 8 and 0 <= result["mape"] < 10 and -1 <= result["kendall_tau"] <= 1
     assert 3 <= result["rounds"] <= 9 and 0 <= result["noise_floor_mape"] < 1
+    assert -1 <= result["noise_floor_kendall_tau"] <= 1
     model = LatencyModel.load(out)
     space = load_space("digits")
     assert len(model.blocks) == len(space.embed_dim) * len(space.num_heads) * len(space.mlp_ratio)
@@ -252,8 +253,13 @@ def test_rounds_interleave_the_entries_and_stop_when_the_medians_are_stable() ->
     noisy = {"a": lambda: 1.0 + 0.5 * (next(flip) % 2), "b": lambda: 2.0}
     _, count, rounds = measure_rounds(noisy, seed=0)
     assert count == MAX_ROUNDS  # the median of "a" keeps moving: rounds go on to the cap
-    assert noise_floor([{"x": 1.0}, {"x": 1.1}, {"x": 1.0}], ["x"]) == pytest.approx(0.1 / 1.1)
-    assert noise_floor([{"x": 2.0}, {"x": 2.0}, {"x": 2.0}], ["x"]) == 0
+    assert noise_floor([{"x": 1.0}, {"x": 1.1}, {"x": 1.0}], ["x"])[0] == pytest.approx(0.1 / 1.1)
+    assert noise_floor([{"x": 2.0}, {"x": 2.0}, {"x": 2.0}], ["x"])[0] == 0
+    # two architectures far apart rank the same in both halves; two closer than the noise swap between them
+    apart = [{"x": 1.0, "y": 5.0}, {"x": 1.2, "y": 5.1}, {"x": 1.1, "y": 4.9}]
+    assert noise_floor(apart, ["x", "y"])[1] == pytest.approx(1.0)
+    close = [{"x": 1.0, "y": 1.1}, {"x": 1.2, "y": 1.05}, {"x": 1.0, "y": 1.1}]
+    assert noise_floor(close, ["x", "y"])[1] == pytest.approx(-1.0)
 
 
 def test_a_model_worse_than_the_noise_floor_says_so(capsys) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import sys
+import types
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -136,7 +137,11 @@ def test_uri_storage_needs_a_tracking_server(offline: dict, monkeypatch: pytest.
 def test_a_resumed_run_continues_the_same_tracking_runs(
     offline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What rank 0 does: log epochs 1-2, record the ids (the checkpoint state), reopen with them, log epoch 3."""
+    """What rank 0 does: log epochs 1-2, record the ids (the checkpoint state), reopen with them, log epoch 3.
+    Both within the same second of tensorboardX's clock, as a fast restart can be: the files stay apart."""
+    from tensorboardX import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "time", types.SimpleNamespace(time=lambda: 1_800_000_000.0))
     plan = plan_tracking(["tensorboard", "mlflow", "wandb"], str(tmp_path), "run")
     params = {"phase": "train", "train.epochs": 2}
     with open_trackers(plan, params, {}, "train") as trackers:

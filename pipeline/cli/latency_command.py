@@ -51,7 +51,8 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
         print(
             f"[latency] {model.kind}: MAPE {100 * v['mape']:.1f} %, Kendall tau {v['kendall_tau']:.3f} on {v['count']} held-out "
             f"architectures (table alone: {100 * v['table_mape']:.1f} %, {v['table_kendall_tau']:.3f}; measuring twice: "
-            f"{100 * v['noise_floor_mape']:.1f} %); built in {v['build_s']:.1f} s"
+            f"{100 * v['noise_floor_mape']:.1f} %, tau {v['noise_floor_kendall_tau']:.3f}); built in "
+            f"{v['build_s']:.1f} s"
         )
         print(f"wrote {args.out}")
     return 0

@@ -122,11 +122,14 @@ def _moved(rounds: list[dict[str, float]]) -> float:
     return statistics.median(abs(now[k] - before[k]) / now[k] for k in now)
 
 
-def noise_floor(rounds: list[dict[str, float]], keys: list[str]) -> float:
-    """The MAPE between two measurements of the same architectures (medians of the odd and of the even
-    rounds): the error a perfect model would still show on this device."""
+def noise_floor(rounds: list[dict[str, float]], keys: list[str]) -> tuple[float, float]:
+    """The MAPE and the Kendall tau between two measurements of the same architectures (medians of the odd and
+    of the even rounds): the error a perfect model would still show on this device, and about the best ranking
+    agreement it could show (where the architectures' latencies lie closer together than the noise, measuring
+    twice does not order them the same way either)."""
     odd, even = _medians(rounds[0::2]), _medians(rounds[1::2])
-    return mape([odd[k] for k in keys], [even[k] for k in keys])
+    first, second = [odd[k] for k in keys], [even[k] for k in keys]
+    return mape(first, second), kendall_tau(first, second)
 
 
 def build_latency_model(supernet: str, settings: BuildSettings) -> LatencyModel:
@@ -149,13 +152,14 @@ def build_latency_model(supernet: str, settings: BuildSettings) -> LatencyModel:
         model = LatencyModel(space.to_dict(), device, settings.runtime, settings.batch, settings.threads, blocks, fixed)
         measured = [timed[f"arch:{a.key}"] for a in held_out]
         table = [model.table_ms(a) for a in held_out]
-        floor = noise_floor(rounds, [f"arch:{a.key}" for a in held_out])
+        floor, floor_tau = noise_floor(rounds, [f"arch:{a.key}" for a in held_out])
         validation: dict[str, Any] = {"count": len(held_out), "rounds": count, "noise_floor_mape": floor}
+        validation["noise_floor_kendall_tau"] = floor_tau
         validation |= {"table_mape": mape(table, measured), "table_kendall_tau": kendall_tau(table, measured)}
         validation["threshold"] = MAPE_THRESHOLD
         say(f"[latency] table vs {len(held_out)} held-out architectures ({count} rounds): MAPE "
             f"{100 * validation['table_mape']:.1f} %, Kendall tau {validation['table_kendall_tau']:.3f}; the same "
-            f"architecture measured twice differs by {100 * floor:.1f} %")  # fmt: skip
+            f"architecture measured twice differs by {100 * floor:.1f} % (tau {floor_tau:.3f})")  # fmt: skip
         if validation["table_mape"] > MAPE_THRESHOLD:
             corrected = _with_correction(model, space, settings, call, seen)
             if mape([corrected.predict(a) for a in held_out], measured) < validation["table_mape"]:

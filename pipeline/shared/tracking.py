@@ -120,7 +120,9 @@ class TensorBoardTracker:
         from tensorboardX import SummaryWriter
 
         self.id = join(plan.run_path, TENSORBOARD_DIR)
-        self.writer = SummaryWriter(self.id)
+        # tensorboardX names event files by the second: a run resumed within the same second (a fast restart)
+        # would overwrite the earlier file; nanoseconds keep them apart and in order
+        self.writer = SummaryWriter(self.id, filename_suffix=f".{time.time_ns()}")
         if recorded is None:
             rows = "\n".join(f"| {k} | {v} |" for k, v in params.items())
             self.writer.add_text("params", "| param | value |\n| --- | --- |\n" + rows, global_step=0)
