@@ -157,7 +157,11 @@ def test_a_resumed_run_continues_the_same_tracking_runs(
     assert [r.info.run_id for r in runs] == [ids["mlflow"]] and runs[0].info.status == "FINISHED"
     assert steps(client, ids["mlflow"], "train_loss") == [1, 2, 3] and "flag" not in runs[0].data.metrics
     assert runs[0].data.params["train.epochs"] == "2"  # params are the run's start; MLflow keeps them fixed
-    offline_runs = sorted((tmp_path / "run" / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
+    # W&B names a run's directory by the second too, and adds "-1" to the second one within a second
+    runs_dir = tmp_path / "run" / "wandb"
+    offline_runs = sorted(
+        [*runs_dir.glob(f"offline-run-*-{ids['wandb']}"), *runs_dir.glob(f"offline-run-*-{ids['wandb']}-*")]
+    )
     assert len(offline_runs) == 2  # the same W&B run id, resumed
     assert [row["epoch"] for d in offline_runs for row in wandb_history(d)] == [1, 2, 3]
 
