@@ -154,6 +154,37 @@ def test_newest_complete_checkpoint_skips_cut_short_ones(tmp_path: Path) -> None
     assert state["epoch"] == 2 and path.endswith("00-00-02")
 
 
+def test_the_result_takes_the_newest_checkpoint_on_storage_when_rays_is_older(tmp_path: Path) -> None:
+    """A node lost right after the last epoch's checkpoint was written, before Ray recorded it: the restarted
+    workers find it on storage and have nothing left to train; the run is finished, not interrupted (a cluster
+    drill saw Ray's result name epoch 7 of 8 and the run end as interrupted)."""
+    import dataclasses
+
+    import ray.train
+
+    from pipeline.training.checkpoint import write_checkpoint
+    from pipeline.training.launch import _with_final_checkpoint
+    from pipeline.training.recipe import build_scheduler
+
+    task = load_task("digits")
+    net = Supernet(load_space("digits"))
+    opt = build_optimizer(net, task.train)
+    sched = build_scheduler(opt, task.train, steps_per_epoch=3)
+    for epoch in (7, 8):
+        write_checkpoint(tmp_path / "run" / f"checkpoint_2026-01-01_00-00-0{epoch}", net, opt, sched,
+                         {"epoch": epoch, "task": task.to_dict()})  # fmt: skip
+
+    @dataclasses.dataclass
+    class Result:
+        checkpoint: ray.train.Checkpoint | None
+
+    for recorded in (None, "checkpoint_2026-01-01_00-00-07"):
+        given = Result(recorded and ray.train.Checkpoint(str(tmp_path / "run" / recorded)))
+        assert _with_final_checkpoint(given, str(tmp_path), "run").checkpoint.path.endswith("00-00-08")
+    newest = Result(ray.train.Checkpoint(str(tmp_path / "run" / "checkpoint_2026-01-01_00-00-08")))
+    assert _with_final_checkpoint(newest, str(tmp_path), "run") is newest
+
+
 def test_a_damaged_optimizer_file_falls_back_to_the_checkpoint_before(tmp_path: Path, capsys) -> None:
     """Every file of a checkpoint must match its checksum: a truncated optimizer.pt (or one flipped byte)
     sends resume to the newest sound checkpoint, and says which it skipped and why."""

@@ -281,13 +281,16 @@ def _fit(trainer: TorchTrainer, storage: str, name: str, phase: str, epochs: int
 
 
 def _with_final_checkpoint(result: ray.train.Result, storage: str, name: str) -> ray.train.Result:
-    """``result`` with the run's newest sound checkpoint when Ray reports none: a worker lost after the last
-    epoch's checkpoint was written restarts from it, has nothing left to train and reports nothing new."""
-    if result.checkpoint is not None:
-        return result
+    """``result`` with the run's newest sound checkpoint where Ray's is older or missing: a node lost just
+    after the last epoch's checkpoint was written (before Ray recorded it) restarts the workers from that
+    checkpoint, which they find on storage; they have nothing left to train and report nothing new."""
     newest = newest_complete_checkpoint(storage, name)
     if newest is None:
         return result
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            if progress(read_state(Path(d))) >= progress(newest[1]):
+                return result
     fs, path = filesystem(newest[0])
     return dataclasses.replace(result, checkpoint=ray.train.Checkpoint(path, filesystem=fs))
 
