@@ -148,20 +148,57 @@ def _groups(items: list) -> dict[str, str | None]:
     return {nodeid: key and find(key) for nodeid, key in keys.items()}
 
 
+# Seconds the longest tests took in CI (its "slowest 30 durations", setup included; refresh from there when
+# they move): the processes take the longest work first, so that neither is left with a long test at the end
+# while the other has finished. A scheduling hint only: a test missing here counts as SLOW_S or FAST_S.
+SECONDS = {
+    "test_interrupted_search_resumes_to_the_same_candidates_and_extends": 138,
+    "test_sigterm_checkpoints_at_the_next_step_and_resumes_to_the_same_weights": 123,
+    "test_search_on_two_nodes_from_s3_survives_an_interrupt_and_a_lost_node": 112,
+    "test_interrupted_driver_resumes_when_run_again": 100,
+    "test_retrain_resume_finetune_and_transfer": 98,
+    "test_pack_train_and_search_from_object_storage": 90,
+    "test_training_on_two_nodes_with_s3_survives_a_killed_driver_and_a_lost_node": 65,
+    "test_fidelity_report_end_to_end_and_resumed": 65,
+    "test_fidelity_with_two_seeds_reports_the_ceiling": 60,
+    "test_a_finished_search_is_re_ranked_and_picks_on_the_re_ranked_scores": 55,
+    "test_search_survives_an_evaluator_death_and_writes_results": 54,
+    "test_worker_failure_restarts_from_last_checkpoint": 43,
+    "test_resuming_a_search_with_other_settings_is_refused": 39,
+    "test_two_workers_ddp": 38,
+    "test_sandwich_inplace_and_teacher_train_with_two_workers": 37,
+    "test_search_survives_the_router_dying": 36,
+    "test_a_corrupt_image_met_mid_epoch_stops_training_in_one_line": 35,
+    "test_retrain_from_a_search_row_and_a_taken_name": 33,
+    "test_the_probe_scores_while_training_and_its_stop_rule_ends_the_run": 32,
+    "test_a_full_disk_stops_training_in_one_line_and_leaves_no_unfinished_checkpoint": 30,
+    "test_a_killed_driver_leaves_no_ray_processes_behind": 29,
+    "test_search_with_a_latency_model_times_only_the_exports": 29,
+    "test_training_logs_every_epoch_to_each_backend": 28,
+    "test_one_worker_trains_checkpoints_and_exports": 28,
+    "test_fidelity_with_the_stand_alone_scores_of_an_earlier_run": 27,
+    "test_requests_this_machine_can_never_place_fail_in_seconds": 21,
+}
+SLOW_S, FAST_S = 10.0, 0.5
+
+
+def _seconds(item) -> float:
+    default = SLOW_S if item.get_closest_marker("slow") is not None else FAST_S
+    return SECONDS.get(getattr(item, "originalname", item.name), default)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (it runs first otherwise)
 def pytest_collection_modifyitems(config, items) -> None:
-    """xdist groups (``_groups``), and the order the processes take work in: the groups and tests with the most
-    slow (end-to-end) tests first, so that neither process is left with a long test at the end while the other
-    has finished. Within a group, and among the fast tests, the collection's order stays."""
+    """xdist groups (``_groups``), and the order the processes take work in: the longest groups and tests first
+    (``SECONDS``). Within a group, and among tests of equal weight, the collection's order stays."""
     groups = _groups(items)
-    slow = {}
+    weight: dict[str, float] = {}
+    first: dict[str, int] = {}
     for item in items:
         scope = groups[item.nodeid] or item.nodeid
-        slow[scope] = slow.get(scope, 0) + (item.get_closest_marker("slow") is not None)
-    first = {}
-    for item in items:
-        first.setdefault(groups[item.nodeid] or item.nodeid, len(first))
-    items.sort(key=lambda i: (-slow[groups[i.nodeid] or i.nodeid], first[groups[i.nodeid] or i.nodeid]))
+        weight[scope] = weight.get(scope, 0.0) + _seconds(item)
+        first.setdefault(scope, len(first))
+    items.sort(key=lambda i: (-weight[groups[i.nodeid] or i.nodeid], first[groups[i.nodeid] or i.nodeid]))
     for item in items:
         if groups[item.nodeid]:
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
