@@ -158,7 +158,7 @@ def test_training_on_two_nodes_with_s3_survives_a_killed_driver_and_a_lost_node(
     lost = ray_cluster.workers[0]
     ray_cluster.drain_node(lost, 60)  # a spot instance's notice: it goes in a minute
     second.wait_for_line("preemption notice")
-    noticed = re.search(r"checkpoint at epoch (\d+), step (\d+); training goes on", second.output)
+    noticed = re.search(r"checkpointed at epoch (\d+), step (\d+); training goes on", second.output)
     assert noticed, second.output[-4000:]
     ray_cluster.remove_node(lost)  # the spot instance gone, with the rank it held
     new = ray_cluster.add_node()  # and the autoscaler's replacement

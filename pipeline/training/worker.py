@@ -415,19 +415,20 @@ def checkpoint_on_notice(
     training: Training, state: dict[str, Any], at: dict[str, Any], where: Session, phase: str, watch: StopWatch
 ) -> None:
     """Ray's preemption notice: a checkpoint at this step (as a stopped run's), then training goes on; when the
-    node goes, Ray Train restarts the workers from here."""
+    node goes, Ray Train restarts the workers from here. The line comes once the checkpoint is on storage: a
+    node taken as soon as it is printed still leaves the run that checkpoint."""
+    state["partial"] = at
+    save_checkpoint(training, state, {"epoch": at["epoch"], "step": at["step"], "restarts": state["restarts"]}, where)
+    del state["partial"]
     if where.rank == 0:
         info = watch.preemption
         deadline = getattr(info, "deadline_ms", None)
         left = f" (it goes in {max(0.0, deadline / 1000 - time.time()):.0f} s)" if deadline else ""
         nodes = ", ".join(getattr(info, "preempted_node_ids", []) or []) or "?"
         say(
-            f"[{phase}] preemption notice for node {nodes}{left}: checkpoint at epoch {at['epoch'] + 1}, step "
+            f"[{phase}] preemption notice for node {nodes}{left}: checkpointed at epoch {at['epoch'] + 1}, step "
             f"{at['step']}; training goes on, and continues from there on other nodes once it is gone"
         )
-    state["partial"] = at
-    save_checkpoint(training, state, {"epoch": at["epoch"], "step": at["step"], "restarts": state["restarts"]}, where)
-    del state["partial"]
 
 
 def split_scores(training: Training, arch: Any, batches: DataLoader, where: Session) -> dict[str, float]:
