@@ -278,3 +278,36 @@ def test_tracebacks_of_errors_the_run_reports_in_one_line_are_dropped_and_others
     for text in (*_forwarded("RayTrainWorker pid=1", "\n".join(fatal[:3])), "[train] interrupted\n"):
         console.write(text)
     assert unfinished.getvalue().count("(RayTrainWorker pid=1)") == 3  # a traceback cut short is printed, not lost
+
+
+def test_the_ray_a_command_starts_here_has_no_dashboard_unless_asked(monkeypatch, capsys) -> None:
+    """``autoformer --dashboard`` asks for Ray's dashboard (and prints its address); without it the local Ray
+    starts without one; a cluster joined through RAY_ADDRESS keeps its own, whatever the flag says."""
+    import os
+    from types import SimpleNamespace
+
+    from pipeline.cli.main import build_parser
+    from pipeline.shared import cluster
+    from pipeline.shared.ray_console import DASHBOARD_ENV
+
+    calls: list[dict] = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        return SimpleNamespace(dashboard_url="127.0.0.1:8265")
+
+    monkeypatch.setattr(cluster.ray, "init", fake_init)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(DASHBOARD_ENV, raising=False)
+    assert cluster.connect(False, "train") is False
+    assert calls[-1]["include_dashboard"] is False and calls[-1]["address"] == "local"
+    assert "dashboard" not in capsys.readouterr().out
+    assert not build_parser().parse_args(["space", "list"]).dashboard
+    assert main(["--dashboard", "space", "list"]) == 0 and os.environ[DASHBOARD_ENV] == "1"  # what it sets
+    cluster.connect(False, "search")
+    assert calls[-1]["include_dashboard"] is True
+    assert "[search] Ray dashboard: http://127.0.0.1:8265" in capsys.readouterr().out
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert cluster.connect(False, "train") is True
+    assert calls[-1]["include_dashboard"] is None and calls[-1]["address"] is None

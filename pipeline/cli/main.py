@@ -23,7 +23,7 @@ from pipeline.cli import (
     train_command,
 )
 from pipeline.shared.errors import Terminated, UserError
-from pipeline.shared.ray_console import quiet_driver, stop_forwarding
+from pipeline.shared.ray_console import DASHBOARD_ENV, quiet_driver, stop_forwarding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="store_true",
         help="also Ray's own console output (start-up and authentication notes, backend warnings)",
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's dashboard with the Ray a command starts on this machine, and print its address (off by "
+        "default: it slows every start; on a cluster, the cluster's own dashboard)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     space_commands.add_parsers(sub)
@@ -53,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_driver(args.verbose)
+    if args.dashboard:
+        os.environ[DASHBOARD_ENV] = "1"
     terminated: list[int] = []
 
     def on_sigterm(signum: int, frame: Any) -> None:

@@ -18,7 +18,7 @@ import ray
 
 from pipeline.shared.errors import UserError
 from pipeline.shared.progress import say
-from pipeline.shared.ray_console import INIT_LOGGING
+from pipeline.shared.ray_console import DASHBOARD_ENV, INIT_LOGGING
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "CLOUDSDK_")
 TRACKING_ENV_PREFIXES = ("MLFLOW_", "WANDB_")  # trackers: the server, its credentials, W&B's mode and key
@@ -58,11 +58,15 @@ def connect(gpu: bool, phase: str) -> bool:
         # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host (whose
         # processes inherit this environment anyway); a cluster's processes get the storage settings forwarded.
         env = forwarded_environment() if joining else {}
-        ray.init(
+        dashboard = not joining and os.environ.get(DASHBOARD_ENV) == "1"
+        context = ray.init(
             address=None if joining else "local",
             runtime_env={"env_vars": env} if env else None,
+            include_dashboard=None if joining else dashboard,
             **INIT_LOGGING,
         )
+        if dashboard:
+            say(f"[{phase}] Ray dashboard: http://{context.dashboard_url}")
     if gpu and ray.cluster_resources().get("GPU", 0) < 1:
         if not joining:
             raise UserError(f"gpu: a GPU was asked for, but this machine has none; {phase} on CPUs instead")

@@ -31,6 +31,11 @@ from typing import Any, TextIO
 # trials) are forwarded to the driver's console.
 INIT_LOGGING: dict[str, Any] = {"log_to_driver": True}
 
+# "1": the Ray this machine starts for a command brings Ray's dashboard (``autoformer --dashboard``). Off by
+# default: its nine module processes cost about 2 s of every command's start-up on 2 cores, and our own lines
+# are the progress; a cluster's dashboard is the cluster's (``ray up`` starts it).
+DASHBOARD_ENV = "AUTOFORMER_RAY_DASHBOARD"
+
 
 def quiet_driver(verbose: bool) -> None:
     """Our progress lines and the warnings that matter, nothing else by default.
