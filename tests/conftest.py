@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# pytest-xdist runs the suite in two processes (pyproject's addopts): each gets a Ray temp dir of its own, so
-# that a local Ray or a test cluster of one is never the "latest cluster" the other's processes find.
+# pytest-xdist runs the suite in three processes (pyproject's addopts): each gets a Ray temp dir of its own, so
+# that a local Ray or a test cluster of one is never the "latest cluster" another's processes find.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("RAY_TMPDIR", f"/tmp/ray-{os.environ['PYTEST_XDIST_WORKER']}")
 # Ray Train's controller looks at its workers every 2 s by default: every training run of the suite (dozens)
