@@ -46,7 +46,9 @@ def main() -> None:
         for dashboard in (True, False):
             runs[dashboard].append(one_start(dashboard, args.settle))
             wall, cpu = runs[dashboard][-1]
-            print(f"[{i + 1}/{args.repeats}] dashboard {dashboard!s:5}  wall {wall:5.2f} s  cpu {cpu:5.2f} s", flush=True)
+            print(
+                f"[{i + 1}/{args.repeats}] dashboard {dashboard!s:5}  wall {wall:5.2f} s  cpu {cpu:5.2f} s", flush=True
+            )
     for dashboard, rows in runs.items():
         walls, cpus = zip(*rows)
         print(
