@@ -58,11 +58,11 @@ def connect(gpu: bool, phase: str) -> bool:
         # Without RAY_ADDRESS a Ray of our own, never whatever `ray start` left running on this host (whose
         # processes inherit this environment anyway); a cluster's processes get the storage settings forwarded.
         env = forwarded_environment() if joining else {}
-        dashboard = not joining and os.environ.get(DASHBOARD_ENV) == "1"
+        dashboard = None if joining else os.environ.get(DASHBOARD_ENV) == "1"  # None: the cluster's own
         context = ray.init(
             address=None if joining else "local",
             runtime_env={"env_vars": env} if env else None,
-            include_dashboard=None if joining else dashboard,
+            include_dashboard=dashboard,
             **INIT_LOGGING,
         )
         if dashboard:

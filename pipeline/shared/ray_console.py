@@ -32,8 +32,9 @@ from typing import Any, TextIO
 INIT_LOGGING: dict[str, Any] = {"log_to_driver": True}
 
 # "1": the Ray this machine starts for a command brings Ray's dashboard (``autoformer --dashboard``). Off by
-# default: its nine module processes cost about 2 s of every command's start-up on 2 cores, and our own lines
-# are the progress; a cluster's dashboard is the cluster's (``ray up`` starts it).
+# default: its nine module processes cost about 2.5 CPU-seconds of every command's start on 2 cores (measured
+# by benchmarks/ray_start_cost.py), and our own lines are the progress; a cluster's dashboard is the cluster's
+# (``ray up`` starts it).
 DASHBOARD_ENV = "AUTOFORMER_RAY_DASHBOARD"
 
 
